@@ -1,0 +1,79 @@
+// Argument checks shared by every op (host code, stable ABI only).
+// Messages name the argument and the value; the Python layer raises ValueError/TypeError
+// before reaching here, these guard direct torch.ops.lossext.* calls.
+#pragma once
+
+#include <optional>
+#include <sstream>
+#include <string>
+
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include "config.h"
+
+namespace lossext {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+inline std::string shape_str(const Tensor& t) {
+  std::ostringstream s;
+  s << "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
+  s << "]";
+  return s.str();
+}
+
+inline bool is_supported_float(ScalarType st) {
+  return st == ScalarType::Float || st == ScalarType::Double || st == ScalarType::Half ||
+         st == ScalarType::BFloat16;
+}
+
+inline void check_float_tensor(const char* op, const char* name, const Tensor& t) {
+  STD_TORCH_CHECK(is_supported_float(t.scalar_type()), op, ": argument '", name,
+                  "' must be float16, bfloat16, float32 or float64, got ",
+                  torch::headeronly::toString(t.scalar_type()));
+}
+
+inline void check_like(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
+  STD_TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": argument '", name, "' has dtype ",
+                  torch::headeronly::toString(t.scalar_type()), " but input has dtype ",
+                  torch::headeronly::toString(ref.scalar_type()));
+  STD_TORCH_CHECK(t.device() == ref.device(), op, ": argument '", name,
+                  "' is on a different device than input");
+}
+
+inline void check_same_shape(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
+  bool same = t.dim() == ref.dim();
+  for (int64_t i = 0; same && i < t.dim(); ++i) same = t.size(i) == ref.size(i);
+  STD_TORCH_CHECK(same, op, ": argument '", name, "' has shape ", shape_str(t),
+                  " but input has shape ", shape_str(ref));
+}
+
+inline Reduction check_reduction(const char* op, int64_t reduction) {
+  STD_TORCH_CHECK(reduction >= 0 && reduction <= 2, op,
+                  ": argument 'reduction' must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  return static_cast<Reduction>(reduction);
+}
+
+inline void check_positive(const char* op, const char* name, double v) {
+  STD_TORCH_CHECK(v > 0.0 && v < INFINITY, op, ": argument '", name,
+                  "' must be positive and finite, got ", v);
+}
+
+// Calls f(scalar_t{}) for the dtypes lossext supports.
+template <class F>
+void dispatch_floating(ScalarType st, const char* op, F&& f) {
+  switch (st) {
+    case ScalarType::Float: f(float{}); break;
+    case ScalarType::Double: f(double{}); break;
+    case ScalarType::Half: f(torch::headeronly::Half{}); break;
+    case ScalarType::BFloat16: f(torch::headeronly::BFloat16{}); break;
+    default:
+      STD_TORCH_CHECK(false, op, ": unsupported dtype ", torch::headeronly::toString(st));
+  }
+}
+
+}  // namespace lossext

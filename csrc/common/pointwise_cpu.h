@@ -1,0 +1,157 @@
+// CPU device for the element-wise loss pattern (pointwise_loss.h).
+//
+// Determinism: the range is cut into fixed chunks of kChunk elements, whatever the thread
+// count. Each chunk sums into kLanes fixed lanes (accumulation type), the lanes are added in
+// order into a double partial per chunk, and the partials are added in chunk order on one
+// thread. So the result is bitwise the same for 1 and N threads.
+//
+// Speed: the chunk loop is compiled twice, for baseline x86-64 and for AVX2+FMA, and picked
+// at run time; math.h's float log/exp are branch-free so that GCC vectorizes the loop.
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include <torch/csrc/stable/ops.h>
+
+#include "pointwise_loss.h"
+
+namespace lossext {
+namespace cpu_detail {
+
+constexpr int64_t kChunk = int64_t(1) << 15;
+constexpr int kLanes = 16;
+
+template <class scalar_t>
+struct Ptrs {
+  const scalar_t* x;
+  const scalar_t* y;
+  const scalar_t* w;
+  const scalar_t* go;
+  scalar_t* o0;
+  scalar_t* o1;
+};
+
+template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
+inline double chunk(const Op& op, const Ptrs<scalar_t>& P, acc_t<scalar_t> scale,
+                    acc_t<scalar_t> go_scaled, int64_t b, int64_t e) {
+  using A = acc_t<scalar_t>;
+  constexpr bool kForward = mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad;
+  auto elem = [&](int64_t k) -> A {
+    const A X = static_cast<A>(P.x[k]);
+    const A Y = static_cast<A>(P.y[k]);
+    const A W = kW ? static_cast<A>(P.w[k]) : A(1);
+    if constexpr (kForward) {
+      const A v = W * op.value(X, Y);
+      if constexpr (mode == PointwiseMode::ForwardWithGrad) {
+        P.o1[k] = static_cast<scalar_t>(scale * W * op.dinput(X, Y));
+      }
+      if constexpr (!kReduce) {
+        P.o0[k] = static_cast<scalar_t>(v);
+        return A(0);
+      }
+      return v;
+    } else {
+      const A g = mode == PointwiseMode::BackwardInput ? op.dinput(X, Y) : op.dtarget(X, Y);
+      const A G = kGoScalar ? go_scaled : static_cast<A>(P.go[k]) * scale;
+      P.o0[k] = static_cast<scalar_t>(G * W * g);
+      return A(0);
+    }
+  };
+  if constexpr (kForward && kReduce) {
+    A lane[kLanes] = {};
+    int64_t i = b;
+    for (; i + kLanes <= e; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) lane[j] += elem(i + j);
+    }
+    for (int j = 0; i < e; ++i, ++j) lane[j] += elem(i);
+    double s = 0.0;
+    for (int j = 0; j < kLanes; ++j) s += static_cast<double>(lane[j]);
+    return s;
+  } else {
+    for (int64_t i = b; i < e; ++i) elem(i);
+    return 0.0;
+  }
+}
+
+template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
+__attribute__((flatten)) double chunk_base(const Op& op, const Ptrs<scalar_t>& P,
+                                           acc_t<scalar_t> scale, acc_t<scalar_t> go_scaled,
+                                           int64_t b, int64_t e) {
+  return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LOSSEXT_HAVE_AVX2_CLONE 1
+template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
+__attribute__((target("avx2,fma"), flatten)) double chunk_avx2(const Op& op, const Ptrs<scalar_t>& P,
+                                                               acc_t<scalar_t> scale,
+                                                               acc_t<scalar_t> go_scaled, int64_t b,
+                                                               int64_t e) {
+  return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);
+}
+inline bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
+template <class F>
+inline void with_bool(bool b, F&& f) {
+  if (b) f(std::true_type{}); else f(std::false_type{});
+}
+
+template <class scalar_t>
+inline const scalar_t* cptr(const Tensor& t) { return static_cast<const scalar_t*>(t.data_ptr()); }
+template <class scalar_t>
+inline scalar_t* mptr(const Tensor& t) { return static_cast<scalar_t*>(t.data_ptr()); }
+
+}  // namespace cpu_detail
+
+struct CpuDevice {
+  template <PointwiseMode mode, class scalar_t, class Op>
+  static void run(const PointwiseProblem& p, const Op& op, Tensor& out0, Tensor* out1) {
+    using namespace cpu_detail;
+    using A = acc_t<scalar_t>;
+    constexpr bool kForward = mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad;
+    const int64_t n = p.numel;
+    Ptrs<scalar_t> P{cptr<scalar_t>(p.input), cptr<scalar_t>(p.target),
+                     p.weight ? cptr<scalar_t>(*p.weight) : nullptr,
+                     p.grad_output ? cptr<scalar_t>(*p.grad_output) : nullptr, mptr<scalar_t>(out0),
+                     out1 ? mptr<scalar_t>(*out1) : nullptr};
+    const bool reduce = p.reduction != Reduction::None;
+    const A scale = static_cast<A>(p.grad_scale());
+    const bool go_scalar = !kForward && reduce;
+    const A go_scaled = go_scalar ? static_cast<A>(P.go[0]) * scale : A(0);
+    const int64_t nchunks = (n + kChunk - 1) / kChunk;
+    std::vector<double> partial(kForward && reduce ? nchunks : 0);
+
+    using Fn = double (*)(const Op&, const Ptrs<scalar_t>&, A, A, int64_t, int64_t);
+    Fn fn = nullptr;
+    with_bool(p.weight.has_value(), [&](auto kW) {
+      with_bool(reduce, [&](auto kReduce) {
+        with_bool(go_scalar, [&](auto kGo) {
+          fn = &chunk_base<mode, kW.value, kReduce.value, kGo.value, scalar_t, Op>;
+#ifdef LOSSEXT_HAVE_AVX2_CLONE
+          if (cpu_has_avx2()) fn = &chunk_avx2<mode, kW.value, kReduce.value, kGo.value, scalar_t, Op>;
+#endif
+        });
+      });
+    });
+    torch::stable::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        const double s = fn(op, P, scale, go_scaled, c * kChunk, std::min(n, (c + 1) * kChunk));
+        if (!partial.empty()) partial[c] = s;
+      }
+    });
+    if (kForward && reduce) {
+      double total = 0.0;
+      for (double s : partial) total += s;
+      if (p.reduction == Reduction::Mean) total /= static_cast<double>(n);  // 0/0 = NaN, as torch
+      P.o0[0] = static_cast<scalar_t>(total);
+    }
+  }
+};
+
+}  // namespace lossext
