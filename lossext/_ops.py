@@ -1,0 +1,31 @@
+"""Loads the compiled kernels (lossext._C) and registers, for each op family, the fake
+kernels and autograd formulas that live in Python."""
+import torch
+
+from . import _C
+from . import _pointwise
+
+_pointwise.register("wing_loss", target_grad_is_neg_input_grad=True)
+_pointwise.register("adaptive_wing_loss", target_grad_is_neg_input_grad=False)
+
+
+def build_info():
+    """What the loaded binary was compiled with."""
+    return {
+        "version": _C.version,
+        "torch": torch.__version__,
+        "cuda_compiled": bool(_C.with_cuda),
+        "cuda_arch_list": _C.cuda_arch_list,
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+def registered_ops():
+    """{op name: [dispatch keys with a lossext kernel]} for every lossext op."""
+    names = sorted({n.split("::", 1)[1].split(".", 1)[0]
+                    for n in torch._C._dispatch_get_all_op_names() if n.startswith("lossext::")})
+    out = {}
+    for n in names:
+        out[n] = [k for k in ("CPU", "CUDA")
+                  if torch._C._dispatch_has_kernel_for_dispatch_key(f"lossext::{n}", k)]
+    return out

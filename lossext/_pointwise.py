@@ -1,0 +1,124 @@
+"""Python side of the element-wise loss pattern (csrc/common/pointwise_loss.h).
+
+A loss NAME with parameters P1..Pk has these ops (reduction: 0 none, 1 mean, 2 sum):
+  NAME(input, target, weight?, P..., reduction) -> loss
+  NAME_with_grad(input, target, weight?, P..., reduction) -> (loss, dloss/dinput)
+  NAME_backward(grad_output, input, target, weight?, P..., reduction) -> grad_input
+  NAME_target_backward(...) -> grad_target      (only where dL/dy is not -dL/dx)
+
+`register` adds the fake kernels and autograd of all of them. Gradient choices:
+- NAME (recompute): backward runs NAME_backward over the saved inputs.
+- NAME_with_grad (one pass): the forward already wrote dloss/dinput, so backward is one
+  multiply by grad_output. The functional API takes this path for reduced losses whose input
+  requires grad (same bytes moved, the loss math runs once instead of twice).
+- weight's gradient is grad_output * scale * L(x, y) from NAME(..., reduction=none).
+- Double backward is not supported: it raises NotImplementedError.
+"""
+import torch
+
+from . import _C  # noqa: F401  (loads the kernels)
+
+
+def _scale(reduction, numel):
+    return 1.0 / numel if reduction == 1 and numel > 0 else 1.0
+
+
+def register(name, *, target_grad_is_neg_input_grad):
+    ns = torch.ops.lossext
+    fwd = getattr(ns, name).default
+    fwd_grad = getattr(ns, f"{name}_with_grad").default
+    bwd = getattr(ns, f"{name}_backward").default
+    tbwd = None if target_grad_is_neg_input_grad else getattr(ns, f"{name}_target_backward").default
+
+    def loss_shape(input, reduction):
+        return input.new_empty(()) if reduction != 0 else torch.empty_like(input, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(f"lossext::{name}")
+    def _(input, target, weight, *rest):
+        return loss_shape(input, rest[-1])
+
+    @torch.library.register_fake(f"lossext::{name}_with_grad")
+    def _(input, target, weight, *rest):
+        return loss_shape(input, rest[-1]), torch.empty_like(input, memory_format=torch.contiguous_format)
+
+    def grad_like(grad_output, input, *rest):
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+    torch.library.register_fake(f"lossext::{name}_backward")(grad_like)
+    if tbwd is not None:
+        torch.library.register_fake(f"lossext::{name}_target_backward")(grad_like)
+
+    def weight_grad(grad, input, target, params):
+        reduction = params[-1]
+        per_elem = fwd(input, target, None, *params[:-1], 0)
+        return grad * per_elem * _scale(reduction, input.numel())
+
+    def target_grad(grad, input, target, weight, params, grad_input):
+        if tbwd is None:
+            if grad_input is None:
+                grad_input = bwd(grad, input, target, weight, *params)
+            return -grad_input
+        return tbwd(grad, input, target, weight, *params)
+
+    # ---- recompute path -------------------------------------------------------------
+    def setup_fwd(ctx, inputs, output):
+        input, target, weight, *params = inputs
+        ctx.save_for_backward(input, target, weight)
+        ctx.params = params
+
+    def backward_fwd(ctx, grad):
+        input, target, weight = ctx.saved_tensors
+        p = ctx.params
+        gi = gt = gw = None
+        if ctx.needs_input_grad[0]:
+            gi = bwd(grad, input, target, weight, *p)
+        if ctx.needs_input_grad[1]:
+            gt = target_grad(grad, input, target, weight, p, gi)
+        if ctx.needs_input_grad[2]:
+            gw = weight_grad(grad, input, target, p)
+        return (gi, gt, gw) + (None,) * len(p)
+
+    torch.library.register_autograd(f"lossext::{name}", backward_fwd, setup_context=setup_fwd)
+
+    # ---- one-pass path --------------------------------------------------------------
+    def setup_fwd_grad(ctx, inputs, output):
+        input, target, weight, *params = inputs
+        ctx.params = params
+        # Unused outputs give None (not zeros), so that a gradient reaching the second output
+        # (double backward) is seen and refused below.
+        ctx.set_materialize_grads(False)
+        need_inputs = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.save_for_backward(output[1], *((input, target, weight) if need_inputs else ()))
+
+    def backward_fwd_grad(ctx, grad, grad_of_grad_output):
+        if grad_of_grad_output is not None:
+            raise NotImplementedError(
+                f"lossext.{name}: double backward is not supported (the second output of "
+                f"{name}_with_grad is not differentiable)")
+        saved = ctx.saved_tensors
+        g = saved[0]
+        if grad is None:
+            return (None,) * (3 + len(ctx.params))
+        p = ctx.params
+        gi = grad * g if ctx.needs_input_grad[0] else None
+        gt = gw = None
+        if len(saved) > 1:
+            input, target, weight = saved[1:]
+            if ctx.needs_input_grad[1]:
+                gt = -gi if (tbwd is None and gi is not None) else target_grad(grad, input, target, weight, p, None)
+            if ctx.needs_input_grad[2]:
+                gw = weight_grad(grad, input, target, p)
+        return (gi, gt, gw) + (None,) * len(p)
+
+    torch.library.register_autograd(f"lossext::{name}_with_grad", backward_fwd_grad,
+                                    setup_context=setup_fwd_grad)
+
+    # ---- double backward: raise clearly ---------------------------------------------
+    def no_double_backward(ctx, *grads):
+        raise NotImplementedError(f"lossext.{name}: double backward is not supported")
+
+    def no_setup(ctx, inputs, output):
+        pass
+
+    for op_name in [f"{name}_backward"] + ([f"{name}_target_backward"] if tbwd is not None else []):
+        torch.library.register_autograd(f"lossext::{op_name}", no_double_backward, setup_context=no_setup)
