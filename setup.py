@@ -59,7 +59,7 @@ ext = Extension(
     sources=sources,
     include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "include")],
     extra_compile_args={
-        "cxx": ["-O3", "-fvisibility=hidden", *defines],
+        "cxx": ["-O3", "-fvisibility=hidden", "-fno-trapping-math", "-fopenmp-simd", *defines],
         "nvcc": ["-O3", "--expt-relaxed-constexpr", *defines],
     },
     py_limited_api=True,

@@ -9,8 +9,10 @@ A loss NAME with parameters P1..Pk has these ops (reduction: 0 none, 1 mean, 2 s
 `register` adds the fake kernels and autograd of all of them. Gradient choices:
 - NAME (recompute): backward runs NAME_backward over the saved inputs.
 - NAME_with_grad (one pass): the forward already wrote dloss/dinput, so backward is one
-  multiply by grad_output. The functional API takes this path for reduced losses whose input
-  requires grad (same bytes moved, the loss math runs once instead of twice).
+  multiply by grad_output. Both paths move the same bytes; one-pass runs the loss math once
+  but allocates one more input-sized buffer. `register(..., one_pass=)` records which path the
+  functional API takes for reduced losses whose input requires grad; the choice per op is
+  measured (benchmarks/RESULTS.md) and written beside its registration in _ops.py.
 - weight's gradient is grad_output * scale * L(x, y) from NAME(..., reduction=none).
 - Double backward is not supported: it raises NotImplementedError.
 """
@@ -23,7 +25,20 @@ def _scale(reduction, numel):
     return 1.0 / numel if reduction == 1 and numel > 0 else 1.0
 
 
-def register(name, *, target_grad_is_neg_input_grad):
+# name -> True when the functional API takes the one-pass path for reduced losses.
+ONE_PASS = {}
+
+
+def call(name, input, target, weight, params, reduction):
+    """The functional entry: one-pass or recompute, as measured best for the op."""
+    ns = torch.ops.lossext
+    if ONE_PASS[name] and reduction != 0 and input.requires_grad and torch.is_grad_enabled():
+        return getattr(ns, name + "_with_grad")(input, target, weight, *params, reduction)[0]
+    return getattr(ns, name)(input, target, weight, *params, reduction)
+
+
+def register(name, *, target_grad_is_neg_input_grad, one_pass):
+    ONE_PASS[name] = one_pass
     ns = torch.ops.lossext
     fwd = getattr(ns, name).default
     fwd_grad = getattr(ns, f"{name}_with_grad").default

@@ -11,16 +11,14 @@ Conventions, as in torch.nn.functional:
 import torch
 
 from . import _ops  # noqa: F401  (registers fake kernels and autograd)
+from . import _pointwise
 from . import _validation as V
 
 __all__ = ["wing_loss", "adaptive_wing_loss"]
 
 
 def _call(op, input, target, weight, params, reduction):
-    # One-pass path (forward also writes dloss/dinput) when a reduced loss will be backpropagated.
-    if reduction != 0 and input.requires_grad and torch.is_grad_enabled():
-        return getattr(torch.ops.lossext, op + "_with_grad")(input, target, weight, *params, reduction)[0]
-    return getattr(torch.ops.lossext, op)(input, target, weight, *params, reduction)
+    return _pointwise.call(op, input, target, weight, params, reduction)
 
 
 def wing_loss(input, target, width=10.0, curvature=2.0, weight=None, reduction="mean"):

@@ -4,6 +4,7 @@
 // Cephes-style log/exp below, so that GCC vectorizes the loss loops (glibc's logf/expf
 // are scalar calls unless -ffast-math, which would also break NaN/inf handling).
 // Accuracy of the float versions: about 1 ulp (tests compare every op with float64).
+// Vectorizing needs -fno-trapping-math (if-conversion of the selects) and -fopenmp-simd.
 #pragma once
 
 #include <cmath>
@@ -22,7 +23,8 @@ LOSSEXT_HD float as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return 
 LOSSEXT_HD uint32_t as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
 // Natural log; exact special values: log(0) = -inf, log(<0) = NaN, log(inf) = inf, NaN -> NaN.
-LOSSEXT_HD float fast_logf(float x) {
+// Also returns x's reduction x = 2^e * m, m in [sqrt(1/2), sqrt(2)), as e and f = m - 1.
+LOSSEXT_HD float fast_logf_reduced(float x, int32_t& e_out, float& f_out) {
   const bool tiny = x < 1.17549435e-38f;  // subnormal (or <= 0, fixed below)
   const float xs = tiny ? x * 8388608.0f : x;  // * 2^23
   const uint32_t ix = as_uint(xs);
@@ -32,6 +34,8 @@ LOSSEXT_HD float fast_logf(float x) {
   m = big ? 0.5f * m : m;
   e += big ? 1 : 0;
   const float f = m - 1.0f;  // f in [sqrt(1/2) - 1, sqrt(2) - 1]
+  e_out = e;
+  f_out = f;
   const float z = f * f;
   float y = 7.0376836292e-2f;
   y = y * f - 1.1514610310e-1f;
@@ -54,14 +58,19 @@ LOSSEXT_HD float fast_logf(float x) {
   return (x != x) ? x : r;
 }
 
+LOSSEXT_HD float fast_logf(float x) {
+  int32_t e;
+  float f;
+  return fast_logf_reduced(x, e, f);
+}
+
 // exp; overflows to inf, underflows through subnormals to 0, NaN -> NaN.
 LOSSEXT_HD float fast_expf(float x) {
   float xc = x > 89.0f ? 89.0f : x;
   xc = xc < -104.0f ? -104.0f : xc;
-  const float t = xc * 1.44269504088896341f + 0.5f;
-  int32_t n = static_cast<int32_t>(t);
-  n -= (t < static_cast<float>(n)) ? 1 : 0;  // floor
-  const float nf = static_cast<float>(n);
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick: branch-free, so the loop stays vectorizable.
+  const float nf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const int32_t n = static_cast<int32_t>(nf);
   float r = xc - nf * 0.693359375f;
   r = r - nf * -2.12194440e-4f;
   const float z = r * r;
@@ -81,13 +90,20 @@ LOSSEXT_HD float fast_expf(float x) {
   return (x != x) ? x : res;
 }
 
-// log(1 + u) accurate for small u (Goldberg: log(v) * u / (v - 1) with v = 1 + u).
+// log(1 + u) accurate for small u, without a division: with v = fl(1 + u) and its rounding
+// error c = u - (v - 1), log(1 + u) = log(v) + c / v, and 1/v = 2^-e / (1 + f) is taken as
+// 2^-e (1 - f + f^2) (c is at most half an ulp of v, so that is far below an ulp of the result).
 LOSSEXT_HD float fast_log1pf(float u) {
   const float v = 1.0f + u;
-  const float d = v - 1.0f;
-  const float r = fast_logf(v) * (u / (d == 0.0f ? 1.0f : d));
-  const float res = (d == 0.0f) ? u : r;
-  return (v == std::numeric_limits<float>::infinity()) ? v : res;
+  const float c = u - (v - 1.0f);
+  int32_t e;
+  float f;
+  const float lv = fast_logf_reduced(v, e, f);
+  const int32_t ec = e < -126 ? -126 : (e > 127 ? 127 : e);
+  const float inv_v = as_float(static_cast<uint32_t>(127 - ec) << 23) * (1.0f - f + f * f);
+  const float r = lv + c * inv_v;
+  // v = 0 (u = -1), v = inf or NaN: log(v) alone is the answer.
+  return (v == 0.0f || v == std::numeric_limits<float>::infinity() || v != v) ? lv : r;
 }
 #endif  // !LOSSEXT_ON_DEVICE
 

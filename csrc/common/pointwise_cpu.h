@@ -1,12 +1,13 @@
 // CPU device for the element-wise loss pattern (pointwise_loss.h).
 //
 // Determinism: the range is cut into fixed chunks of kChunk elements, whatever the thread
-// count. Each chunk sums into kLanes fixed lanes (accumulation type), the lanes are added in
-// order into a double partial per chunk, and the partials are added in chunk order on one
-// thread. So the result is bitwise the same for 1 and N threads.
+// count. Each chunk sums blocks of kBlock elements in vector lanes of the accumulation type
+// (lane order fixed at compile time), adds the blocks in order into a double partial, and the
+// partials are added in chunk order on one thread. So the result is bitwise the same for 1
+// and N threads.
 //
-// Speed: the chunk loop is compiled twice, for baseline x86-64 and for AVX2+FMA, and picked
-// at run time; math.h's float log/exp are branch-free so that GCC vectorizes the loop.
+// Speed: the chunk loop is compiled for baseline x86-64, AVX2+FMA and AVX-512, and picked at
+// run time (so results can differ in the last bits between CPU generations, never between runs); math.h's float log/exp are branch-free so that GCC vectorizes the loop.
 #pragma once
 
 #include <algorithm>
@@ -21,7 +22,7 @@ namespace lossext {
 namespace cpu_detail {
 
 constexpr int64_t kChunk = int64_t(1) << 15;
-constexpr int kLanes = 16;
+constexpr int64_t kBlock = 2048;
 
 template <class scalar_t>
 struct Ptrs {
@@ -33,44 +34,54 @@ struct Ptrs {
   scalar_t* o1;
 };
 
+// Elements [b, e). Loops are `omp simd` (needs -fopenmp-simd): the float reduction is
+// vectorized in a fixed lane order decided at compile time, summed per kBlock into double.
 template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
 inline double chunk(const Op& op, const Ptrs<scalar_t>& P, acc_t<scalar_t> scale,
                     acc_t<scalar_t> go_scaled, int64_t b, int64_t e) {
   using A = acc_t<scalar_t>;
   constexpr bool kForward = mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad;
-  auto elem = [&](int64_t k) -> A {
-    const A X = static_cast<A>(P.x[k]);
-    const A Y = static_cast<A>(P.y[k]);
-    const A W = kW ? static_cast<A>(P.w[k]) : A(1);
-    if constexpr (kForward) {
-      const A v = W * op.value(X, Y);
-      if constexpr (mode == PointwiseMode::ForwardWithGrad) {
-        P.o1[k] = static_cast<scalar_t>(scale * W * op.dinput(X, Y));
-      }
-      if constexpr (!kReduce) {
-        P.o0[k] = static_cast<scalar_t>(v);
-        return A(0);
-      }
-      return v;
-    } else {
-      const A g = mode == PointwiseMode::BackwardInput ? op.dinput(X, Y) : op.dtarget(X, Y);
-      const A G = kGoScalar ? go_scaled : static_cast<A>(P.go[k]) * scale;
-      P.o0[k] = static_cast<scalar_t>(G * W * g);
-      return A(0);
-    }
-  };
+  const scalar_t* __restrict x = P.x;
+  const scalar_t* __restrict y = P.y;
+  const scalar_t* __restrict w = P.w;
+  const scalar_t* __restrict go = P.go;
+  scalar_t* __restrict o0 = P.o0;
+  scalar_t* __restrict o1 = P.o1;
   if constexpr (kForward && kReduce) {
-    A lane[kLanes] = {};
-    int64_t i = b;
-    for (; i + kLanes <= e; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) lane[j] += elem(i + j);
+    double total = 0.0;
+    for (int64_t bb = b; bb < e; bb += kBlock) {
+      const int64_t ee = std::min(e, bb + kBlock);
+      A s = A(0);
+#pragma omp simd reduction(+ : s)
+      for (int64_t k = bb; k < ee; ++k) {
+        const A X = static_cast<A>(x[k]);
+        const A Y = static_cast<A>(y[k]);
+        const A W = kW ? static_cast<A>(w[k]) : A(1);
+        s += W * op.value(X, Y);
+        if constexpr (mode == PointwiseMode::ForwardWithGrad) {
+          o1[k] = static_cast<scalar_t>(scale * W * op.dinput(X, Y));
+        }
+      }
+      total += static_cast<double>(s);
     }
-    for (int j = 0; i < e; ++i, ++j) lane[j] += elem(i);
-    double s = 0.0;
-    for (int j = 0; j < kLanes; ++j) s += static_cast<double>(lane[j]);
-    return s;
+    return total;
   } else {
-    for (int64_t i = b; i < e; ++i) elem(i);
+#pragma omp simd
+    for (int64_t k = b; k < e; ++k) {
+      const A X = static_cast<A>(x[k]);
+      const A Y = static_cast<A>(y[k]);
+      const A W = kW ? static_cast<A>(w[k]) : A(1);
+      if constexpr (kForward) {
+        o0[k] = static_cast<scalar_t>(W * op.value(X, Y));
+        if constexpr (mode == PointwiseMode::ForwardWithGrad) {
+          o1[k] = static_cast<scalar_t>(scale * W * op.dinput(X, Y));
+        }
+      } else {
+        const A g = mode == PointwiseMode::BackwardInput ? op.dinput(X, Y) : op.dtarget(X, Y);
+        const A G = kGoScalar ? go_scaled : static_cast<A>(go[k]) * scale;
+        o0[k] = static_cast<scalar_t>(G * W * g);
+      }
+    }
     return 0.0;
   }
 }
@@ -83,17 +94,29 @@ __attribute__((flatten)) double chunk_base(const Op& op, const Ptrs<scalar_t>& P
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LOSSEXT_HAVE_AVX2_CLONE 1
-template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
-__attribute__((target("avx2,fma"), flatten)) double chunk_avx2(const Op& op, const Ptrs<scalar_t>& P,
-                                                               acc_t<scalar_t> scale,
-                                                               acc_t<scalar_t> go_scaled, int64_t b,
-                                                               int64_t e) {
-  return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);
-}
-inline bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+#define LOSSEXT_HAVE_X86_CLONES 1
+#define LOSSEXT_CHUNK_CLONE(NAME, TARGET)                                                       \
+  template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op> \
+  __attribute__((target(TARGET), flatten)) double NAME(                                         \
+      const Op& op, const Ptrs<scalar_t>& P, acc_t<scalar_t> scale, acc_t<scalar_t> go_scaled,   \
+      int64_t b, int64_t e) {                                                                    \
+    return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);                   \
+  }
+LOSSEXT_CHUNK_CLONE(chunk_avx2, "avx2,fma")
+LOSSEXT_CHUNK_CLONE(chunk_avx512, "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,prefer-vector-width=512")
+#undef LOSSEXT_CHUNK_CLONE
+
+enum class CpuLevel { Base, Avx2, Avx512 };
+inline CpuLevel cpu_level() {
+  static const CpuLevel level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+      return CpuLevel::Avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuLevel::Avx2;
+    return CpuLevel::Base;
+  }();
+  return level;
 }
 #endif
 
@@ -133,8 +156,11 @@ struct CpuDevice {
       with_bool(reduce, [&](auto kReduce) {
         with_bool(go_scalar, [&](auto kGo) {
           fn = &chunk_base<mode, kW.value, kReduce.value, kGo.value, scalar_t, Op>;
-#ifdef LOSSEXT_HAVE_AVX2_CLONE
-          if (cpu_has_avx2()) fn = &chunk_avx2<mode, kW.value, kReduce.value, kGo.value, scalar_t, Op>;
+#ifdef LOSSEXT_HAVE_X86_CLONES
+          if (cpu_level() == CpuLevel::Avx2)
+            fn = &chunk_avx2<mode, kW.value, kReduce.value, kGo.value, scalar_t, Op>;
+          if (cpu_level() == CpuLevel::Avx512)
+            fn = &chunk_avx512<mode, kW.value, kReduce.value, kGo.value, scalar_t, Op>;
 #endif
         });
       });
