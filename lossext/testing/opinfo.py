@@ -1,0 +1,200 @@
+"""The one table of lossext ops, in the style of PyTorch's OpInfo.
+
+Generic tests (tests/test_*.py) and the benchmarks (benchmarks/) iterate over OP_DB. A new
+loss adds one OpInfo row here (functional, reference, Module, raw ops, sample / edge / error
+/ benchmark inputs, tolerances) and puts only its own special tests in a tests file of its own.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from .. import functional as LF
+from .. import nn as LN
+from .. import reference as R
+
+
+@dataclass
+class SampleInput:
+    """A call op(*args, **kwargs). Tensors that may take gradients are in args and in
+    kwargs['weight']."""
+    args: Tuple
+    kwargs: Dict = field(default_factory=dict)
+    name: str = ""
+
+    def tensors(self):
+        ts = [a for a in self.args if isinstance(a, torch.Tensor)]
+        w = self.kwargs.get("weight")
+        return ts + ([w] if isinstance(w, torch.Tensor) else [])
+
+    def map_tensors(self, fn):
+        args = tuple(fn(a) if isinstance(a, torch.Tensor) else a for a in self.args)
+        kwargs = {k: (fn(v) if isinstance(v, torch.Tensor) else v) for k, v in self.kwargs.items()}
+        return SampleInput(args, kwargs, self.name)
+
+    def __repr__(self):
+        shapes = [tuple(t.shape) for t in self.tensors()]
+        return f"SampleInput({self.name}, shapes={shapes}, kwargs={ {k: v for k, v in self.kwargs.items() if not isinstance(v, torch.Tensor)} })"
+
+
+@dataclass
+class ErrorInput:
+    sample: SampleInput
+    error_type: type
+    match: str  # regex; must name the offending argument
+
+
+@dataclass
+class OpInfo:
+    name: str
+    op: Callable                       # lossext.functional.<name>
+    ref: Callable                      # lossext.reference.<name>, same signature
+    module: Callable                   # lossext.nn Module class
+    raw_ops: List[str]                 # torch.ops.lossext.<raw> that implement it
+    hyper: Dict                        # default hyper-parameters (Module kwargs)
+    sample_inputs: Callable[..., Iterable[SampleInput]]   # (device, dtype, small) -> samples
+    edge_inputs: Callable[..., Iterable[SampleInput]]     # (device, dtype) -> branch edges
+    error_inputs: Callable[..., Iterable[ErrorInput]]     # (device) -> bad calls
+    bench_input: Callable[..., SampleInput]               # (numel, device, dtype) -> sample
+    # (rtol, atol) against the float64 reference, per dtype
+    tol: Dict[torch.dtype, Tuple[float, float]]
+    grad_args: Tuple[str, ...] = ("input", "target", "weight")  # differentiable tensors
+    # Tensors the op must read and write in each benchmark mode, as multiples of numel:
+    # the memory-copy floor moves the same number of bytes.
+    bench_bytes: Dict[str, int] = field(default_factory=lambda: {"forward": 2, "backward": 3, "full": 3})
+    family: str = ""
+
+
+def op_by_name(name):
+    for info in OP_DB:
+        if info.name == name:
+            return info
+    raise KeyError(name)
+
+
+def _make(shape, device, dtype, low, high, gen):
+    t = torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
+    return t.to(device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# Landmark regression: Wing, Adaptive Wing
+# ------------------------------------------------------------------------------------------
+
+def _pointwise_samples(lo_x, hi_x, lo_y, hi_y, hyper):
+    def samples(device, dtype, small=False):
+        gen = torch.Generator().manual_seed(0)
+        mk = lambda shape, lo, hi: _make(shape, device, dtype, lo, hi, gen)  # noqa: E731
+        shapes = [(), (1,), (7,), (3, 5), (4, 68, 2), (2, 3, 9, 7)]
+        if not small:
+            shapes += [(1023,), (2, 17, 16, 12)]
+        for red in ("mean", "sum", "none"):
+            for shape in shapes:
+                x, y = mk(shape, lo_x, hi_x), mk(shape, lo_y, hi_y)
+                yield SampleInput((x, y), dict(hyper, reduction=red), f"{red}-{shape}")
+            # per-element weight, and a broadcast one (landmark visibility [B, L, 1])
+            x, y = mk((4, 68, 2), lo_x, hi_x), mk((4, 68, 2), lo_y, hi_y)
+            yield SampleInput((x, y), dict(hyper, reduction=red, weight=mk((4, 68, 2), 0, 1)), f"{red}-weight")
+            yield SampleInput((x, y), dict(hyper, reduction=red, weight=mk((4, 68, 1), 0, 1)), f"{red}-bcast-weight")
+            # non-contiguous: a transpose and a strided slice; an expanded target
+            x, y = mk((9, 13), lo_x, hi_x), mk((9, 13), lo_y, hi_y)
+            yield SampleInput((x.t(), y.t()), dict(hyper, reduction=red), f"{red}-transposed")
+            x, y = mk((40,), lo_x, hi_x), mk((40,), lo_y, hi_y)
+            yield SampleInput((x[::3], y[1::3]), dict(hyper, reduction=red), f"{red}-strided")
+            yv = mk((1, 7), lo_y, hi_y)
+            yield SampleInput((mk((5, 7), lo_x, hi_x), yv.expand(5, 7)), dict(hyper, reduction=red), f"{red}-expanded")
+            # empty
+            yield SampleInput((mk((0, 3), lo_x, hi_x), mk((0, 3), lo_y, hi_y)), dict(hyper, reduction=red), f"{red}-empty")
+    return samples
+
+
+def _wing_edges(device, dtype):
+    w = 10.0
+    # d = x - y on both sides of and exactly at the branch point |d| = w, at 0 and tiny
+    d = torch.tensor([-2 * w, -w, -w + 1e-3, -1.0, -1e-6, 0.0, 1e-6, 1.0, w - 1e-3, w, w + 1e-3, 3 * w],
+                     dtype=torch.float64)
+    y = torch.linspace(-1, 1, d.numel(), dtype=torch.float64)
+    for red in ("none", "mean", "sum"):
+        yield SampleInput(((y + d).to(device, dtype), y.to(device, dtype)),
+                          dict(width=w, curvature=2.0, reduction=red), f"{red}-edges")
+
+
+def _awing_edges(device, dtype):
+    theta = 0.5
+    y = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.3, 0.3, 0.7, 0.5, 0.2], dtype=torch.float64)
+    D = torch.tensor([0.0, theta, theta - 1e-3, theta + 1e-3, 0.0, theta, 1e-6, theta, -theta, 0.1, 2.0, -1.5],
+                     dtype=torch.float64)
+    for red in ("none", "mean", "sum"):
+        yield SampleInput(((y + D).to(device, dtype), y.to(device, dtype)),
+                          dict(alpha=2.1, omega=14.0, epsilon=1.0, theta=theta, reduction=red), f"{red}-edges")
+
+
+def _pointwise_errors(fn_name, hyper, bad_hypers):
+    def errors(device):
+        x = torch.rand(4, 3, device=device)
+        y = torch.rand(4, 3, device=device)
+        E = []
+        E.append(ErrorInput(SampleInput((x, torch.rand(4, 2, device=device)), dict(hyper)), ValueError, "target shape"))
+        E.append(ErrorInput(SampleInput((x.long(), y.long()), dict(hyper)), TypeError, "input must be float"))
+        E.append(ErrorInput(SampleInput((x, y.double()), dict(hyper)), TypeError, "target dtype"))
+        E.append(ErrorInput(SampleInput((x, y.to("meta")), dict(hyper)), ValueError, "target is on"))
+        E.append(ErrorInput(SampleInput((x, y), dict(hyper, reduction="avg")), ValueError, "reduction must be"))
+        E.append(ErrorInput(SampleInput((x, y), dict(hyper, weight=torch.rand(5, device=device))), ValueError, "weight of shape"))
+        E.append(ErrorInput(SampleInput((x, y), dict(hyper, weight=torch.rand(4, 3, 2, device=device))), ValueError, "weight of shape"))
+        E.append(ErrorInput(SampleInput((x, y), dict(hyper, weight=[1.0])), TypeError, "weight must be"))
+        E.append(ErrorInput(SampleInput((x, "y"), dict(hyper)), TypeError, "target must be a Tensor"))
+        for key, value, match in bad_hypers:
+            E.append(ErrorInput(SampleInput((x, y), dict(hyper, **{key: value})), ValueError, match))
+        return E
+    return errors
+
+
+def _bench(lo_x, hi_x, lo_y, hi_y, hyper):
+    def make(numel, device, dtype):
+        gen = torch.Generator().manual_seed(0)
+        x = _make((numel,), device, dtype, lo_x, hi_x, gen)
+        y = _make((numel,), device, dtype, lo_y, hi_y, gen)
+        return SampleInput((x, y), dict(hyper, reduction="mean"), f"n={numel}")
+    return make
+
+
+_TOL = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (2e-5, 1e-5),
+    torch.float16: (1e-2, 1e-2),   # half tests use the 2x-of-PyTorch rule, see test_half.py
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+_WING = dict(width=10.0, curvature=2.0)
+_AWING = dict(alpha=2.1, omega=14.0, epsilon=1.0, theta=0.5)
+
+OP_DB: List[OpInfo] = [
+    OpInfo(
+        name="wing_loss", family="landmark",
+        op=LF.wing_loss, ref=R.wing_loss, module=LN.WingLoss,
+        raw_ops=["wing_loss", "wing_loss_with_grad", "wing_loss_backward"],
+        hyper=_WING,
+        sample_inputs=_pointwise_samples(-25.0, 25.0, -3.0, 3.0, _WING),
+        edge_inputs=_wing_edges,
+        error_inputs=_pointwise_errors("wing_loss", _WING, [
+            ("width", 0.0, "width must be > 0"), ("width", -1.0, "width must be > 0"),
+            ("curvature", 0.0, "curvature must be > 0"), ("width", float("nan"), "width must be finite")]),
+        bench_input=_bench(-25.0, 25.0, -3.0, 3.0, _WING),
+        tol=_TOL,
+    ),
+    OpInfo(
+        name="adaptive_wing_loss", family="landmark",
+        op=LF.adaptive_wing_loss, ref=R.adaptive_wing_loss, module=LN.AdaptiveWingLoss,
+        raw_ops=["adaptive_wing_loss", "adaptive_wing_loss_with_grad", "adaptive_wing_loss_backward",
+                 "adaptive_wing_loss_target_backward"],
+        hyper=_AWING,
+        sample_inputs=_pointwise_samples(-0.2, 1.2, 0.0, 1.0, _AWING),
+        edge_inputs=_awing_edges,
+        error_inputs=_pointwise_errors("adaptive_wing_loss", _AWING, [
+            ("epsilon", 0.0, "epsilon must be > 0"), ("omega", -1.0, "omega must be > 0"),
+            ("theta", 0.0, "theta must be > 0"), ("alpha", 0.5, "alpha must be > theta"),
+            ("alpha", 0.2, "alpha must be > theta")]),
+        bench_input=_bench(-0.2, 1.2, 0.0, 1.0, _AWING),
+        tol=_TOL,
+    ),
+]
