@@ -99,30 +99,24 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
     def setup_fwd_grad(ctx, inputs, output):
         input, target, weight, *params = inputs
         ctx.params = params
-        # Unused outputs give None (not zeros), so that a gradient reaching the second output
-        # (double backward) is seen and refused below.
-        ctx.set_materialize_grads(False)
-        need_inputs = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        ctx.save_for_backward(output[1], *((input, target, weight) if need_inputs else ()))
+        # dloss/dinput is an auxiliary output: not differentiable.
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1], input, target, weight)
 
-    def backward_fwd_grad(ctx, grad, grad_of_grad_output):
-        if grad_of_grad_output is not None:
-            raise NotImplementedError(
-                f"lossext.{name}: double backward is not supported (the second output of "
-                f"{name}_with_grad is not differentiable)")
-        saved = ctx.saved_tensors
-        g = saved[0]
-        if grad is None:
-            return (None,) * (3 + len(ctx.params))
+    def backward_fwd_grad(ctx, grad, _unused):
+        g, input, target, weight = ctx.saved_tensors
         p = ctx.params
-        gi = grad * g if ctx.needs_input_grad[0] else None
-        gt = gw = None
-        if len(saved) > 1:
-            input, target, weight = saved[1:]
-            if ctx.needs_input_grad[1]:
-                gt = -gi if (tbwd is None and gi is not None) else target_grad(grad, input, target, weight, p, None)
-            if ctx.needs_input_grad[2]:
-                gw = weight_grad(grad, input, target, p)
+        gi = gt = gw = None
+        if torch.is_grad_enabled():
+            # create_graph=True: grad * g would drop g's own dependence on input (silently wrong
+            # second derivatives), so take the recompute op, whose double backward raises.
+            gi = bwd(grad, input, target, weight, *p) if ctx.needs_input_grad[0] else None
+        elif ctx.needs_input_grad[0]:
+            gi = grad * g
+        if ctx.needs_input_grad[1]:
+            gt = -gi if (tbwd is None and gi is not None) else target_grad(grad, input, target, weight, p, None)
+        if ctx.needs_input_grad[2]:
+            gw = weight_grad(grad, input, target, p)
         return (gi, gt, gw) + (None,) * len(p)
 
     torch.library.register_autograd(f"lossext::{name}_with_grad", backward_fwd_grad,

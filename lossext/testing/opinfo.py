@@ -56,6 +56,8 @@ class OpInfo:
     edge_inputs: Callable[..., Iterable[SampleInput]]     # (device, dtype) -> branch edges
     error_inputs: Callable[..., Iterable[ErrorInput]]     # (device) -> bad calls
     bench_input: Callable[..., SampleInput]               # (numel, device, dtype) -> sample
+    # sample -> [(raw op name, positional args)]: direct calls of every raw op (for opcheck)
+    raw_calls: Callable[[SampleInput], List[Tuple[str, Tuple]]]
     # (rtol, atol) against the float64 reference, per dtype
     tol: Dict[torch.dtype, Tuple[float, float]]
     grad_args: Tuple[str, ...] = ("input", "target", "weight")  # differentiable tensors
@@ -99,7 +101,7 @@ def _pointwise_samples(lo_x, hi_x, lo_y, hi_y, hyper):
             # non-contiguous: a transpose and a strided slice; an expanded target
             x, y = mk((9, 13), lo_x, hi_x), mk((9, 13), lo_y, hi_y)
             yield SampleInput((x.t(), y.t()), dict(hyper, reduction=red), f"{red}-transposed")
-            x, y = mk((40,), lo_x, hi_x), mk((40,), lo_y, hi_y)
+            x, y = mk((42,), lo_x, hi_x), mk((42,), lo_y, hi_y)
             yield SampleInput((x[::3], y[1::3]), dict(hyper, reduction=red), f"{red}-strided")
             yv = mk((1, 7), lo_y, hi_y)
             yield SampleInput((mk((5, 7), lo_x, hi_x), yv.expand(5, 7)), dict(hyper, reduction=red), f"{red}-expanded")
@@ -158,6 +160,28 @@ def _bench(lo_x, hi_x, lo_y, hi_y, hyper):
     return make
 
 
+_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _pointwise_raw_calls(name, param_keys, target_backward):
+    def calls(sample):
+        x, y = sample.args
+        kw = sample.kwargs
+        red = _REDUCTION[kw.get("reduction", "mean")]
+        w = kw.get("weight")
+        w = None if w is None else w.expand(x.shape)
+        params = tuple(float(kw[k]) for k in param_keys)
+        gen = torch.Generator().manual_seed(1)
+        go = torch.randn(x.shape if red == 0 else (), generator=gen, dtype=torch.float64).to(x.device, x.dtype)
+        out = [(name, (x, y, w, *params, red)),
+               (f"{name}_with_grad", (x, y, w, *params, red)),
+               (f"{name}_backward", (go, x, y, w, *params, red))]
+        if target_backward:
+            out.append((f"{name}_target_backward", (go, x, y, w, *params, red)))
+        return out
+    return calls
+
+
 _TOL = {
     torch.float64: (1e-10, 1e-12),
     torch.float32: (2e-5, 1e-5),
@@ -180,6 +204,7 @@ OP_DB: List[OpInfo] = [
             ("width", 0.0, "width must be > 0"), ("width", -1.0, "width must be > 0"),
             ("curvature", 0.0, "curvature must be > 0"), ("width", float("nan"), "width must be finite")]),
         bench_input=_bench(-25.0, 25.0, -3.0, 3.0, _WING),
+        raw_calls=_pointwise_raw_calls("wing_loss", ("width", "curvature"), False),
         tol=_TOL,
     ),
     OpInfo(
@@ -195,6 +220,7 @@ OP_DB: List[OpInfo] = [
             ("theta", 0.0, "theta must be > 0"), ("alpha", 0.5, "alpha must be > theta"),
             ("alpha", 0.2, "alpha must be > theta")]),
         bench_input=_bench(-0.2, 1.2, 0.0, 1.0, _AWING),
+        raw_calls=_pointwise_raw_calls("adaptive_wing_loss", ("alpha", "omega", "epsilon", "theta"), True),
         tol=_TOL,
     ),
 ]

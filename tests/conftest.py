@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+import lossext  # noqa: F401
+from lossext.testing import OP_DB
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_generate_tests(metafunc):
+    if "info" in metafunc.fixturenames:
+        metafunc.parametrize("info", OP_DB, ids=[o.name for o in OP_DB])
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", DEVICES)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def to_ref(sample):
+    """The sample in float64 on the CPU, detached: the reference's input."""
+    return sample.map_tensors(lambda t: t.detach().to("cpu", torch.float64))
+
+
+def assert_close(actual, expected, rtol, atol, msg=""):
+    torch.testing.assert_close(actual.detach().to("cpu", torch.float64), expected.detach().to(torch.float64),
+                               rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{msg}\n{m}")

@@ -1,0 +1,37 @@
+"""float16 / bfloat16: computed in float32 and returned in the input dtype. The error against
+the float64 reference is at most 2x that of PyTorch's own composite run in the same dtype."""
+import pytest
+import torch
+
+from conftest import to_ref
+
+
+def _err(a, b):
+    return (a.detach().double().cpu() - b.detach().double()).abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_error(info, device, dtype):
+    for red in ("none", "mean", "sum"):
+        sample = info.bench_input(4099, device, dtype)
+        sample.kwargs["reduction"] = red
+        ref = to_ref(sample)
+        truth = info.ref(*ref.args, **ref.kwargs)
+        ours = info.op(*sample.args, **sample.kwargs)
+        assert ours.dtype == dtype
+        theirs = info.ref(*sample.args, **sample.kwargs)
+        # a floor of one unit in the last place of the result's magnitude, for exact ties
+        floor = torch.finfo(dtype).eps * max(1.0, truth.abs().max().item())
+        assert _err(ours, truth) <= 2 * max(_err(theirs, truth), floor), red
+
+        # gradients
+        xs = sample.args[0].detach().clone().requires_grad_(True)
+        xr = sample.args[0].detach().clone().requires_grad_(True)
+        x64 = ref.args[0].clone().requires_grad_(True)
+        go = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        (g_ours,) = torch.autograd.grad(info.op(xs, *sample.args[1:], **sample.kwargs), xs, go.to(device, dtype))
+        (g_theirs,) = torch.autograd.grad(info.ref(xr, *sample.args[1:], **sample.kwargs), xr, go.to(device, dtype))
+        (g_truth,) = torch.autograd.grad(info.ref(x64, *ref.args[1:], **ref.kwargs), x64, go)
+        gfloor = torch.finfo(dtype).eps * max(1.0, g_truth.abs().max().item())
+        assert g_ours.dtype == dtype
+        assert _err(g_ours, g_truth) <= 2 * max(_err(g_theirs, g_truth), gfloor), f"grad {red}"

@@ -1,0 +1,71 @@
+"""Every op against its float64 reference (written from the paper's formula), over the
+OpInfo samples and the branch-edge inputs: values and gradients."""
+import pytest
+import torch
+
+from conftest import assert_close, to_ref
+
+
+def _grads(fn, sample, grad_seed=0):
+    """Loss and gradients of fn on sample wrt every floating tensor (input, target, weight)."""
+    s = sample.map_tensors(lambda t: t.detach().clone().requires_grad_(True))
+    out = fn(*s.args, **s.kwargs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    tensors = s.tensors()
+    if out.numel() == 0:
+        return out, [torch.zeros_like(t) for t in tensors]
+    grads = torch.autograd.grad(out, tensors, g.to(out.device, out.dtype), allow_unused=True)
+    return out, [torch.zeros_like(t) if gr is None else gr for t, gr in zip(tensors, grads)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_values_match_reference(info, device, dtype):
+    rtol, atol = info.tol[dtype]
+    for sample in list(info.sample_inputs(device, dtype)) + list(info.edge_inputs(device, dtype)):
+        actual = info.op(*sample.args, **sample.kwargs)
+        expected = info.ref(*to_ref(sample).args, **to_ref(sample).kwargs)
+        assert actual.dtype == dtype and actual.device.type == device
+        assert actual.shape == expected.shape, sample
+        assert_close(actual, expected, rtol, atol, repr(sample))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gradients_match_reference(info, device, dtype):
+    rtol, atol = info.tol[dtype]
+    samples = list(info.sample_inputs(device, dtype))
+    if dtype == torch.float64:  # at a branch point float32 rounding may pick the other side
+        samples += list(info.edge_inputs(device, dtype))
+    for sample in samples:
+        out, grads = _grads(info.op, sample)
+        ref_out, ref_grads = _grads(info.ref, to_ref(sample))
+        assert_close(out, ref_out, rtol, atol, repr(sample))
+        for name, g, rg in zip(("input", "target", "weight"), grads, ref_grads):
+            assert g.shape == rg.shape
+            assert_close(g, rg, rtol, atol, f"grad of {name}: {sample!r}")
+
+
+def test_large_odd_size(info, device):
+    """2^20 + 3 elements: many CPU chunks and CUDA blocks plus a ragged tail."""
+    sample = info.bench_input((1 << 20) + 3, device, torch.float32)
+    for red in ("mean", "sum", "none"):
+        s = sample.map_tensors(lambda t: t)
+        s.kwargs["reduction"] = red
+        actual = info.op(*s.args, **s.kwargs)
+        expected = info.ref(*to_ref(s).args, **to_ref(s).kwargs)
+        rtol, atol = info.tol[torch.float32]
+        assert_close(actual, expected, rtol, atol, red)
+        _, (gi, *_rest) = _grads(info.op, s)
+        _, (rgi, *_rrest) = _grads(info.ref, to_ref(s))
+        assert_close(gi, rgi, rtol, atol, f"grad {red}")
+
+
+def test_module_matches_functional(info, device):
+    module = info.module(**info.hyper)
+    for sample in info.sample_inputs(device, torch.float32, small=True):
+        kwargs = dict(sample.kwargs)
+        red = kwargs.pop("reduction")
+        weight = kwargs.pop("weight", None)
+        m = info.module(**kwargs, reduction=red)
+        torch.testing.assert_close(m(*sample.args, weight=weight), info.op(*sample.args, **sample.kwargs),
+                                   equal_nan=True)
+    assert repr(module)
