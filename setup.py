@@ -30,7 +30,7 @@ if _cuda_home:
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
 
 import torch  # noqa: E402
-from setuptools import setup  # noqa: E402
+from setuptools import find_packages, setup  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 want_cuda = os.environ.get("LOSSEXT_CUDA", "1") != "0"
@@ -68,7 +68,7 @@ ext = Extension(
 setup(
     name="lossext",
     version=VERSION,
-    packages=["lossext"],
+    packages=find_packages(include=["lossext", "lossext.*"]),
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
