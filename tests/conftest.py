@@ -4,7 +4,9 @@ import torch
 import lossext  # noqa: F401
 from lossext.testing import OP_DB
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# GPU cases are generated everywhere and skipped where no GPU is visible.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="no GPU visible"))]
 
 
 def pytest_generate_tests(metafunc):
