@@ -24,23 +24,13 @@ namespace cpu_detail {
 constexpr int64_t kChunk = int64_t(1) << 15;
 constexpr int64_t kBlock = 2048;
 
-template <class scalar_t>
-struct Ptrs {
-  const scalar_t* x;
-  const scalar_t* y;
-  const scalar_t* w;
-  const scalar_t* go;
-  scalar_t* o0;
-  scalar_t* o1;
-};
-
 // Elements [b, e). Loops are `omp simd` (needs -fopenmp-simd): the float reduction is
 // vectorized in a fixed lane order decided at compile time, summed per kBlock into double.
 template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
-inline double chunk(const Op& op, const Ptrs<scalar_t>& P, acc_t<scalar_t> scale,
+inline double chunk(const Op& op, const PointwisePtrs<scalar_t>& P, acc_t<scalar_t> scale,
                     acc_t<scalar_t> go_scaled, int64_t b, int64_t e) {
   using A = acc_t<scalar_t>;
-  constexpr bool kForward = mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad;
+  constexpr bool kForward = is_forward(mode);
   const scalar_t* __restrict x = P.x;
   const scalar_t* __restrict y = P.y;
   const scalar_t* __restrict w = P.w;
@@ -87,7 +77,7 @@ inline double chunk(const Op& op, const Ptrs<scalar_t>& P, acc_t<scalar_t> scale
 }
 
 template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
-__attribute__((flatten)) double chunk_base(const Op& op, const Ptrs<scalar_t>& P,
+__attribute__((flatten)) double chunk_base(const Op& op, const PointwisePtrs<scalar_t>& P,
                                            acc_t<scalar_t> scale, acc_t<scalar_t> go_scaled,
                                            int64_t b, int64_t e) {
   return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);
@@ -98,7 +88,7 @@ __attribute__((flatten)) double chunk_base(const Op& op, const Ptrs<scalar_t>& P
 #define LOSSEXT_CHUNK_CLONE(NAME, TARGET)                                                       \
   template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op> \
   __attribute__((target(TARGET), flatten)) double NAME(                                         \
-      const Op& op, const Ptrs<scalar_t>& P, acc_t<scalar_t> scale, acc_t<scalar_t> go_scaled,   \
+      const Op& op, const PointwisePtrs<scalar_t>& P, acc_t<scalar_t> scale, acc_t<scalar_t> go_scaled,   \
       int64_t b, int64_t e) {                                                                    \
     return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);                   \
   }
@@ -120,16 +110,6 @@ inline CpuLevel cpu_level() {
 }
 #endif
 
-template <class F>
-inline void with_bool(bool b, F&& f) {
-  if (b) f(std::true_type{}); else f(std::false_type{});
-}
-
-template <class scalar_t>
-inline const scalar_t* cptr(const Tensor& t) { return static_cast<const scalar_t*>(t.data_ptr()); }
-template <class scalar_t>
-inline scalar_t* mptr(const Tensor& t) { return static_cast<scalar_t*>(t.data_ptr()); }
-
 }  // namespace cpu_detail
 
 struct CpuDevice {
@@ -137,12 +117,9 @@ struct CpuDevice {
   static void run(const PointwiseProblem& p, const Op& op, Tensor& out0, Tensor* out1) {
     using namespace cpu_detail;
     using A = acc_t<scalar_t>;
-    constexpr bool kForward = mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad;
+    constexpr bool kForward = is_forward(mode);
     const int64_t n = p.numel;
-    Ptrs<scalar_t> P{cptr<scalar_t>(p.input), cptr<scalar_t>(p.target),
-                     p.weight ? cptr<scalar_t>(*p.weight) : nullptr,
-                     p.grad_output ? cptr<scalar_t>(*p.grad_output) : nullptr, mptr<scalar_t>(out0),
-                     out1 ? mptr<scalar_t>(*out1) : nullptr};
+    const PointwisePtrs<scalar_t> P(p, out0, out1);
     const bool reduce = p.reduction != Reduction::None;
     const A scale = static_cast<A>(p.grad_scale());
     const bool go_scalar = !kForward && reduce;
@@ -150,7 +127,7 @@ struct CpuDevice {
     const int64_t nchunks = (n + kChunk - 1) / kChunk;
     std::vector<double> partial(kForward && reduce ? nchunks : 0);
 
-    using Fn = double (*)(const Op&, const Ptrs<scalar_t>&, A, A, int64_t, int64_t);
+    using Fn = double (*)(const Op&, const PointwisePtrs<scalar_t>&, A, A, int64_t, int64_t);
     Fn fn = nullptr;
     with_bool(p.weight.has_value(), [&](auto kW) {
       with_bool(reduce, [&](auto kReduce) {

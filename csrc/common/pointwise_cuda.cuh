@@ -42,16 +42,6 @@ struct alignas(sizeof(scalar_t) * VEC) Packet {
   scalar_t v[VEC];
 };
 
-template <class scalar_t>
-struct Ptrs {
-  const scalar_t* x;
-  const scalar_t* y;
-  const scalar_t* w;
-  const scalar_t* go;
-  scalar_t* o0;
-  scalar_t* o1;
-};
-
 // Sum over the block in a fixed order; the result is valid in thread 0.
 template <class A>
 __device__ __forceinline__ A block_sum(A v) {
@@ -89,11 +79,11 @@ __device__ __forceinline__ A element(const Op& op, A X, A Y, A W, A G, A scale, 
 
 template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, int VEC, class scalar_t, class Op>
 __global__ void __launch_bounds__(kThreads)
-    pointwise_kernel(Op op, Ptrs<scalar_t> P, int64_t n, acc_t<scalar_t> scale,
+    pointwise_kernel(Op op, PointwisePtrs<scalar_t> P, int64_t n, acc_t<scalar_t> scale,
                      acc_t<scalar_t>* partials) {
   using A = acc_t<scalar_t>;
   using Pk = Packet<scalar_t, VEC>;
-  constexpr bool kForward = mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad;
+  constexpr bool kForward = is_forward(mode);
   constexpr bool kWriteO0 = !(kForward && kReduce);
   constexpr bool kReadGo = !kForward && !kGoScalar;
   const A go_scaled = (!kForward && kGoScalar) ? static_cast<A>(P.go[0]) * scale : A(0);
@@ -149,16 +139,6 @@ __global__ void __launch_bounds__(kFinalThreads)
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-template <class scalar_t>
-inline const scalar_t* cptr(const Tensor& t) { return static_cast<const scalar_t*>(t.data_ptr()); }
-template <class scalar_t>
-inline scalar_t* mptr(const Tensor& t) { return static_cast<scalar_t*>(t.data_ptr()); }
-
-template <class F>
-inline void with_bool(bool b, F&& f) {
-  if (b) f(std::true_type{}); else f(std::false_type{});
-}
-
 }  // namespace cuda_detail
 
 struct CudaDevice {
@@ -166,17 +146,14 @@ struct CudaDevice {
   static void run(const PointwiseProblem& p, const Op& op, Tensor& out0, Tensor* out1) {
     using namespace cuda_detail;
     using A = acc_t<scalar_t>;
-    constexpr bool kForward = mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad;
+    constexpr bool kForward = is_forward(mode);
     constexpr int kVec = 16 / sizeof(scalar_t);
     const int64_t n = p.numel;
     const int32_t dev = p.input.get_device_index();
     torch::stable::accelerator::DeviceGuard guard(dev);
     cudaStream_t stream = current_stream(dev);
 
-    Ptrs<scalar_t> P{cptr<scalar_t>(p.input), cptr<scalar_t>(p.target),
-                     p.weight ? cptr<scalar_t>(*p.weight) : nullptr,
-                     p.grad_output ? cptr<scalar_t>(*p.grad_output) : nullptr, mptr<scalar_t>(out0),
-                     out1 ? mptr<scalar_t>(*out1) : nullptr};
+    const PointwisePtrs<scalar_t> P(p, out0, out1);
     const bool reduce = p.reduction != Reduction::None;
     const bool go_scalar = !kForward && reduce;
     const bool vec_ok = aligned16(P.x) && aligned16(P.y) && (!P.w || aligned16(P.w)) &&

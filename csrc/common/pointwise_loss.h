@@ -6,6 +6,7 @@
 #pragma once
 
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include <torch/csrc/stable/ops.h>
@@ -21,6 +22,10 @@ enum class PointwiseMode {
   BackwardInput,    // out0 = grad_output * scale * w * dL/dx
   BackwardTarget,   // out0 = grad_output * scale * w * dL/dy
 };
+
+constexpr bool is_forward(PointwiseMode m) {
+  return m == PointwiseMode::Forward || m == PointwiseMode::ForwardWithGrad;
+}
 
 struct PointwiseProblem {
   Tensor input, target;             // contiguous, same shape, dtype and device
@@ -72,6 +77,31 @@ inline Tensor new_loss(const PointwiseProblem& p) {
   if (p.reduction == Reduction::None) return new_like_input(p);
   return torch::stable::empty(std::vector<int64_t>{}, p.input.scalar_type(), std::nullopt,
                               p.input.device());
+}
+
+// Raw pointers of one problem, as the device loops see them.
+template <class scalar_t>
+struct PointwisePtrs {
+  const scalar_t* x;   // input
+  const scalar_t* y;   // target
+  const scalar_t* w;   // weight or null
+  const scalar_t* go;  // grad_output or null
+  scalar_t* o0;        // loss or gradient
+  scalar_t* o1;        // ForwardWithGrad: dloss/dinput; else null
+
+  PointwisePtrs(const PointwiseProblem& p, Tensor& out0, Tensor* out1)
+      : x(static_cast<const scalar_t*>(p.input.data_ptr())),
+        y(static_cast<const scalar_t*>(p.target.data_ptr())),
+        w(p.weight ? static_cast<const scalar_t*>(p.weight->data_ptr()) : nullptr),
+        go(p.grad_output ? static_cast<const scalar_t*>(p.grad_output->data_ptr()) : nullptr),
+        o0(static_cast<scalar_t*>(out0.data_ptr())),
+        o1(out1 ? static_cast<scalar_t*>(out1->data_ptr()) : nullptr) {}
+};
+
+// Calls f(std::true_type{}) or f(std::false_type{}): turns run-time flags into template ones.
+template <class F>
+inline void with_bool(bool b, F&& f) {
+  if (b) f(std::true_type{}); else f(std::false_type{});
 }
 
 // MakeOp is a generic callable: make_op(T{}) returns the loss functor for accumulation type T.
