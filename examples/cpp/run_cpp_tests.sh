@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Builds liblossext with CMake, installs it, builds the libtorch consumer in examples/cpp against
+# the installed package (a real find_package(lossext)) and runs its tests with ctest.
+#
+#   bash examples/cpp/run_cpp_tests.sh                 # from anywhere; paths are the repo's
+#   LOSSEXT_CUDA=0 bash examples/cpp/run_cpp_tests.sh  # CPU kernels only
+#
+# Environment:
+#   PYTHON                the python whose torch is used (default: <repo>/.venv/bin/python)
+#   LOSSEXT_CUDA          0: no CUDA kernels; 1: require them; unset: whenever torch is a CUDA
+#                         build and nvcc is present
+#   CUDA_HOME             the CUDA toolkit root (default /usr/local/cuda; not the parent of a
+#                         wrapper `nvcc` found on PATH)
+#   TORCH_CUDA_ARCH_LIST  CUDA architectures (default 9.0)
+#   JOBS                  parallel build jobs (default 2)
+#   LOSSEXT_BUILD_DIR, LOSSEXT_INSTALL_DIR, LOSSEXT_EXAMPLES_BUILD_DIR
+#                         default build/cmake, build/cmake-install, build/cmake-examples
+# Re-running reuses the build directories: CMake is re-configured only when its arguments change
+# (ninja re-runs it by itself when a CMakeLists.txt changes), so a run with nothing changed
+# costs about the test's own run time.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+JOBS="${JOBS:-2}"
+BUILD="${LOSSEXT_BUILD_DIR:-$ROOT/build/cmake}"
+PREFIX="${LOSSEXT_INSTALL_DIR:-$ROOT/build/cmake-install}"
+EXBUILD="${LOSSEXT_EXAMPLES_BUILD_DIR:-$ROOT/build/cmake-examples}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+[ -x "$PYTHON" ] || { echo "run_cpp_tests.sh: no python at '$PYTHON' (set PYTHON)" >&2; exit 1; }
+command -v cmake >/dev/null || { echo "run_cpp_tests.sh: cmake not found" >&2; exit 1; }
+command -v ninja >/dev/null || { echo "run_cpp_tests.sh: ninja not found" >&2; exit 1; }
+
+# torch's CMake prefix, whether it is a CUDA build, and the nvrtc it ships (find_package(Torch)
+# on a CUDA build wants CUDA_nvrtc_LIBRARY; the minimal toolkit here has no nvrtc).
+TORCH_INFO_TEXT="$("$PYTHON" - <<'EOF'
+import glob, os
+import torch
+site = os.path.dirname(os.path.dirname(torch.__file__))
+nvrtc = sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libnvrtc.so.*"))
+               + glob.glob(os.path.join(site, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so.*")))
+nvrtc = [p for p in nvrtc if "builtins" not in os.path.basename(p)]
+print(torch.utils.cmake_prefix_path)
+print(torch.version.cuda or "")
+print(nvrtc[0] if nvrtc else "")
+print(torch.__version__)
+EOF
+)"
+mapfile -t TORCH_INFO <<<"$TORCH_INFO_TEXT"
+TORCH_PREFIX="${TORCH_INFO[0]}"
+TORCH_CUDA_VERSION="${TORCH_INFO[1]}"
+NVRTC="${TORCH_INFO[2]}"
+echo "torch ${TORCH_INFO[3]} (CUDA build: ${TORCH_CUDA_VERSION:-no}) from $PYTHON"
+
+COMMON_ARGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$TORCH_PREFIX")
+WANT_CUDA=OFF
+if [ -n "$TORCH_CUDA_VERSION" ]; then
+  # A CUDA build of torch needs a CUDA toolkit in find_package(Torch), even for CPU-only
+  # consumers. Use the toolkit's own nvcc, not a wrapper script that may come first on PATH.
+  export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+  NVCC="$CUDA_HOME/bin/nvcc"
+  [ -x "$NVCC" ] || { echo "run_cpp_tests.sh: torch is a CUDA build but there is no $NVCC (set CUDA_HOME)" >&2; exit 1; }
+  [ -n "$NVRTC" ] || { echo "run_cpp_tests.sh: no libnvrtc.so.* next to torch (nvidia/*/lib)" >&2; exit 1; }
+  export PATH="$CUDA_HOME/bin:$PATH"
+  COMMON_ARGS+=("-DCMAKE_CUDA_COMPILER=$NVCC" "-DCUDAToolkit_ROOT=$CUDA_HOME"
+                "-DCUDA_TOOLKIT_ROOT_DIR=$CUDA_HOME" "-DCUDA_nvrtc_LIBRARY=$NVRTC")
+  WANT_CUDA=ON
+fi
+case "${LOSSEXT_CUDA:-}" in
+  0|OFF|off|no|false) WANT_CUDA=OFF ;;
+  1|ON|on|yes|true)
+    [ "$WANT_CUDA" = ON ] || { echo "run_cpp_tests.sh: LOSSEXT_CUDA=1 but torch is not a CUDA build" >&2; exit 1; } ;;
+  "") ;;
+  *) echo "run_cpp_tests.sh: LOSSEXT_CUDA must be 0 or 1, got '$LOSSEXT_CUDA'" >&2; exit 1 ;;
+esac
+
+# cmake configure, skipped when the directory was configured with the same arguments and
+# environment before (a failed configure leaves no stamp).
+configure() {
+  local src="$1" dir="$2"; shift 2
+  local stamp="$dir/.run_cpp_tests.args"
+  local args
+  args="$(printf '%s\n' "$src" "$@" "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" "CUDA_HOME=${CUDA_HOME:-}")"
+  if [ -f "$dir/CMakeCache.txt" ] && [ -f "$dir/build.ninja" ] && [ -f "$stamp" ] \
+     && [ "$(cat "$stamp")" = "$args" ]; then
+    echo "(configured before with the same arguments: $dir)"
+    return 0
+  fi
+  rm -f "$stamp"
+  cmake -S "$src" -B "$dir" "$@"
+  printf '%s' "$args" > "$stamp"
+}
+
+step "configure lossext ($BUILD, CUDA kernels: $WANT_CUDA)"
+configure "$ROOT" "$BUILD" "${COMMON_ARGS[@]}" "-DCMAKE_INSTALL_PREFIX=$PREFIX" "-DLOSSEXT_CUDA=$WANT_CUDA"
+
+step "build lossext"
+cmake --build "$BUILD" -j "$JOBS"
+
+step "install lossext into $PREFIX"
+INSTALL_LOG="$(cmake --install "$BUILD")"
+grep -v -- '-- Up-to-date:' <<<"$INSTALL_LOG" || echo "(everything up to date)"
+LOSSEXT_DIR="$(dirname "$(find "$PREFIX" -name lossextConfig.cmake -print -quit)")"
+[ -f "$LOSSEXT_DIR/lossextConfig.cmake" ] || { echo "run_cpp_tests.sh: no lossextConfig.cmake under $PREFIX" >&2; exit 1; }
+
+step "configure examples/cpp against the installed package ($EXBUILD)"
+configure "$ROOT/examples/cpp" "$EXBUILD" "${COMMON_ARGS[@]}" "-Dlossext_DIR=$LOSSEXT_DIR"
+
+step "build examples/cpp"
+cmake --build "$EXBUILD" -j "$JOBS"
+
+step "ctest"
+ctest --test-dir "$EXBUILD" --output-on-failure
