@@ -32,7 +32,11 @@ ONE_PASS = {}
 def call(name, input, target, weight, params, reduction):
     """The functional entry: one-pass or recompute, as measured best for the op."""
     ns = torch.ops.lossext
-    if ONE_PASS[name] and reduction != 0 and input.requires_grad and torch.is_grad_enabled():
+    # The one-pass buffer holds dloss/dinput (1/numel included for 'mean') in the input dtype,
+    # which underflows in float16/bfloat16 before a loss scale multiplies it: half precision
+    # recomputes in float32 inside the backward kernel instead.
+    if (ONE_PASS[name] and reduction != 0 and input.dtype in (torch.float32, torch.float64)
+            and input.requires_grad and torch.is_grad_enabled()):
         return getattr(ns, name + "_with_grad")(input, target, weight, *params, reduction)[0]
     return getattr(ns, name)(input, target, weight, *params, reduction)
 
@@ -66,7 +70,11 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
     def weight_grad(grad, input, target, params):
         reduction = params[-1]
         per_elem = fwd(input, target, None, *params[:-1], 0)
-        return grad * per_elem * _scale(reduction, input.numel())
+        if per_elem.dtype in (torch.float32, torch.float64):
+            return grad * per_elem * _scale(reduction, input.numel())
+        # half precision: grad * loss overflows and grad / numel underflows; multiply in float32
+        scale = grad.float() * _scale(reduction, input.numel())
+        return (per_elem.float() * scale).to(per_elem.dtype)
 
     def target_grad(grad, input, target, weight, params, grad_input):
         if tbwd is None:

@@ -102,3 +102,44 @@ def test_heatmap_4d_with_modules():
     torch.testing.assert_close(wl(pred.detach(), heat).double(),
                                R.wing_loss(pred.detach().double(), heat.double(), 5.0, 0.5, reduction="sum"),
                                rtol=2e-5, atol=1e-3)
+
+
+def test_adaptive_wing_p_zero_and_overflow_regions():
+    # target == alpha gives p = 0: q^0 = 1 even at D = 0, so the loss is omega ln 2 (not NaN)
+    x = torch.tensor([1.0, 1.2, 0.4], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    loss = LF.adaptive_wing_loss(x, y, alpha=1.0, theta=0.5, reduction="none")
+    ref = R.adaptive_wing_loss(x.detach(), y.detach(), alpha=1.0, theta=0.5, reduction="none")
+    torch.testing.assert_close(loss, ref)
+    assert abs(loss[0].item() - 14.0 * math.log(2.0)) < 1e-12
+    loss.sum().backward()
+    assert x.grad.isfinite().all() and y.grad.isfinite().all()
+    # large alpha and small epsilon: (theta/eps)^p overflows float32; the loss must not
+    xf = torch.tensor([0.2, 0.9], dtype=torch.float32)
+    yf = torch.tensor([0.0, 0.0], dtype=torch.float32)
+    kw = dict(alpha=30.0, epsilon=0.01, theta=0.5, reduction="none")
+    got = LF.adaptive_wing_loss(xf, yf, **kw)
+    want = R.adaptive_wing_loss(xf.double(), yf.double(), **kw)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["wing_loss", "adaptive_wing_loss"])
+def test_half_gradients_survive_loss_scaling(name):
+    """fp16 with mean over 2^22 elements and a GradScaler-like grad_output: input gradients are
+    formed in float32 (no underflow of dloss/dinput / n), weight gradients do not overflow."""
+    n = 1 << 22
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.rand(n, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    y64 = torch.rand(n, generator=g, dtype=torch.float64)
+    w64 = torch.rand(n, generator=g, dtype=torch.float64)
+    fn, ref = getattr(LF, name), getattr(R, name)
+    x = x64.half().requires_grad_(True)
+    w = w64.half().requires_grad_(True)
+    fn(x, y64.half(), weight=w).backward(torch.tensor(1024.0, dtype=torch.float16))
+    xr = x64.clone().requires_grad_(True)
+    wr = w64.clone().requires_grad_(True)
+    ref(xr, y64, weight=wr).backward(torch.tensor(1024.0, dtype=torch.float64))
+    for got, want in ((x.grad, xr.grad), (w.grad, wr.grad)):
+        assert got.isfinite().all()
+        rel_l1 = (got.double() - want).abs().sum() / want.abs().sum()
+        assert rel_l1 < 2e-3, rel_l1

@@ -69,7 +69,8 @@ LOSSEXT_HD float fast_expf(float x) {
   float xc = x > 89.0f ? 89.0f : x;
   xc = xc < -104.0f ? -104.0f : xc;
   // n = round(x / ln 2) by the 1.5 * 2^23 trick: branch-free, so the loop stays vectorizable.
-  const float nf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float nf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  nf = (x != x) ? 0.0f : nf;  // NaN never reaches the int conversion (fixed up at the end)
   const int32_t n = static_cast<int32_t>(nf);
   float r = xc - nf * 0.693359375f;
   r = r - nf * -2.12194440e-4f;

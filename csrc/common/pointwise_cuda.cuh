@@ -3,8 +3,9 @@
 // - Grid-stride loop; 16-byte vector loads/stores when every pointer is aligned.
 // - Runs on the current stream of the input's device; every launch is checked.
 // - Reductions use no atomics: each block writes its partial (fixed-order tree in the
-//   accumulation type), then one block adds the partials in a fixed order. The grid size is a
-//   function of the element count only, so a given input layout always gives the same bits.
+//   accumulation type, stored as double), then one block adds the partials in double in a fixed
+//   order. The grid size and the element-to-thread mapping depend on the element count only
+//   (not on the GPU or on pointer alignment), so the same values always give the same bits.
 // - Bounds: the vector loop covers [0, n/VEC*VEC), the scalar tail the rest; no other indexing.
 #pragma once
 
@@ -24,6 +25,7 @@ namespace cuda_detail {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;
 constexpr int kFinalThreads = 1024;
+static_assert(kThreads % 32 == 0 && kFinalThreads % 32 == 0, "block_sum needs whole warps");
 
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
@@ -56,6 +58,7 @@ __device__ __forceinline__ A block_sum(A v) {
   if (warp == 0) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   }
+  __syncthreads();  // smem may be reused by a later call
   return v;
 }
 
@@ -77,11 +80,16 @@ __device__ __forceinline__ A element(const Op& op, A X, A Y, A W, A G, A scale, 
   }
 }
 
-template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, int VEC, class scalar_t, class Op>
+// Each thread takes packets of VEC elements, packet v = tid + k * stride, and the ragged tail
+// element by element. kAligned only chooses 16-byte packet loads/stores over element ones: the
+// element-to-thread mapping, and so the reduction order, is the same either way.
+template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, bool kAligned, class scalar_t,
+          class Op>
 __global__ void __launch_bounds__(kThreads)
     pointwise_kernel(Op op, PointwisePtrs<scalar_t> P, int64_t n, acc_t<scalar_t> scale,
-                     acc_t<scalar_t>* partials) {
+                     double* partials) {
   using A = acc_t<scalar_t>;
+  constexpr int VEC = 16 / sizeof(scalar_t);
   using Pk = Packet<scalar_t, VEC>;
   constexpr bool kForward = is_forward(mode);
   constexpr bool kWriteO0 = !(kForward && kReduce);
@@ -91,12 +99,30 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t nvec = n / VEC;
+  auto load = [](const scalar_t* base, int64_t v) {
+    if constexpr (kAligned) {
+      return reinterpret_cast<const Pk*>(base)[v];
+    } else {
+      Pk pk;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) pk.v[j] = base[v * VEC + j];
+      return pk;
+    }
+  };
+  auto store = [](scalar_t* base, int64_t v, const Pk& pk) {
+    if constexpr (kAligned) {
+      reinterpret_cast<Pk*>(base)[v] = pk;
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) base[v * VEC + j] = pk.v[j];
+    }
+  };
   for (int64_t v = tid; v < nvec; v += stride) {
-    const Pk xv = reinterpret_cast<const Pk*>(P.x)[v];
-    const Pk yv = reinterpret_cast<const Pk*>(P.y)[v];
+    const Pk xv = load(P.x, v);
+    const Pk yv = load(P.y, v);
     Pk wv, gv, o0v, o1v;
-    if constexpr (kW) wv = reinterpret_cast<const Pk*>(P.w)[v];
-    if constexpr (kReadGo) gv = reinterpret_cast<const Pk*>(P.go)[v];
+    if constexpr (kW) wv = load(P.w, v);
+    if constexpr (kReadGo) gv = load(P.go, v);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       A o0 = A(0), o1 = A(0);
@@ -107,8 +133,8 @@ __global__ void __launch_bounds__(kThreads)
       o0v.v[j] = static_cast<scalar_t>(o0);
       o1v.v[j] = static_cast<scalar_t>(o1);
     }
-    if constexpr (kWriteO0) reinterpret_cast<Pk*>(P.o0)[v] = o0v;
-    if constexpr (mode == PointwiseMode::ForwardWithGrad) reinterpret_cast<Pk*>(P.o1)[v] = o1v;
+    if constexpr (kWriteO0) store(P.o0, v, o0v);
+    if constexpr (mode == PointwiseMode::ForwardWithGrad) store(P.o1, v, o1v);
   }
   for (int64_t k = nvec * VEC + tid; k < n; k += stride) {
     A o0 = A(0), o1 = A(0);
@@ -121,17 +147,15 @@ __global__ void __launch_bounds__(kThreads)
   }
   if constexpr (kForward && kReduce) {
     acc = block_sum(acc);
-    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+    if (threadIdx.x == 0) partials[blockIdx.x] = static_cast<double>(acc);
   }
 }
 
-// Adds the block partials in a fixed order and writes the reduced loss.
+// Adds the block partials (double) in a fixed order and writes the reduced loss.
 template <class scalar_t>
 __global__ void __launch_bounds__(kFinalThreads)
-    finalize_sum_kernel(const acc_t<scalar_t>* partials, int64_t nparts, acc_t<scalar_t> divisor,
-                        scalar_t* out) {
-  using A = acc_t<scalar_t>;
-  A s = A(0);
+    finalize_sum_kernel(const double* partials, int64_t nparts, double divisor, scalar_t* out) {
+  double s = 0.0;
   for (int64_t i = threadIdx.x; i < nparts; i += blockDim.x) s += partials[i];
   s = block_sum(s);
   if (threadIdx.x == 0) out[0] = static_cast<scalar_t>(s / divisor);
@@ -147,7 +171,6 @@ struct CudaDevice {
     using namespace cuda_detail;
     using A = acc_t<scalar_t>;
     constexpr bool kForward = is_forward(mode);
-    constexpr int kVec = 16 / sizeof(scalar_t);
     const int64_t n = p.numel;
     const int32_t dev = p.input.get_device_index();
     torch::stable::accelerator::DeviceGuard guard(dev);
@@ -165,31 +188,27 @@ struct CudaDevice {
     const A scale = static_cast<A>(p.grad_scale());
 
     Tensor partials;
-    A* partials_ptr = nullptr;
+    double* partials_ptr = nullptr;
     if (kForward && reduce) {
-      partials = torch::stable::empty(std::vector<int64_t>{blocks},
-                                      std::is_same_v<A, double> ? ScalarType::Double : ScalarType::Float,
-                                      std::nullopt, p.input.device());
-      partials_ptr = static_cast<A*>(partials.data_ptr());
+      partials = torch::stable::empty(std::vector<int64_t>{blocks}, ScalarType::Double, std::nullopt,
+                                      p.input.device());
+      partials_ptr = static_cast<double*>(partials.data_ptr());
     }
     if (n > 0) {
       with_bool(p.weight.has_value(), [&](auto kW) {
         with_bool(reduce, [&](auto kReduce) {
           with_bool(go_scalar, [&](auto kGo) {
-            if (vec_ok) {
-              pointwise_kernel<mode, kW.value, kReduce.value, kGo.value, kVec, scalar_t, Op>
+            with_bool(vec_ok, [&](auto kAligned) {
+              pointwise_kernel<mode, kW.value, kReduce.value, kGo.value, kAligned.value, scalar_t, Op>
                   <<<blocks, kThreads, 0, stream>>>(op, P, n, scale, partials_ptr);
-            } else {
-              pointwise_kernel<mode, kW.value, kReduce.value, kGo.value, 1, scalar_t, Op>
-                  <<<blocks, kThreads, 0, stream>>>(op, P, n, scale, partials_ptr);
-            }
-            check_launch("lossext pointwise kernel");
+              check_launch("lossext pointwise kernel");
+            });
           });
         });
       });
     }
     if (kForward && reduce) {
-      const A divisor = p.reduction == Reduction::Mean ? static_cast<A>(n) : A(1);
+      const double divisor = p.reduction == Reduction::Mean ? static_cast<double>(n) : 1.0;
       finalize_sum_kernel<scalar_t><<<1, kFinalThreads, 0, stream>>>(partials_ptr, n > 0 ? blocks : 0,
                                                                     divisor, P.o0);
       check_launch("lossext finalize_sum kernel");

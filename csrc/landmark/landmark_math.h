@@ -40,8 +40,10 @@ struct WingOp {
 //         = A D - C               otherwise,
 //   A = w p (theta/eps)^(p-1) / (eps (1 + (theta/eps)^p)),  C = theta A - w ln(1 + (theta/eps)^p).
 // Both branches share one form: with q = min(D, theta)/eps and z = q^p,
-//   AWing = w ln(1 + z) + [D >= theta] A (D - theta),   A = dAWing/dD = w p z / (q eps (1 + z)).
-// so each element costs one log, one exp and one log1p.
+//   AWing = w ln(1 + z) + [D >= theta] A (D - theta),   A = dAWing/dD = w p z / (q eps (1 + z)),
+// so each element costs one log, one exp and one log1p. z is never formed: with s = p ln q,
+//   ln(1 + z) = max(s, 0) + log1p(exp(-|s|)),   z / (1 + z) = sigmoid(s),
+// which stays finite when q^p overflows (large alpha, small eps) and is exact at q = 0.
 template <class T>
 struct AdaptiveWingOp {
   T alpha, omega, inv_eps, theta;
@@ -51,7 +53,10 @@ struct AdaptiveWingOp {
   }
 
   struct Terms {
-    T D, p, q, lnq, z, slope;
+    T D, p, lnq;  // lnq: ln q, with 0 in place of -inf at q = 0 (only used where multiplied by z)
+    T sig;        // z / (1 + z)
+    T log1pz;     // ln(1 + z)
+    T slope_p;    // slope / p = w z / (q eps (1 + z)); 0 at q = 0 (subgradient, see dinput)
     bool outer;
   };
   LOSSEXT_HD Terms terms(T x, T y) const {
@@ -59,38 +64,37 @@ struct AdaptiveWingOp {
     t.D = std::abs(y - x);
     t.p = alpha - y;
     t.outer = !(t.D < theta);  // NaN goes to the outer branch and propagates
-    t.q = (t.outer ? theta : t.D) * inv_eps;
-    t.lnq = math::log(t.q);
-    t.z = math::exp(t.p * t.lnq);
-    // slope = w p q^(p-1) / (eps (1 + q^p)); at D = 0 the subgradient 0 is used (see dinput).
-    const T qs = t.q > T(0) ? t.q : T(1);
-    t.slope = omega * t.p * (t.z / qs) * inv_eps / (T(1) + t.z);
+    const T q = (t.outer ? theta : t.D) * inv_eps;
+    const T lnq = math::log(q);
+    const T s = t.p == T(0) ? T(0) : t.p * lnq;  // q^0 = 1, also at q = 0 (as torch.pow)
+    const T e = math::exp(-std::abs(s));
+    const T r = T(1) / (T(1) + e);
+    t.sig = s > T(0) ? r : e * r;
+    t.log1pz = (s > T(0) ? s : T(0)) + math::log1p(e);
+    const bool q0 = q == T(0);
+    t.lnq = q0 ? T(0) : lnq;
+    t.slope_p = q0 ? T(0) : omega * t.sig * inv_eps / q;
     return t;
   }
   LOSSEXT_HD T value(T x, T y) const {
     const Terms t = terms(x, y);
-    const T base = omega * math::log1p(t.z);
-    return t.outer ? base + t.slope * (t.D - theta) : base;
+    const T base = omega * t.log1pz;
+    return t.outer ? base + t.p * t.slope_p * (t.D - theta) : base;
   }
   // dAWing/dx = sign(x - y) * slope; 0 where x == y.
   LOSSEXT_HD T dinput(T x, T y) const {
     const Terms t = terms(x, y);
-    const T g = math::sign(x - y) * t.slope;
+    const T g = math::sign(x - y) * t.p * t.slope_p;
     return t.D == T(0) ? T(0) : g;
   }
   // dAWing/dy = -sign(x - y) * slope - dAWing/dp  (p = alpha - y), with
   //   dAWing/dp = w z ln q / (1 + z) + [outer] (D - theta) slope/p (1 + p ln q / (1 + z)).
   LOSSEXT_HD T dtarget(T x, T y) const {
     const Terms t = terms(x, y);
-    const T zlnq = t.z == T(0) ? T(0) : t.z * t.lnq;  // limit z ln z -> 0 at q = 0
-    const T inv1z = T(1) / (T(1) + t.z);
-    T dp = omega * zlnq * inv1z;
-    // slope / p without dividing by p: w q^(p-1) / (eps (1 + z))
-    const T qs = t.q > T(0) ? t.q : T(1);
-    const T slope_over_p = omega * (t.z / qs) * inv_eps * inv1z;
-    const T extra = (t.D - theta) * slope_over_p * (T(1) + t.p * t.lnq * inv1z);
+    T dp = omega * t.sig * t.lnq;  // z ln q -> 0 at q = 0
+    const T extra = (t.D - theta) * t.slope_p * (T(1) + t.p * t.lnq * (T(1) - t.sig));
     dp = t.outer ? dp + extra : dp;
-    const T gx = t.D == T(0) ? T(0) : math::sign(x - y) * t.slope;
+    const T gx = t.D == T(0) ? T(0) : math::sign(x - y) * t.p * t.slope_p;
     return -gx - dp;
   }
 };
