@@ -319,7 +319,11 @@ struct LossFunction : torch::autograd::Function<LossFunction<Loss>> {
         const int64_t numel = x.numel();
         const double scale = reduction == 1 && numel > 0 ? 1.0 / double(numel) : 1.0;
         at::Tensor per_elem = ops.loss(x, y, std::nullopt, p, /*reduction=*/0);
-        gw = scale == 1.0 ? grad * per_elem : grad * per_elem * scale;
+        if (per_elem.scalar_type() == at::kFloat || per_elem.scalar_type() == at::kDouble) {
+          gw = scale == 1.0 ? grad * per_elem : grad * per_elem * scale;
+        } else {  // half precision: grad * L overflows, grad / numel underflows; use float32
+          gw = (per_elem.to(at::kFloat) * (grad.to(at::kFloat) * scale)).to(per_elem.scalar_type());
+        }
       }
       if (!need_x) gx = at::Tensor();
     }
@@ -342,7 +346,9 @@ at::Tensor apply_loss(const at::Tensor& input, const at::Tensor& target, const O
       at::GradMode::is_enabled() &&
       (input.requires_grad() || target.requires_grad() || (weight.has_value() && weight->requires_grad()));
   if (!needs_graph) return Loss::ops().loss(input, target, weight, params, reduction);
-  const bool one_pass = Loss::one_pass && reduction != 0 && input.requires_grad();
+  // The one-pass buffer (dloss/dinput, 1/numel included) would underflow in half precision.
+  const bool full_precision = input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble;
+  const bool one_pass = Loss::one_pass && full_precision && reduction != 0 && input.requires_grad();
   return LossFunction<Loss>::apply(input, target, weight, params, reduction, one_pass);
 }
 
