@@ -107,14 +107,18 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
     def setup_fwd_grad(ctx, inputs, output):
         input, target, weight, *params = inputs
         ctx.params = params
-        # dloss/dinput is an auxiliary output: not differentiable.
+        # dloss/dinput is an auxiliary output: not differentiable. Without materialize_grads off,
+        # autograd would zero-fill an input-sized gradient for it in every backward.
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1], input, target, weight)
 
     def backward_fwd_grad(ctx, grad, _unused):
         g, input, target, weight = ctx.saved_tensors
         p = ctx.params
         gi = gt = gw = None
+        if grad is None:
+            return (gi, gt, gw) + (None,) * len(p)
         if torch.is_grad_enabled():
             # create_graph=True: grad * g would drop g's own dependence on input (silently wrong
             # second derivatives), so take the recompute op, whose double backward raises.

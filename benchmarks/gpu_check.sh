@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# GPU check for a lent H200 (torch 2.11 + CUDA 13, Python 3.12 there): the test suite with CUDA
+# visible, then the CUDA benchmarks, which rewrite the CUDA section of benchmarks/RESULTS.md
+# and benchmarks/results_cuda.csv. Finishes in under 8 minutes (hard timeouts below).
+#
+# Through the device tool, from the repo root (the extension is git-ignored, so carry it;
+# it must have been built with CUDA, see `python -m lossext`):
+#     run(command="bash benchmarks/gpu_check.sh", carry=["lossext/_C.abi3.so"], timeout_s=540)
+# Everything it writes is also copied to $OUT (env.txt, pytest.log, bench.log, RESULTS.md,
+# results_cuda.csv). Back here, put results_cuda.csv into benchmarks/ and run
+#     python benchmarks/run.py --render-only
+# to rebuild RESULTS.md with this machine's CPU section and the new CUDA section (or copy the
+# returned RESULTS.md over, if the CPU section has not changed since).
+#
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 470: total seconds),
+# GPU_CHECK_TEST_S (default 240: at most this long for the tests).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+BUDGET=${GPU_CHECK_BUDGET_S:-470}
+TEST_S=${GPU_CHECK_TEST_S:-240}
+LOG_DIR=${OUT:-/tmp/lossext_gpu_check}
+mkdir -p "$LOG_DIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+# a private inductor/triton cache: the machine starts bare anyway, and this keeps it out of $HOME
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/lossext_inductor_cache}
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+
+echo "== environment" | tee "$LOG_DIR/env.txt"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+  "$PY" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "| cuda available:", torch.cuda.is_available())
+if not torch.cuda.is_available():
+    sys.exit("FAIL: torch sees no GPU")
+print("GPU:", torch.cuda.get_device_name(), "| capability", torch.cuda.get_device_capability())
+try:
+    import lossext
+except Exception as e:  # noqa: BLE001
+    sys.exit(f"FAIL: import lossext: {type(e).__name__}: {e}\n(was lossext/_C.abi3.so carried, and "
+             "built for this torch / CUDA major version?)")
+info = lossext.build_info()
+print("lossext build:", info)
+print("kernels:", lossext.registered_ops())
+if not info["cuda_compiled"]:
+    sys.exit("FAIL: this lossext build has no CUDA kernels")
+x = torch.randn(1000, device="cuda"); y = torch.randn(1000, device="cuda")
+print("smoke: wing_loss on cuda =", lossext.functional.wing_loss(x, y).item())
+EOF
+} 2>&1 | tee -a "$LOG_DIR/env.txt"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+  echo "gpu_check: environment check failed after $(elapsed) s; nothing else run"
+  exit 2
+fi
+
+echo "== tests (at most ${TEST_S} s)"
+timeout --kill-after=10 "$TEST_S" "$PY" -m pytest -x -q tests 2>&1 | tee "$LOG_DIR/pytest.log"
+test_rc=${PIPESTATUS[0]}
+echo "tests: exit $test_rc after $(elapsed) s"
+
+left=$(( BUDGET - $(elapsed) ))
+quick=""
+if [ "$left" -lt 180 ]; then quick="--quick"; fi
+if [ "$left" -lt 60 ]; then left=60; fi
+echo "== benchmarks (at most ${left} s) ${quick}"
+timeout --kill-after=10 "$left" "$PY" benchmarks/run.py --device cuda $quick 2>&1 | tee "$LOG_DIR/bench.log"
+bench_rc=${PIPESTATUS[0]}
+echo "benchmarks: exit $bench_rc after $(elapsed) s"
+
+for f in benchmarks/RESULTS.md benchmarks/results_cuda.csv; do
+  [ -f "$f" ] && cp "$f" "$LOG_DIR/"
+done
+echo "gpu_check: tests exit $test_rc, benchmarks exit $bench_rc, $(elapsed) s in all; logs in $LOG_DIR"
+[ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
