@@ -22,20 +22,8 @@ namespace detail {
 LOSSEXT_HD float as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 LOSSEXT_HD uint32_t as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
-// Natural log; exact special values: log(0) = -inf, log(<0) = NaN, log(inf) = inf, NaN -> NaN.
-// Also returns x's reduction x = 2^e * m, m in [sqrt(1/2), sqrt(2)), as e and f = m - 1.
-LOSSEXT_HD float fast_logf_reduced(float x, int32_t& e_out, float& f_out) {
-  const bool tiny = x < 1.17549435e-38f;  // subnormal (or <= 0, fixed below)
-  const float xs = tiny ? x * 8388608.0f : x;  // * 2^23
-  const uint32_t ix = as_uint(xs);
-  int32_t e = static_cast<int32_t>((ix >> 23) & 0xffu) - 127 - (tiny ? 23 : 0);
-  float m = as_float((ix & 0x007fffffu) | 0x3f800000u);  // m in [1, 2)
-  const bool big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e += big ? 1 : 0;
-  const float f = m - 1.0f;  // f in [sqrt(1/2) - 1, sqrt(2) - 1]
-  e_out = e;
-  f_out = f;
+// ln(2^e * (1 + f)) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: the Cephes logf polynomial.
+LOSSEXT_HD float log_from_parts(int32_t e, float f) {
   const float z = f * f;
   float y = 7.0376836292e-2f;
   y = y * f - 1.1514610310e-1f;
@@ -51,17 +39,32 @@ LOSSEXT_HD float fast_logf_reduced(float x, int32_t& e_out, float& f_out) {
   y += ef * -2.12194440e-4f;
   y += -0.5f * z;
   float r = f + y;
-  r += ef * 0.693359375f;
+  return r + ef * 0.693359375f;
+}
+
+// Splits a positive normal x into x = 2^e * (1 + f), 1 + f in [sqrt(1/2), sqrt(2)).
+LOSSEXT_HD void split_normal(float x, int32_t& e, float& f) {
+  const uint32_t ix = as_uint(x);
+  e = static_cast<int32_t>((ix >> 23) & 0xffu) - 127;
+  float m = as_float((ix & 0x007fffffu) | 0x3f800000u);  // m in [1, 2)
+  const bool big = m > 1.41421356f;
+  m = big ? 0.5f * m : m;
+  e += big ? 1 : 0;
+  f = m - 1.0f;
+}
+
+// Natural log; exact special values: log(0) = -inf, log(<0) = NaN, log(inf) = inf, NaN -> NaN;
+// subnormals are scaled by 2^23 first.
+LOSSEXT_HD float fast_logf(float x) {
+  const bool tiny = x < 1.17549435e-38f;  // subnormal (or <= 0, fixed below)
+  int32_t e;
+  float f;
+  split_normal(tiny ? x * 8388608.0f : x, e, f);
+  float r = log_from_parts(e - (tiny ? 23 : 0), f);
   r = (x == 0.0f) ? -std::numeric_limits<float>::infinity() : r;
   r = (x < 0.0f) ? std::numeric_limits<float>::quiet_NaN() : r;
   r = (x == std::numeric_limits<float>::infinity()) ? x : r;
   return (x != x) ? x : r;
-}
-
-LOSSEXT_HD float fast_logf(float x) {
-  int32_t e;
-  float f;
-  return fast_logf_reduced(x, e, f);
 }
 
 // exp; overflows to inf, underflows through subnormals to 0, NaN -> NaN.
@@ -91,20 +94,20 @@ LOSSEXT_HD float fast_expf(float x) {
   return (x != x) ? x : res;
 }
 
-// log(1 + u) accurate for small u, without a division: with v = fl(1 + u) and its rounding
-// error c = u - (v - 1), log(1 + u) = log(v) + c / v, and 1/v = 2^-e / (1 + f) is taken as
-// 2^-e (1 - f + f^2) (c is at most half an ulp of v, so that is far below an ulp of the result).
-LOSSEXT_HD float fast_log1pf(float u) {
+// log(1 + u) for u >= 0 (NaN and +inf propagate), accurate for small u and without a
+// division: with v = fl(1 + u) >= 1 and its rounding error c = u - (v - 1),
+// log(1 + u) = log(v) + c / v, and 1/v = 2^-e / (1 + f) is taken as 2^-e (1 - f + f^2)
+// (c is at most half an ulp of v, so that error is far below an ulp of the result).
+// v >= 1 is normal, so none of fast_logf's zero/negative/subnormal handling is needed.
+LOSSEXT_HD float fast_log1pf_nonneg(float u) {
   const float v = 1.0f + u;
   const float c = u - (v - 1.0f);
   int32_t e;
   float f;
-  const float lv = fast_logf_reduced(v, e, f);
-  const int32_t ec = e < -126 ? -126 : (e > 127 ? 127 : e);
-  const float inv_v = as_float(static_cast<uint32_t>(127 - ec) << 23) * (1.0f - f + f * f);
-  const float r = lv + c * inv_v;
-  // v = 0 (u = -1), v = inf or NaN: log(v) alone is the answer.
-  return (v == 0.0f || v == std::numeric_limits<float>::infinity() || v != v) ? lv : r;
+  split_normal(v, e, f);
+  const float inv_v = as_float(static_cast<uint32_t>(127 - e) << 23) * (1.0f - f + f * f);
+  const float r = log_from_parts(e, f) + c * inv_v;
+  return (v == std::numeric_limits<float>::infinity() || v != v) ? v : r;
 }
 #endif  // !LOSSEXT_ON_DEVICE
 
@@ -124,16 +127,17 @@ LOSSEXT_HD float exp(float x) {
   return detail::fast_expf(x);
 #endif
 }
-LOSSEXT_HD float log1p(float x) {
+// log(1 + x) for x >= 0 (or NaN / +inf): the only range the losses need.
+LOSSEXT_HD float log1p_nonneg(float x) {
 #ifdef LOSSEXT_ON_DEVICE
   return ::log1pf(x);
 #else
-  return detail::fast_log1pf(x);
+  return detail::fast_log1pf_nonneg(x);
 #endif
 }
 LOSSEXT_HD double log(double x) { return ::log(x); }
 LOSSEXT_HD double exp(double x) { return ::exp(x); }
-LOSSEXT_HD double log1p(double x) { return ::log1p(x); }
+LOSSEXT_HD double log1p_nonneg(double x) { return ::log1p(x); }
 
 // sign(x) in {-1, 0, +1}; NaN stays NaN so that it propagates into gradients.
 template <class T> LOSSEXT_HD T sign(T x) {

@@ -22,7 +22,7 @@ struct WingOp {
   }
   LOSSEXT_HD T value(T x, T y) const {
     const T a = std::abs(x - y);
-    const T inner = w * math::log1p(a * inv_eps);
+    const T inner = w * math::log1p_nonneg(a * inv_eps);
     return a < w ? inner : a - C;
   }
   // d wing / dx = sign(d) w / (eps + |d|) inside, sign(d) outside; 0 at d = 0.
@@ -70,7 +70,7 @@ struct AdaptiveWingOp {
     const T e = math::exp(-std::abs(s));
     const T r = T(1) / (T(1) + e);
     t.sig = s > T(0) ? r : e * r;
-    t.log1pz = (s > T(0) ? s : T(0)) + math::log1p(e);
+    t.log1pz = (s > T(0) ? s : T(0)) + math::log1p_nonneg(e);
     const bool q0 = q == T(0);
     t.lnq = q0 ? T(0) : lnq;
     t.slope_p = q0 ? T(0) : omega * t.sig * inv_eps / q;
