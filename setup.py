@@ -44,8 +44,7 @@ if with_cuda:
     sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
 
 macros = [
-    ("TORCH_TARGET_VERSION", TORCH_TARGET_VERSION),
-    ("Py_LIMITED_API", "0x030a0000"),
+    ("TORCH_TARGET_VERSION", TORCH_TARGET_VERSION),  # (Py_LIMITED_API: added by py_limited_api)
     ("LOSSEXT_VERSION", f'"{VERSION}"'),
     ("LOSSEXT_CUDA_ARCH_LIST", f'"{arch_list}"'),
 ]
@@ -59,7 +58,7 @@ ext = Extension(
     sources=sources,
     include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "include")],
     extra_compile_args={
-        "cxx": ["-O3", "-fvisibility=hidden", "-fno-trapping-math", "-fopenmp-simd", *defines],
+        "cxx": ["-O3", "-g0", "-fvisibility=hidden", "-fno-trapping-math", "-fopenmp-simd", *defines],
         "nvcc": ["-O3", "--expt-relaxed-constexpr", *defines],
     },
     py_limited_api=True,
