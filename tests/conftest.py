@@ -31,3 +31,16 @@ def to_ref(sample):
 def assert_close(actual, expected, rtol, atol, msg=""):
     torch.testing.assert_close(actual.detach().to("cpu", torch.float64), expected.detach().to(torch.float64),
                                rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{msg}\n{m}")
+
+
+def grads_of(fn, sample, grad_seed=0):
+    """fn(sample) and the gradients wrt every floating tensor of the sample (zeros where unused),
+    backpropagating a fixed random grad_output."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in sample.float_tensors()]
+    s = sample.replace_float_tensors(leaves)
+    out = fn(*s.args, **s.kwargs)
+    if out.numel() == 0:
+        return out, [torch.zeros_like(t) for t in leaves]
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    grads = torch.autograd.grad(out, leaves, g.to(out.device, out.dtype), allow_unused=True)
+    return out, [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads)]

@@ -10,24 +10,22 @@ def _small_samples(info, device):
 
 
 def test_gradcheck(info, device):
+    """gradcheck wrt every floating tensor of each small sample (input, target, weight, ...)."""
     for sample in _small_samples(info, device):
-        tensors = [t.detach().clone().requires_grad_(True) for t in sample.tensors()]
-        has_w = "weight" in sample.kwargs
+        leaves = tuple(t.detach().clone().requires_grad_(True) for t in sample.float_tensors())
 
         def fn(*ts):
-            kwargs = dict(sample.kwargs)
-            if has_w:
-                kwargs["weight"] = ts[2]
-            return info.op(ts[0], ts[1], **kwargs)
+            s = sample.replace_float_tensors(ts)
+            return info.op(*s.args, **s.kwargs)
 
-        assert torch.autograd.gradcheck(fn, tuple(tensors), eps=1e-6, atol=1e-5), sample
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5), sample
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_double_backward_raises(info, device, reduction):
-    x, y = info.bench_input(16, device, torch.float64).args
-    x = x.clone().requires_grad_(True)
-    loss = info.op(x, y, **dict(info.hyper, reduction=reduction)).sum()
+    sample = info.bench_input(16, device, torch.float64)
+    x = sample.args[0].clone().requires_grad_(True)
+    loss = info.op(x, *sample.args[1:], **dict(sample.kwargs, reduction=reduction)).sum()
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
     with pytest.raises(NotImplementedError, match="double backward"):
         g.sum().backward()

@@ -4,65 +4,61 @@ import warnings
 
 import torch
 
-from conftest import assert_close
+from conftest import assert_close, grads_of
 
 
-def _inputs(info, device, n=37):
-    x, y = info.bench_input(n, device, torch.float32).args
-    return x.reshape(1, n), y.reshape(1, n)
+def _compile_samples(info, device):
+    yield info.bench_input(37, device, torch.float32)
+    for s in info.sample_inputs(device, torch.float32, small=True):
+        if len(s.float_tensors()) > 2 and s.args[0].numel() > 0:  # one with a weight, if the op has one
+            yield s
+            break
 
 
 def test_compile_fullgraph_forward_backward(info, device):
-    torch._dynamo.reset()
-    x, y = _inputs(info, device)
-    w = torch.rand(1, 1, device=device, requires_grad=True)
+    for sample in _compile_samples(info, device):
+        torch._dynamo.reset()
 
-    def f(x, y, w):
-        return info.op(x, y, **info.hyper, weight=w) * 2.0
+        def f(*args, **kwargs):
+            return info.op(*args, **kwargs) * 2.0
 
-    compiled = torch.compile(f, fullgraph=True)
-    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    we, wc = w.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    le, lc = f(xe, y, we), compiled(xc, y, wc)
-    le.backward()
-    lc.backward()
-    assert_close(lc, le, 1e-6, 1e-6)
-    assert_close(xc.grad, xe.grad, 1e-6, 1e-6)
-    assert_close(wc.grad, we.grad, 1e-6, 1e-6)
+        compiled = torch.compile(f, fullgraph=True)
+        le, ge = grads_of(f, sample)
+        lc, gc = grads_of(compiled, sample)
+        assert_close(lc, le, 1e-6, 1e-6, repr(sample))
+        for a, b in zip(gc, ge):
+            assert_close(a, b, 1e-6, 1e-6, repr(sample))
 
 
 class _Wrap(torch.nn.Module):
-    def __init__(self, module):
+    def __init__(self, module, kwargs):
         super().__init__()
         self.loss = module
+        self.kwargs = kwargs
 
-    def forward(self, x, y):
-        return self.loss(x, y)
+    def forward(self, *args):
+        return self.loss(*args, **self.kwargs)
 
 
 def test_export_save_load(info, device):
-    x, y = _inputs(info, device)
-    model = _Wrap(info.module(**info.hyper, reduction="none"))
-    ep = torch.export.export(model, (x, y))
+    sample = info.bench_input(37, device, torch.float32)
+    sample.kwargs["reduction"] = "none"
+    module, args, kwargs = info.module_call(sample)
+    model = _Wrap(module, kwargs)
+    ep = torch.export.export(model, tuple(args))
     buf = io.BytesIO()
     torch.export.save(ep, buf)
     buf.seek(0)
     loaded = torch.export.load(buf)
-    assert_close(loaded.module()(x, y), model(x, y), 0, 0)
+    assert_close(loaded.module()(*args), model(*args), 0, 0)
     assert any("lossext" in str(n.target) for n in loaded.graph.nodes)
 
 
 def test_jit_script(info, device):
-    x, y = _inputs(info, device)
-    name = info.raw_ops[0]
-    if name == "wing_loss":
-        def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return torch.ops.lossext.wing_loss(x, y, None, 10.0, 2.0, 1)
-    else:
-        def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return torch.ops.lossext.adaptive_wing_loss(x, y, None, 2.1, 14.0, 1.0, 0.5, 1)
+    sample = info.bench_input(37, device, torch.float32)
+    source, args = info.jit_source(sample)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.script(f)
-    assert_close(scripted(x, y), info.op(x, y, **info.hyper), 0, 0)
-    assert "lossext::" in str(scripted.graph)
+        f = torch.jit.CompilationUnit(source).f
+    assert "lossext::" in str(f.graph)
+    assert_close(f(*args), info.op(*sample.args, **sample.kwargs), 0, 0)

@@ -3,19 +3,7 @@ OpInfo samples and the branch-edge inputs: values and gradients."""
 import pytest
 import torch
 
-from conftest import assert_close, to_ref
-
-
-def _grads(fn, sample, grad_seed=0):
-    """Loss and gradients of fn on sample wrt every floating tensor (input, target, weight)."""
-    s = sample.map_tensors(lambda t: t.detach().clone().requires_grad_(True))
-    out = fn(*s.args, **s.kwargs)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
-    tensors = s.tensors()
-    if out.numel() == 0:
-        return out, [torch.zeros_like(t) for t in tensors]
-    grads = torch.autograd.grad(out, tensors, g.to(out.device, out.dtype), allow_unused=True)
-    return out, [torch.zeros_like(t) if gr is None else gr for t, gr in zip(tensors, grads)]
+from conftest import assert_close, grads_of, to_ref
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -36,12 +24,12 @@ def test_gradients_match_reference(info, device, dtype):
     if dtype == torch.float64:  # at a branch point float32 rounding may pick the other side
         samples += list(info.edge_inputs(device, dtype))
     for sample in samples:
-        out, grads = _grads(info.op, sample)
-        ref_out, ref_grads = _grads(info.ref, to_ref(sample))
+        out, grads = grads_of(info.op, sample)
+        ref_out, ref_grads = grads_of(info.ref, to_ref(sample))
         assert_close(out, ref_out, rtol, atol, repr(sample))
-        for name, g, rg in zip(("input", "target", "weight"), grads, ref_grads):
+        for i, (g, rg) in enumerate(zip(grads, ref_grads)):
             assert g.shape == rg.shape
-            assert_close(g, rg, rtol, atol, f"grad of {name}: {sample!r}")
+            assert_close(g, rg, rtol, atol, f"grad of floating tensor {i}: {sample!r}")
 
 
 def test_large_odd_size(info, device):
@@ -54,18 +42,14 @@ def test_large_odd_size(info, device):
         expected = info.ref(*to_ref(s).args, **to_ref(s).kwargs)
         rtol, atol = info.tol[torch.float32]
         assert_close(actual, expected, rtol, atol, red)
-        _, (gi, *_rest) = _grads(info.op, s)
-        _, (rgi, *_rrest) = _grads(info.ref, to_ref(s))
+        _, (gi, *_rest) = grads_of(info.op, s)
+        _, (rgi, *_rrest) = grads_of(info.ref, to_ref(s))
         assert_close(gi, rgi, rtol, atol, f"grad {red}")
 
 
 def test_module_matches_functional(info, device):
-    module = info.module(**info.hyper)
     for sample in info.sample_inputs(device, torch.float32, small=True):
-        kwargs = dict(sample.kwargs)
-        red = kwargs.pop("reduction")
-        weight = kwargs.pop("weight", None)
-        m = info.module(**kwargs, reduction=red)
-        torch.testing.assert_close(m(*sample.args, weight=weight), info.op(*sample.args, **sample.kwargs),
+        module, args, kwargs = info.module_call(sample)
+        torch.testing.assert_close(module(*args, **kwargs), info.op(*sample.args, **sample.kwargs),
                                    equal_nan=True)
-    assert repr(module)
+        assert repr(module)

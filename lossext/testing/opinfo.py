@@ -27,6 +27,16 @@ class SampleInput:
         w = self.kwargs.get("weight")
         return ts + ([w] if isinstance(w, torch.Tensor) else [])
 
+    def float_tensors(self):
+        """The floating-point tensors, in order: the ones that can take gradients (integer
+        labels and masks never do)."""
+        return [t for t in self.tensors() if t.is_floating_point()]
+
+    def replace_float_tensors(self, new):
+        """A copy with float_tensors() replaced, in order, by `new`."""
+        it = iter(new)
+        return self.map_tensors(lambda t: next(it) if t.is_floating_point() else t)
+
     def map_tensors(self, fn):
         args = tuple(fn(a) if isinstance(a, torch.Tensor) else a for a in self.args)
         kwargs = {k: (fn(v) if isinstance(v, torch.Tensor) else v) for k, v in self.kwargs.items()}
@@ -60,7 +70,15 @@ class OpInfo:
     raw_calls: Callable[[SampleInput], List[Tuple[str, Tuple]]]
     # (rtol, atol) against the float64 reference, per dtype
     tol: Dict[torch.dtype, Tuple[float, float]]
-    grad_args: Tuple[str, ...] = ("input", "target", "weight")  # differentiable tensors
+    # sample -> (Module, args, kwargs): the same call through the lossext.nn Module
+    module_call: Callable[[SampleInput], Tuple[Callable, Tuple, Dict]] = None
+    # sample -> (TorchScript source defining `f`, args): a function calling a raw op
+    jit_source: Callable[[SampleInput], Tuple[str, Tuple]] = None
+    # device -> [(raw op name, args, regex)]: direct raw-op calls that must raise RuntimeError
+    raw_error_inputs: Callable[..., List[Tuple[str, Tuple, str]]] = None
+    # Which checks apply beyond the generic ones: element-wise losses (output 'none' has the
+    # input's shape, a bad value at one element shows at that element only, weight broadcasts).
+    elementwise: bool = False
     # Tensors the op must read and write in each benchmark mode, as multiples of numel:
     # the memory-copy floor moves the same number of bytes.
     bench_bytes: Dict[str, int] = field(default_factory=lambda: {"forward": 2, "backward": 3, "full": 3})
@@ -182,6 +200,51 @@ def _pointwise_raw_calls(name, param_keys, target_backward):
     return calls
 
 
+def _pointwise_module(module_cls):
+    def call(sample):
+        kwargs = dict(sample.kwargs)
+        red = kwargs.pop("reduction", "mean")
+        weight = kwargs.pop("weight", None)
+        return module_cls(**kwargs, reduction=red), sample.args, {"weight": weight}
+    return call
+
+
+def _pointwise_jit(name, param_keys):
+    def source(sample):
+        kw = sample.kwargs
+        params = ", ".join(repr(float(kw[k])) for k in param_keys)
+        red = _REDUCTION[kw.get("reduction", "mean")]
+        src = (f"def f(x: Tensor, y: Tensor) -> Tensor:\n"
+               f"    return torch.ops.lossext.{name}(x, y, None, {params}, {red})\n")
+        return src, sample.args
+    return source
+
+
+def _pointwise_raw_errors(name, params, bad_param_index, has_target_backward):
+    def errors(device):
+        x = torch.rand(12, device=device)
+        y = torch.rand(12, device=device)
+        p = [float(v) for v in params]
+        bad = list(p)
+        bad[bad_param_index] = -1.0
+        one = torch.ones(3, device=device)
+        E = [
+            (name, (x, y[:5], None, *p, 1), "'target' has shape"),
+            (name, (x.long(), y.long(), None, *p, 1), "'input' must be float16"),
+            (name, (x, y.double(), None, *p, 1), "'target' has dtype"),
+            (name, (x, y, x[:3], *p, 1), "'weight' has shape"),
+            (name, (x, y, None, *p, 7), "'reduction' must be"),
+            (name, (x, y, None, *bad, 1), "must be"),
+            (f"{name}_with_grad", (x, y[:5], None, *p, 1), "'target' has shape"),
+            (f"{name}_backward", (one, x, y, None, *p, 1), "'grad_output' must be 0-dim"),
+            (f"{name}_backward", (one, x, y, None, *p, 0), "'grad_output' has shape"),
+        ]
+        if has_target_backward:
+            E.append((f"{name}_target_backward", (one, x, y, None, *p, 0), "'grad_output' has shape"))
+        return E
+    return errors
+
+
 _TOL = {
     torch.float64: (1e-10, 1e-12),
     torch.float32: (2e-5, 1e-5),
@@ -205,6 +268,10 @@ OP_DB: List[OpInfo] = [
             ("curvature", 0.0, "curvature must be > 0"), ("width", float("nan"), "width must be finite")]),
         bench_input=_bench(-25.0, 25.0, -3.0, 3.0, _WING),
         raw_calls=_pointwise_raw_calls("wing_loss", ("width", "curvature"), False),
+        module_call=_pointwise_module(LN.WingLoss),
+        jit_source=_pointwise_jit("wing_loss", ("width", "curvature")),
+        raw_error_inputs=_pointwise_raw_errors("wing_loss", (10.0, 2.0), 0, False),
+        elementwise=True,
         tol=_TOL,
     ),
     OpInfo(
@@ -221,6 +288,10 @@ OP_DB: List[OpInfo] = [
             ("alpha", 0.2, "alpha must be > theta")]),
         bench_input=_bench(-0.2, 1.2, 0.0, 1.0, _AWING),
         raw_calls=_pointwise_raw_calls("adaptive_wing_loss", ("alpha", "omega", "epsilon", "theta"), True),
+        module_call=_pointwise_module(LN.AdaptiveWingLoss),
+        jit_source=_pointwise_jit("adaptive_wing_loss", ("alpha", "omega", "epsilon", "theta")),
+        raw_error_inputs=_pointwise_raw_errors("adaptive_wing_loss", (2.1, 14.0, 1.0, 0.5), 2, True),
+        elementwise=True,
         tol=_TOL,
     ),
 ]
