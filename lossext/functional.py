@@ -17,10 +17,6 @@ from . import _validation as V
 __all__ = ["wing_loss", "adaptive_wing_loss"]
 
 
-def _call(op, input, target, weight, params, reduction):
-    return _pointwise.call(op, input, target, weight, params, reduction)
-
-
 def wing_loss(input, target, width=10.0, curvature=2.0, weight=None, reduction="mean"):
     r"""Wing loss (Feng et al., CVPR 2018, Eq. 5) for landmark regression.
 
@@ -40,7 +36,7 @@ def wing_loss(input, target, width=10.0, curvature=2.0, weight=None, reduction="
     width = V.check_number(fn, "width", width, positive=True)
     curvature = V.check_number(fn, "curvature", curvature, positive=True)
     w = V.prepare_weight(fn, weight, input)
-    return _call(fn, input, target, w, (width, curvature), red)
+    return _pointwise.call(fn, input, target, w, (width, curvature), red)
 
 
 def adaptive_wing_loss(input, target, alpha=2.1, omega=14.0, epsilon=1.0, theta=0.5, weight=None,
@@ -63,4 +59,4 @@ def adaptive_wing_loss(input, target, alpha=2.1, omega=14.0, epsilon=1.0, theta=
     theta = V.check_number(fn, "theta", theta, positive=True)
     alpha = V.check_number(fn, "alpha", alpha, greater_than=("theta", theta))
     w = V.prepare_weight(fn, weight, input)
-    return _call(fn, input, target, w, (alpha, omega, epsilon, theta), red)
+    return _pointwise.call(fn, input, target, w, (alpha, omega, epsilon, theta), red)
