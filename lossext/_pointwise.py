@@ -45,7 +45,6 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
     ONE_PASS[name] = one_pass
     ns = torch.ops.lossext
     fwd = getattr(ns, name).default
-    fwd_grad = getattr(ns, f"{name}_with_grad").default
     bwd = getattr(ns, f"{name}_backward").default
     tbwd = None if target_grad_is_neg_input_grad else getattr(ns, f"{name}_target_backward").default
 
@@ -126,7 +125,7 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
         elif ctx.needs_input_grad[0]:
             gi = grad * g
         if ctx.needs_input_grad[1]:
-            gt = -gi if (tbwd is None and gi is not None) else target_grad(grad, input, target, weight, p, None)
+            gt = target_grad(grad, input, target, weight, p, gi)
         if ctx.needs_input_grad[2]:
             gw = weight_grad(grad, input, target, p)
         return (gi, gt, gw) + (None,) * len(p)
