@@ -70,3 +70,61 @@ def prepare_weight(fn, weight, input):
     if weight.dtype != input.dtype:
         weight = weight.to(input.dtype)
     return weight.expand(input.shape)
+
+
+def check_int(fn, name, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def check_range(fn, name, value, lo, hi, *, hi_open=False):
+    value = check_number(fn, name, value)
+    if not (lo <= value and (value < hi if hi_open else value <= hi)):
+        raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {value}")
+    return value
+
+
+def check_rows(fn, name, x, *, cols_name="C"):
+    """A 2-D floating tensor [N, cols]."""
+    check_float_tensor(fn, name, x)
+    if x.dim() != 2:
+        raise ValueError(f"{fn}: {name} must be 2-D [N, {cols_name}], got shape {tuple(x.shape)}")
+
+
+def check_labels(fn, target, n, device):
+    """Integer class labels [n]; returned as int64. Range is checked by the kernels (CPU raises,
+    CUDA gives NaN for the row: see functional.margin_cross_entropy)."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: target must be a Tensor, got {type(target).__name__}")
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{fn}: target must be integer class indices, got {target.dtype}")
+    if target.shape != (n,):
+        raise ValueError(f"{fn}: target must have shape ({n},), got {tuple(target.shape)}")
+    if target.device != device:
+        raise ValueError(f"{fn}: target is on {target.device} but the logits are on {device}")
+    return target.long()
+
+
+def check_vector(fn, name, v, n, like, *, what="C"):
+    """An optional floating vector [n], converted to like's dtype."""
+    if v is None:
+        return None
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a Tensor or None, got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be floating point, got {v.dtype}")
+    if v.shape != (n,):
+        raise ValueError(f"{fn}: {name} must have shape ({n},) [{what}], got {tuple(v.shape)}")
+    if v.device != like.device:
+        raise ValueError(f"{fn}: {name} is on {v.device} but the logits are on {like.device}")
+    return v.to(like.dtype)
+
+
+def check_margins(fn, scale, m1, m2, m3, lambda_=0.0):
+    scale = check_number(fn, "scale", scale, positive=True)
+    m1 = check_number(fn, "m1", m1, positive=True)
+    m2 = check_range(fn, "m2", m2, 0.0, math.pi, hi_open=True)
+    m3 = check_number(fn, "m3", m3)
+    lambda_ = check_range(fn, "lambda_", lambda_, 0.0, math.inf, hi_open=True)
+    return scale, m1, m2, m3, lambda_

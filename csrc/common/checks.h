@@ -6,6 +6,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
@@ -61,6 +62,12 @@ inline Reduction check_reduction(const char* op, int64_t reduction) {
 inline void check_positive(const char* op, const char* name, double v) {
   STD_TORCH_CHECK(v > 0.0 && v < INFINITY, op, ": argument '", name,
                   "' must be positive and finite, got ", v);
+}
+
+// Calls f(std::true_type{}) or f(std::false_type{}): turns run-time flags into template ones.
+template <class F>
+inline void with_bool(bool b, F&& f) {
+  if (b) f(std::true_type{}); else f(std::false_type{});
 }
 
 // Calls f(scalar_t{}) for the dtypes lossext supports.

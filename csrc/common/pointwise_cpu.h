@@ -16,6 +16,7 @@
 
 #include <torch/csrc/stable/ops.h>
 
+#include "cpu_isa.h"
 #include "pointwise_loss.h"
 
 namespace lossext {
@@ -83,8 +84,7 @@ __attribute__((flatten)) double chunk_base(const Op& op, const PointwisePtrs<sca
   return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LOSSEXT_HAVE_X86_CLONES 1
+#ifdef LOSSEXT_HAVE_X86_CLONES
 #define LOSSEXT_CHUNK_CLONE(NAME, TARGET)                                                       \
   template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op> \
   __attribute__((target(TARGET), flatten)) double NAME(                                         \
@@ -92,22 +92,9 @@ __attribute__((flatten)) double chunk_base(const Op& op, const PointwisePtrs<sca
       int64_t b, int64_t e) {                                                                    \
     return chunk<mode, kW, kReduce, kGoScalar>(op, P, scale, go_scaled, b, e);                   \
   }
-LOSSEXT_CHUNK_CLONE(chunk_avx2, "avx2,fma")
-LOSSEXT_CHUNK_CLONE(chunk_avx512, "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,prefer-vector-width=512")
+LOSSEXT_CHUNK_CLONE(chunk_avx2, LOSSEXT_TARGET_AVX2)
+LOSSEXT_CHUNK_CLONE(chunk_avx512, LOSSEXT_TARGET_AVX512)
 #undef LOSSEXT_CHUNK_CLONE
-
-enum class CpuLevel { Base, Avx2, Avx512 };
-inline CpuLevel cpu_level() {
-  static const CpuLevel level = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-      return CpuLevel::Avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuLevel::Avx2;
-    return CpuLevel::Base;
-  }();
-  return level;
-}
 #endif
 
 }  // namespace cpu_detail

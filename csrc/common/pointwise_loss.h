@@ -98,12 +98,6 @@ struct PointwisePtrs {
         o1(out1 ? static_cast<scalar_t*>(out1->data_ptr()) : nullptr) {}
 };
 
-// Calls f(std::true_type{}) or f(std::false_type{}): turns run-time flags into template ones.
-template <class F>
-inline void with_bool(bool b, F&& f) {
-  if (b) f(std::true_type{}); else f(std::false_type{});
-}
-
 // MakeOp is a generic callable: make_op(T{}) returns the loss functor for accumulation type T.
 template <class Device, PointwiseMode mode, class MakeOp>
 void run_pointwise(const PointwiseProblem& p, const MakeOp& make_op, Tensor& out0, Tensor* out1) {

@@ -1,0 +1,465 @@
+// CPU kernels of the margin-softmax family (Device = MarginCpu, see margin_ops.h).
+//
+// - Rows are independent; torch::stable::parallel_for splits rows only, and every reduction
+//   inside a row runs in a fixed order (float lanes per block of kBlock classes, blocks added
+//   in double), so results are bitwise the same for any thread count.
+// - margin CE reads each row once: an online softmax over blocks of kBlock classes (block max,
+//   rescale, sum of exp from L1), as Milakov & Gimelshein, "Online normalizer calculation for
+//   softmax" (2018), Alg. 3, applied per block.
+// - Bad labels (not in [0, C) and not ignore_index) raise before any row is read.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+
+#include "../common/cpu_isa.h"
+#include "../common/math.h"
+#include "margin_ops.h"
+
+namespace lossext {
+namespace margin {
+namespace {
+
+constexpr int64_t kBlock = 2048;
+constexpr int64_t kWorkPerTask = int64_t(1) << 15;  // elements per parallel task, at least
+
+template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+template <class T> T* ptr(const std::optional<Tensor>& t) { return t ? static_cast<T*>(t->data_ptr()) : nullptr; }
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(cols, 1)); }
+
+void check_targets(const char* op, const LossSpec& s, const Tensor& target) {
+  const int64_t* t = ptr<const int64_t>(target);
+  for (int64_t i = 0; i < s.N; ++i) {
+    STD_TORCH_CHECK(t[i] == s.ignore_index || (t[i] >= 0 && t[i] < s.C), op, ": argument 'target' has value ",
+                    t[i], " at index ", i, ", outside [0, ", s.C, ") and not ignore_index (", s.ignore_index, ")");
+  }
+}
+
+template <class scalar_t>
+double class_weight_sum(const scalar_t* w, int64_t C) {
+  if (w == nullptr) return double(C);
+  double s = 0.0;
+  for (int64_t j = 0; j < C; ++j) s += double(w[j]);
+  return s;
+}
+
+// Online max / sum of exp over z_j = r * v_j (j in [0, n), j != skip), blockwise: returns the
+// new (m, s) after folding the row segment into (m, s). sum_z gets sum_j w_j z_j when kSum.
+template <bool kW, bool kSum, class scalar_t, class A>
+inline void online_row(const scalar_t* __restrict v, const scalar_t* __restrict w, int64_t n, int64_t skip,
+                       A r, double& m, double& s, double& sum_z) {
+  const A ninf = -std::numeric_limits<A>::infinity();
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    A bm = ninf;
+#pragma omp simd reduction(max : bm)
+    for (int64_t j = b; j < e; ++j) {
+      const A z = j == skip ? ninf : r * static_cast<A>(v[j]);
+      bm = z > bm ? z : bm;
+    }
+    // NaN never wins a max: it shows up in the sum below instead.
+    const double m_new = std::max(m, double(bm));
+    const A mf = static_cast<A>(m_new);
+    A bs = A(0), bz = A(0);
+#pragma omp simd reduction(+ : bs, bz)
+    for (int64_t j = b; j < e; ++j) {
+      const A x = static_cast<A>(v[j]);
+      const A z = j == skip ? ninf : r * x;
+      bs += math::exp(z - mf);
+      if constexpr (kSum) bz += j == skip ? A(0) : (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
+    }
+    s = (s == 0.0 ? 0.0 : s * std::exp(m - m_new)) + double(bs);
+    m = m_new;
+    if constexpr (kSum) sum_z += double(bz);
+  }
+}
+
+// Adds the target's z_y into (m, s).
+inline void online_add(double z, double& m, double& s) {
+  const double m_new = std::max(m, z);
+  s = (s == 0.0 ? 0.0 : s * std::exp(m - m_new)) + std::exp(z - m_new);
+  m = (z != z) ? z : m_new;
+  if (z != z) s = z;
+}
+
+template <class F>
+void parallel_rows(int64_t n, int64_t cols, const F& f) {
+  torch::stable::parallel_for(0, n, row_grain(cols), [&](int64_t b, int64_t e) {
+    cpu_detail::with_best_isa(f, b, e);
+  });
+}
+
+}  // namespace
+
+struct MarginCpu {
+  // ---- margin_cross_entropy --------------------------------------------------------------
+  static void ce_forward(const CeProblem& p, RowStats& st) {
+    const LossSpec& s = p.spec;
+    check_targets("lossext::margin_cross_entropy", s, p.target);
+    dispatch_floating(p.cos.scalar_type(), "lossext::margin_cross_entropy", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* cos = ptr<const scalar_t>(p.cos);
+      const int64_t* tg = ptr<const int64_t>(p.target);
+      const scalar_t* w = ptr<const scalar_t>(p.weight);
+      const scalar_t* rs = ptr<const scalar_t>(p.row_scale);
+      A* lse = ptr<A>(st.lse);
+      A* zy = ptr<A>(st.zy);
+      A* wz = ptr<A>(st.wz);
+      const auto tm = s.target_margin<A>();
+      const int64_t C = s.C;
+      with_bool(w != nullptr, [&](auto kW) {
+        with_bool(s.smoothing > 0.0, [&](auto kSum) {
+          parallel_rows(s.N, C, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+              const int64_t t = tg[i];
+              if (t == s.ignore_index) {
+                lse[i] = zy[i] = wz[i] = A(0);
+                continue;
+              }
+              const scalar_t* row = cos + i * C;
+              const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
+              A f, df;
+              tm.apply(static_cast<A>(row[t]), f, df);
+              const A z_t = r * f;
+              double m = -std::numeric_limits<double>::infinity(), sum = 0.0, sz = 0.0;
+              online_row<kW.value, kSum.value>(row, w, C, t, r, m, sum, sz);
+              online_add(double(z_t), m, sum);
+              lse[i] = static_cast<A>(m + std::log(sum));
+              zy[i] = z_t;
+              wz[i] = static_cast<A>(sz + (kW.value ? double(w[t]) : 1.0) * double(z_t));
+            }
+          });
+        });
+      });
+    });
+  }
+
+  static void ce_backward(const CeProblem& p, const Tensor& G, Tensor& grad, Tensor* grad_rs) {
+    const LossSpec& s = p.spec;
+    dispatch_floating(p.cos.scalar_type(), "lossext::margin_cross_entropy_backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* cos = ptr<const scalar_t>(p.cos);
+      const int64_t* tg = ptr<const int64_t>(p.target);
+      const scalar_t* w = ptr<const scalar_t>(p.weight);
+      const scalar_t* rs = ptr<const scalar_t>(p.row_scale);
+      const A* lse = ptr<const A>(*p.lse);
+      const A* g = ptr<const A>(G);
+      scalar_t* out = ptr<scalar_t>(grad);
+      scalar_t* out_rs = grad_rs ? ptr<scalar_t>(*grad_rs) : nullptr;
+      const auto tm = s.target_margin<A>();
+      const int64_t C = s.C;
+      const A keep = A(s.keep()), spread = A(s.spread());
+      const A wsum = A(class_weight_sum(w, C));
+      with_bool(w != nullptr, [&](auto kW) {
+        with_bool(out_rs != nullptr, [&](auto kRS) {
+          parallel_rows(s.N, C, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+              const int64_t t = tg[i];
+              scalar_t* __restrict o = out + i * C;
+              if (t == s.ignore_index) {
+                std::fill(o, o + C, scalar_t(0));
+                if (kRS.value) out_rs[i] = scalar_t(0);
+                continue;
+              }
+              const scalar_t* __restrict row = cos + i * C;
+              const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
+              const A w_t = kW.value ? static_cast<A>(w[t]) : A(1);
+              const A a = keep * w_t + spread * wsum;
+              const A L = lse[i];
+              const A gr = g[i] * r;
+              const A ninf = -std::numeric_limits<A>::infinity();
+              double dr = 0.0;
+              for (int64_t bb = 0; bb < C; bb += kBlock) {
+                const int64_t ee = std::min(C, bb + kBlock);
+                A bdr = A(0);
+#pragma omp simd reduction(+ : bdr)
+                for (int64_t j = bb; j < ee; ++j) {
+                  const A x = static_cast<A>(row[j]);
+                  const A z = j == t ? ninf : r * x;
+                  const A d = a * math::exp(z - L) - spread * (kW.value ? static_cast<A>(w[j]) : A(1));
+                  o[j] = static_cast<scalar_t>(gr * d);
+                  if constexpr (kRS.value) bdr += j == t ? A(0) : d * x;
+                }
+                dr += double(bdr);
+              }
+              A f, df;
+              tm.apply(static_cast<A>(row[t]), f, df);
+              const A d_t = a * static_cast<A>(std::exp(double(r * f) - double(L))) - keep * w_t - spread * w_t;
+              o[t] = static_cast<scalar_t>(gr * d_t * df);
+              if constexpr (kRS.value) out_rs[i] = static_cast<scalar_t>(double(g[i]) * (dr + double(d_t * f)));
+            }
+          });
+        });
+      });
+    });
+  }
+
+  // ---- shared -------------------------------------------------------------------------------
+  static void finalize(const LossSpec& s, const RowStats& st, const Tensor& target, const Tensor* class_weight,
+                       Tensor& loss, Tensor& lse_out) {
+    dispatch_floating(loss.scalar_type(), "lossext::margin finalize", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const int64_t* tg = ptr<const int64_t>(target);
+      const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
+      A* lse = ptr<A>(st.lse);
+      const A* mx = st.max ? ptr<const A>(*st.max) : nullptr;
+      const A* zy = ptr<const A>(st.zy);
+      const A* wz = ptr<const A>(st.wz);
+      A* lo = ptr<A>(lse_out);
+      scalar_t* out = ptr<scalar_t>(loss);
+      const double wsum = class_weight_sum(w, s.C);
+      double total = 0.0, weight_total = 0.0;
+      for (int64_t i = 0; i < s.N; ++i) {
+        const int64_t t = tg[i];
+        const bool valid = t != s.ignore_index;
+        double L = double(lse[i]);
+        if (mx) L = valid ? double(mx[i]) + std::log(double(lse[i])) : 0.0;
+        lo[i] = static_cast<A>(L);
+        const double w_t = valid ? (w ? double(w[t]) : 1.0) : 0.0;
+        const double li = valid ? row_loss(s.keep(), s.spread(), wsum, w_t, L, double(zy[i]), double(wz[i])) : 0.0;
+        if (s.reduction == Reduction::None) out[i] = static_cast<scalar_t>(li);
+        total += li;
+        weight_total += w_t;
+      }
+      if (s.reduction == Reduction::Sum) out[0] = static_cast<scalar_t>(total);
+      if (s.reduction == Reduction::Mean) out[0] = static_cast<scalar_t>(total / weight_total);  // 0/0 = NaN
+    });
+  }
+
+  static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
+                             const Tensor* class_weight, Tensor& G) {
+    check_targets("lossext::margin backward", s, target);
+    dispatch_floating(grad_output.scalar_type(), "lossext::margin backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const int64_t* tg = ptr<const int64_t>(target);
+      const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
+      const scalar_t* go = ptr<const scalar_t>(grad_output);
+      A* g = ptr<A>(G);
+      double div = 1.0;
+      if (s.reduction == Reduction::Mean) {
+        div = 0.0;
+        for (int64_t i = 0; i < s.N; ++i)
+          if (tg[i] != s.ignore_index) div += w ? double(w[tg[i]]) : 1.0;
+      }
+      for (int64_t i = 0; i < s.N; ++i) {
+        const int64_t t = tg[i];
+        const double gi = s.reduction == Reduction::None ? double(go[i]) : double(go[0]) / div;
+        g[i] = t == s.ignore_index ? A(0) : static_cast<A>(gi);
+      }
+    });
+  }
+
+  static void inv_norms(const Tensor& v, Tensor& out) {
+    dispatch_floating(v.scalar_type(), "lossext::margin inv_norms", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* x = ptr<const scalar_t>(v);
+      A* o = ptr<A>(out);
+      const int64_t R = v.size(0), D = v.size(1);
+      parallel_rows(R, D, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const scalar_t* row = x + r * D;
+          A ss = A(0);
+#pragma omp simd reduction(+ : ss)
+          for (int64_t j = 0; j < D; ++j) ss += static_cast<A>(row[j]) * static_cast<A>(row[j]);
+          o[r] = A(1) / std::max(std::sqrt(ss), A(kNormEps));
+        }
+      });
+    });
+  }
+
+  // ---- fused linear ------------------------------------------------------------------------
+  // The chunk's "cosine" (normalize) or logit before scale: P_ij * rx_i * rw_j, or P_ij + b_j.
+  static void fused_forward_chunk(const FusedProblem& p, const Tensor& P, int64_t c0, RowStats& st) {
+    const LossSpec& s = p.spec;
+    if (c0 == 0) check_targets("lossext::fused_linear_margin_cross_entropy", s, p.target);
+    dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const int64_t k = P.size(1);
+      const scalar_t* Pp = ptr<const scalar_t>(P);
+      const int64_t* tg = ptr<const int64_t>(p.target);
+      const A* rx = ptr<const A>(p.inv_norm_x);
+      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
+      const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
+      A* ssum = ptr<A>(st.lse);
+      A* smax = ptr<A>(*st.max);
+      A* zy = ptr<A>(st.zy);
+      A* wz = ptr<A>(st.wz);
+      const auto tm = s.target_margin<A>();
+      const A scale = A(s.scale);
+      const bool smooth = s.smoothing > 0.0;
+      parallel_rows(s.N, k, [&](int64_t b, int64_t e) {
+        std::vector<A> zbuf(k);
+        A* __restrict z = zbuf.data();
+        for (int64_t i = b; i < e; ++i) {
+          if (c0 == 0) {
+            smax[i] = -std::numeric_limits<A>::infinity();
+            ssum[i] = zy[i] = wz[i] = A(0);
+          }
+          const scalar_t* __restrict row = Pp + i * k;
+          const int64_t t = tg[i] - c0;  // target column in this chunk, if in [0, k)
+          if (rw) {
+            const A sx = scale * rx[i];
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j) z[j] = sx * static_cast<A>(row[j]) * rw[j];
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j)
+              z[j] = scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
+          }
+          const bool here = tg[i] != s.ignore_index && t >= 0 && t < k;
+          double m = double(smax[i]), sum = double(ssum[i]), sz = 0.0;
+          A z_t = A(0);
+          if (here) {
+            A f, df;
+            tm.apply(z[t] / scale, f, df);
+            z_t = scale * f;
+          }
+          online_row<false, true>(z, static_cast<const A*>(nullptr), k, here ? t : -1, A(1), m, sum, sz);
+          if (here) {
+            online_add(double(z_t), m, sum);
+            zy[i] = z_t;
+            sz += double(z_t);
+          }
+          smax[i] = static_cast<A>(m);
+          ssum[i] = static_cast<A>(sum);
+          if (smooth) wz[i] = static_cast<A>(double(wz[i]) + sz);
+        }
+      });
+    });
+  }
+
+  static void fused_backward_chunk(const FusedProblem& p, Tensor& P, int64_t c0, const Tensor& G,
+                                   Tensor* grad_bias) {
+    const LossSpec& s = p.spec;
+    dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy_backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const int64_t k = P.size(1);
+      scalar_t* Pp = ptr<scalar_t>(P);
+      const int64_t* tg = ptr<const int64_t>(p.target);
+      const A* rx = ptr<const A>(p.inv_norm_x);
+      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
+      const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
+      const A* lse = ptr<const A>(*p.lse);
+      const A* g = ptr<const A>(G);
+      const auto tm = s.target_margin<A>();
+      const A scale = A(s.scale), keep = A(s.keep()), spread = A(s.spread());
+      const A a = keep + spread * A(s.C);
+      const A ninf = -std::numeric_limits<A>::infinity();
+      parallel_rows(s.N, k, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          scalar_t* __restrict row = Pp + i * k;
+          if (tg[i] == s.ignore_index) {
+            std::fill(row, row + k, scalar_t(0));
+            continue;
+          }
+          const int64_t t = tg[i] - c0;
+          const bool here = t >= 0 && t < k;
+          const A L = lse[i];
+          const A gs = g[i] * scale;
+          A c_t = A(0);
+          if (here) c_t = rw ? static_cast<A>(row[t]) * rx[i] * rw[t]
+                             : static_cast<A>(row[t]) + (bias ? static_cast<A>(bias[t]) : A(0));
+          if (rw) {
+            const A sx = scale * rx[i], gx = gs * rx[i];
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j) {
+              const A z = j == t ? ninf : sx * static_cast<A>(row[j]) * rw[j];
+              row[j] = static_cast<scalar_t>(gx * rw[j] * (a * math::exp(z - L) - spread));
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j) {
+              const A z = j == t ? ninf : scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
+              row[j] = static_cast<scalar_t>(gs * (a * math::exp(z - L) - spread));
+            }
+          }
+          if (here) {
+            A f, df;
+            tm.apply(c_t, f, df);
+            const A d_t = a * static_cast<A>(std::exp(double(scale * f) - double(L))) - keep - spread;
+            row[t] = static_cast<scalar_t>(gs * d_t * df * (rw ? rx[i] * rw[t] : A(1)));
+          }
+        }
+      });
+      if (grad_bias) {
+        // column sums in row order: one thread per column range, deterministic
+        scalar_t* db = ptr<scalar_t>(*grad_bias) + c0;
+        const int64_t N = s.N;
+        torch::stable::parallel_for(0, k, 64, [&](int64_t b, int64_t e) {
+          for (int64_t j = b; j < e; ++j) {
+            double acc = 0.0;
+            for (int64_t i = 0; i < N; ++i) acc += double(Pp[i * k + j]);
+            db[j] = static_cast<scalar_t>(acc);
+          }
+        });
+      }
+    });
+  }
+
+  static void project_rows(const Tensor& g, const Tensor& v, const Tensor* inv_norm, Tensor& out) {
+    dispatch_floating(out.scalar_type(), "lossext::margin project_rows", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      auto run = [&](auto gtag) {
+        using gscalar_t = decltype(gtag);
+        const gscalar_t* gp = ptr<const gscalar_t>(g);
+        const scalar_t* vp = ptr<const scalar_t>(v);
+        const A* rn = inv_norm ? ptr<const A>(*inv_norm) : nullptr;
+        scalar_t* op = ptr<scalar_t>(out);
+        const int64_t R = g.size(0), D = g.size(1);
+        parallel_rows(R, D, [&](int64_t b, int64_t e) {
+          for (int64_t r = b; r < e; ++r) {
+            const gscalar_t* gr = gp + r * D;
+            const scalar_t* vr = vp + r * D;
+            scalar_t* orow = op + r * D;
+            A coef = A(0);
+            if (rn) {
+              A dot = A(0);
+#pragma omp simd reduction(+ : dot)
+              for (int64_t j = 0; j < D; ++j) dot += static_cast<A>(gr[j]) * static_cast<A>(vr[j]);
+              coef = rn[r] * rn[r] * dot;
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < D; ++j)
+              orow[j] = static_cast<scalar_t>(static_cast<A>(gr[j]) - coef * static_cast<A>(vr[j]));
+          }
+        });
+      };
+      if (g.scalar_type() == out.scalar_type()) run(scalar_t{}); else run(A{});
+    });
+  }
+
+  static void add_into(Tensor& acc, const Tensor& t) {
+    dispatch_floating(t.scalar_type(), "lossext::margin add_into", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      A* a = ptr<A>(acc);
+      const scalar_t* x = ptr<const scalar_t>(t);
+      const int64_t n = t.numel();
+      torch::stable::parallel_for(0, n, kWorkPerTask, [&](int64_t b, int64_t e) {
+        cpu_detail::with_best_isa([&](int64_t bb, int64_t ee) {
+#pragma omp simd
+          for (int64_t j = bb; j < ee; ++j) a[j] += static_cast<A>(x[j]);
+        }, b, e);
+      });
+    });
+  }
+};
+
+}  // namespace margin
+}  // namespace lossext
+
+STABLE_TORCH_LIBRARY_IMPL(lossext, CPU, m) {
+  lossext::margin::register_margin_kernels<lossext::margin::MarginCpu>(m);
+}

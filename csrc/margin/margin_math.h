@@ -1,0 +1,142 @@
+// Scalar math of the margin-softmax family, shared by the CPU and CUDA kernels.
+//
+// Target logit (Deng et al., ArcFace, CVPR 2019, Eq. 4, the combined margin):
+//   z_y = s * ((lambda * cos + psi(theta)) / (1 + lambda) - m3),   theta = acos(clamp(cos, -1, 1)),
+// other logits z_j = s * cos_j. psi is chosen to stay monotone in theta:
+//   m1 = 1, m2 = 0  : psi = cos                                   (plain softmax / CosFace, Wang et al. Eq. 4)
+//   m1 = 1, m2 > 0  : psi = cos(theta + m2) where cos > cos(pi - m2), else cos - sin(pi - m2) * m2
+//                     (ArcFace, insightface's rule); easy_margin: cos(theta + m2) where cos > 0, else cos
+//   otherwise       : psi = (-1)^k cos(m1 theta + m2) - 2k, k = floor((m1 theta + m2) / pi)
+//                     (A-Softmax, Liu et al., SphereFace, CVPR 2017, Eq. 7, for any m1 and m2;
+//                     integer m1 with m2 = 0 uses the Chebyshev polynomials: exact at cos = +-1)
+// lambda anneals SphereFace (its Sec. 3.4); lambda = 0 gives the plain formula.
+// d psi / d cos has sin(theta) in the denominator: it is floored at kSinFloor so that the
+// gradient at cos = +-1 is finite (the true one-sided slope of ArcFace there is infinite).
+// Outside [-1, 1] the angle does not move, so the angular part has zero slope (as clamp).
+#pragma once
+
+#include <cmath>
+
+#include "../common/config.h"
+
+namespace lossext {
+namespace margin {
+
+enum class MarginKind : int { Plain = 0, Arc = 1, ArcEasy = 2, Psi = 3, PsiChebyshev = 4 };
+
+template <class T>
+struct TargetMargin {
+  MarginKind kind;
+  T m1, m2, m3, lambda;
+  T cos_m2, sin_m2, th, mm;  // ArcFace constants: th = cos(pi - m2), mm = sin(pi - m2) * m2
+  int m_int;                 // PsiChebyshev: the integer m1
+
+  static TargetMargin make(double m1, double m2, double m3, double lambda, bool easy_margin) {
+    TargetMargin t;
+    const double pi = 3.14159265358979323846;
+    t.m1 = T(m1); t.m2 = T(m2); t.m3 = T(m3); t.lambda = T(lambda);
+    t.cos_m2 = T(std::cos(m2)); t.sin_m2 = T(std::sin(m2));
+    t.th = T(std::cos(pi - m2)); t.mm = T(std::sin(pi - m2) * m2);
+    t.m_int = 0;
+    if (m1 == 1.0) {
+      t.kind = m2 == 0.0 ? MarginKind::Plain : (easy_margin ? MarginKind::ArcEasy : MarginKind::Arc);
+    } else if (m2 == 0.0 && m1 == std::floor(m1) && m1 >= 2.0 && m1 <= 64.0) {
+      t.kind = MarginKind::PsiChebyshev;
+      t.m_int = static_cast<int>(m1);
+    } else {
+      t.kind = MarginKind::Psi;
+    }
+    return t;
+  }
+
+  // psi(cos) and d psi / d cos, before annealing and m3.
+  LOSSEXT_HD void psi(T c, T& f, T& df) const {
+    const T kSinFloor = T(1e-4);
+    const T pi = T(3.14159265358979323846);
+    const T cc = c < T(-1) ? T(-1) : (c > T(1) ? T(1) : c);  // NaN stays NaN
+    const T inside = (c >= T(-1) && c <= T(1)) ? T(1) : T(0);
+    if (kind == MarginKind::Plain) {
+      f = c;
+      df = T(1);
+      return;
+    }
+    const T sin_t = std::sqrt(T(1) - cc * cc > T(0) ? T(1) - cc * cc : T(0));
+    const T sin_floor = sin_t > kSinFloor ? sin_t : kSinFloor;
+    if (kind == MarginKind::Arc || kind == MarginKind::ArcEasy) {
+      const T phi = cc * cos_m2 - sin_t * sin_m2;            // cos(theta + m2)
+      const T dphi = (cos_m2 + sin_m2 * cc / sin_floor) * inside;
+      const bool on = kind == MarginKind::Arc ? (c > th) : (c > T(0));
+      f = on ? phi : (kind == MarginKind::Arc ? c - mm : c);
+      df = on ? dphi : T(1);
+      if (c != c) f = c;
+      return;
+    }
+    const T theta = std::acos(cc);
+    if (kind == MarginKind::PsiChebyshev) {
+      // T_m(cc) and U_{m-1}(cc) by their recurrences; cos(m theta) = T_m, sin(m theta)/sin(theta) = U_{m-1}
+      T t0 = T(1), t1 = cc, u0 = T(1), u1 = T(2) * cc;
+      for (int n = 1; n < m_int; ++n) {
+        const T t2 = T(2) * cc * t1 - t0;
+        t0 = t1; t1 = t2;
+      }
+      for (int n = 1; n < m_int - 1; ++n) {
+        const T u2 = T(2) * cc * u1 - u0;
+        u0 = u1; u1 = u2;
+      }
+      const T u = m_int == 1 ? T(1) : u1;
+      T k = std::floor(T(m_int) * theta / pi);
+      k = k < T(0) ? T(0) : (k > T(m_int - 1) ? T(m_int - 1) : k);
+      const T sign = std::fmod(k, T(2)) == T(0) ? T(1) : T(-1);
+      f = sign * t1 - T(2) * k;
+      df = sign * T(m_int) * u * inside;
+      if (c != c) f = c;
+      return;
+    }
+    const T phi = m1 * theta + m2;
+    T k = std::floor(phi / pi);
+    k = k < T(0) ? T(0) : k;
+    const T sign = std::fmod(k, T(2)) == T(0) ? T(1) : T(-1);
+    f = sign * std::cos(phi) - T(2) * k;
+    df = sign * m1 * std::sin(phi) / sin_floor * inside;
+    if (c != c) f = c;
+  }
+
+  // The target's cosine after the margin, f, and d f / d cos.
+  LOSSEXT_HD void apply(T c, T& f, T& df) const {
+    T p, dp;
+    psi(c, p, dp);
+    const T inv = T(1) / (T(1) + lambda);
+    f = (lambda * c + p) * inv - m3;
+    df = (lambda + dp) * inv;
+  }
+};
+
+// Constants of the cross-entropy with label smoothing eps and class weights w (as
+// torch.nn.functional.cross_entropy): per valid row with target y and logits z,
+//   L = (1 - eps) w_y (lse - z_y) + eps / C * sum_j w_j (lse - z_j)
+//     = a lse - (1 - eps) w_y z_y - eps / C * sum_j w_j z_j,   a = (1 - eps) w_y + eps / C * W,
+//   dL/dz_j = a p_j - (1 - eps) w_y [j = y] - eps / C * w_j,  W = sum_j w_j.
+// 'mean' divides the sum over rows by sum of w_y over the valid rows.
+template <class T>
+struct SmoothedCE {
+  T keep;    // 1 - eps
+  T spread;  // eps / C
+  LOSSEXT_HD T a(T w_y, T wsum) const { return keep * w_y + spread * wsum; }
+};
+
+}  // namespace margin
+}  // namespace lossext
+
+namespace lossext {
+namespace margin {
+
+// Per-row result of a forward pass, combined by finalize into the loss:
+//   loss_i = a lse - keep w_y z_y - spread * wz   (0 for an ignored row),
+// with wz = sum_j w_j z_j (needed only when label smoothing is on).
+LOSSEXT_HD double row_loss(double keep, double spread, double wsum, double w_y, double lse,
+                           double z_y, double wz) {
+  return (keep * w_y + spread * wsum) * lse - keep * w_y * z_y - (spread != 0.0 ? spread * wz : 0.0);
+}
+
+}  // namespace margin
+}  // namespace lossext

@@ -1,0 +1,383 @@
+// Op bodies of the margin-softmax family, generic over the device (MarginCpu or MarginCuda).
+// Host code only: checks, layouts, allocations and the class-chunk loop of the fused op.
+// margin_cpu.cpp and margin_cuda.cu register them; margin_schema.cpp declares the schemas.
+//
+// A Device provides (all tensors contiguous; "acc" tensors are float32, or float64 for
+// float64 inputs; N rows, C classes, D features):
+//   ce_forward(const CeProblem&, RowStats&)            fills the row stats of margin CE
+//   ce_backward(const CeProblem&, const Tensor& G, Tensor& grad_cos, Tensor* grad_row_scale)
+//   finalize(const LossSpec&, const RowStats&, const Tensor& target, const Tensor* class_weight,
+//            Tensor& loss, Tensor& lse)               loss_i, the reduction, lse_i
+//   row_grad_scale(const LossSpec&, const Tensor& grad_output, const Tensor& target,
+//                  const Tensor* class_weight, Tensor& G)  G_i = dReducedLoss/dloss_i (0 if ignored)
+//   inv_norms(const Tensor& v [R, D], Tensor& out acc [R])  1 / max(|v_r|, 1e-12)
+//   fused_forward_chunk(const FusedProblem&, const Tensor& P [N, k], int64_t c0, RowStats&)
+//   fused_backward_chunk(const FusedProblem&, Tensor& P [N, k] (in: x W_c^T, out: dLoss/dP),
+//                        int64_t c0, const Tensor& G, Tensor* grad_bias [C])
+//   project_rows(const Tensor& g [R, D], const Tensor& v [R, D], const Tensor* inv_norm [R],
+//                Tensor& out [R, D])   out_r = g_r - inv_norm_r^2 (v_r . g_r) v_r (g_r if no norm)
+//   add_into(Tensor& acc [N, D], const Tensor& t [N, D])     acc += t
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/stableivalue_conversions.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include "../common/checks.h"
+#include "margin_math.h"
+
+namespace lossext {
+namespace margin {
+
+constexpr double kNormEps = 1e-12;  // as torch.nn.functional.normalize
+
+// The loss part shared by both ops: label smoothing, ignore_index, reduction, margin.
+struct LossSpec {
+  double scale, m1, m2, m3, lambda, smoothing;
+  bool easy_margin;
+  int64_t ignore_index;
+  Reduction reduction;
+  int64_t N, C;
+  double keep() const { return 1.0 - smoothing; }
+  double spread() const { return C > 0 ? smoothing / double(C) : 0.0; }
+  template <class T>
+  TargetMargin<T> target_margin() const {
+    return TargetMargin<T>::make(m1, m2, m3, lambda, easy_margin);
+  }
+};
+
+// Row statistics, acc dtype [N] each: lse, the target logit z_y, and sum_j w_j z_j.
+struct RowStats {
+  Tensor lse, zy, wz;
+  // fused op only: running max (lse holds the running sum of exp(z - max) until finalize)
+  std::optional<Tensor> max;
+};
+
+struct CeProblem {
+  LossSpec spec;
+  Tensor cos;                      // [N, C]
+  Tensor target;                   // [N] int64
+  std::optional<Tensor> weight;    // [C], cos dtype
+  std::optional<Tensor> row_scale; // [N], cos dtype: replaces scale per row (SphereFace's |x|)
+  std::optional<Tensor> lse;       // backward: [N] acc
+};
+
+struct FusedProblem {
+  LossSpec spec;
+  Tensor x;                        // [N, D]
+  Tensor w;                        // [C, D]
+  Tensor target;                   // [N] int64
+  std::optional<Tensor> bias;      // [C] (normalize = false only)
+  bool normalize;
+  int64_t D, chunk;
+  std::optional<Tensor> inv_norm_x, inv_norm_w;  // acc [N], [C] when normalize
+  std::optional<Tensor> lse;       // backward: [N] acc
+};
+
+inline ScalarType acc_scalar_type(ScalarType st) {
+  return st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
+
+inline Tensor new_tensor(std::vector<int64_t> sizes, ScalarType st, const Tensor& like) {
+  return torch::stable::empty(sizes, st, std::nullopt, like.device());
+}
+
+inline Tensor zeros(std::vector<int64_t> sizes, ScalarType st, const Tensor& like) {
+  Tensor t = new_tensor(sizes, st, like);
+  torch::stable::zero_(t);
+  return t;
+}
+
+// out = a @ b through the dispatcher (BLAS on CPU, cuBLAS on CUDA; deterministic).
+inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b) {
+  using torch::stable::detail::from;
+  std::array<StableIValue, 3> stack{from(a), from(b), from(out)};
+  STD_TORCH_CHECK(torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION) ==
+                      AOTI_TORCH_SUCCESS,
+                  "lossext: aten::mm.out failed");
+  (void)torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+// ---- checks -------------------------------------------------------------------------------
+
+inline LossSpec check_spec(const char* op, double scale, double m1, double m2, double m3,
+                           double lambda, bool easy_margin, double smoothing, int64_t ignore_index,
+                           int64_t reduction, int64_t N, int64_t C) {
+  LossSpec s;
+  check_positive(op, "scale", scale);
+  check_positive(op, "m1", m1);
+  STD_TORCH_CHECK(std::isfinite(m2) && m2 >= 0.0 && m2 < 3.14159265358979323846, op,
+                  ": argument 'm2' must be in [0, pi), got ", m2);
+  STD_TORCH_CHECK(std::isfinite(m3), op, ": argument 'm3' must be finite, got ", m3);
+  STD_TORCH_CHECK(std::isfinite(lambda) && lambda >= 0.0, op,
+                  ": argument 'lambda_' must be finite and >= 0, got ", lambda);
+  STD_TORCH_CHECK(smoothing >= 0.0 && smoothing <= 1.0, op,
+                  ": argument 'label_smoothing' must be in [0, 1], got ", smoothing);
+  s.reduction = check_reduction(op, reduction);
+  s.scale = scale; s.m1 = m1; s.m2 = m2; s.m3 = m3; s.lambda = lambda; s.smoothing = smoothing;
+  s.easy_margin = easy_margin; s.ignore_index = ignore_index; s.N = N; s.C = C;
+  return s;
+}
+
+inline void check_target(const char* op, const Tensor& target, const Tensor& ref, int64_t N) {
+  STD_TORCH_CHECK(target.scalar_type() == ScalarType::Long, op,
+                  ": argument 'target' must be int64 class indices, got ",
+                  torch::headeronly::toString(target.scalar_type()));
+  STD_TORCH_CHECK(target.dim() == 1 && target.size(0) == N, op, ": argument 'target' must have shape [",
+                  N, "], got ", shape_str(target));
+  STD_TORCH_CHECK(target.device() == ref.device(), op,
+                  ": argument 'target' is on a different device than the logits");
+}
+
+inline void check_vector(const char* op, const char* name, const Tensor& t, const Tensor& ref,
+                         int64_t n) {
+  check_like(op, name, t, ref);
+  STD_TORCH_CHECK(t.dim() == 1 && t.size(0) == n, op, ": argument '", name, "' must have shape [", n,
+                  "], got ", shape_str(t));
+}
+
+inline void check_grad_output(const char* op, const Tensor& g, const Tensor& ref, const LossSpec& s) {
+  check_like(op, "grad_output", g, ref);
+  if (s.reduction == Reduction::None) {
+    STD_TORCH_CHECK(g.dim() == 1 && g.size(0) == s.N, op, ": argument 'grad_output' must have shape [",
+                    s.N, "], got ", shape_str(g));
+  } else {
+    STD_TORCH_CHECK(g.dim() == 0, op, ": argument 'grad_output' must be 0-dim for a reduced loss, got shape ",
+                    shape_str(g));
+  }
+}
+
+inline void check_lse(const char* op, const Tensor& lse, const Tensor& ref, int64_t N) {
+  STD_TORCH_CHECK(lse.scalar_type() == acc_scalar_type(ref.scalar_type()) && lse.dim() == 1 &&
+                      lse.size(0) == N && lse.device() == ref.device(),
+                  op, ": argument 'lse' must be the forward's second output, got shape ", shape_str(lse));
+}
+
+inline CeProblem prepare_ce(const char* op, const Tensor& cos, const Tensor& target,
+                            const std::optional<Tensor>& weight, const std::optional<Tensor>& row_scale,
+                            double scale, double m1, double m2, double m3, double lambda,
+                            bool easy_margin, double smoothing, int64_t ignore_index, int64_t reduction) {
+  check_float_tensor(op, "cos_logits", cos);
+  STD_TORCH_CHECK(cos.dim() == 2, op, ": argument 'cos_logits' must be 2-D [N, C], got shape ",
+                  shape_str(cos));
+  const int64_t N = cos.size(0), C = cos.size(1);
+  STD_TORCH_CHECK(C > 0 || N == 0, op, ": argument 'cos_logits' has no classes (shape ", shape_str(cos), ")");
+  CeProblem p;
+  p.spec = check_spec(op, scale, m1, m2, m3, lambda, easy_margin, smoothing, ignore_index, reduction, N, C);
+  check_target(op, target, cos, N);
+  p.cos = torch::stable::contiguous(cos);
+  p.target = torch::stable::contiguous(target);
+  if (weight.has_value()) {
+    check_vector(op, "weight", *weight, cos, C);
+    p.weight = torch::stable::contiguous(*weight);
+  }
+  if (row_scale.has_value()) {
+    check_vector(op, "row_scale", *row_scale, cos, N);
+    p.row_scale = torch::stable::contiguous(*row_scale);
+  }
+  return p;
+}
+
+inline Tensor new_loss(const LossSpec& s, const Tensor& like) {
+  if (s.reduction == Reduction::None) return new_tensor({s.N}, like.scalar_type(), like);
+  return new_tensor({}, like.scalar_type(), like);
+}
+
+inline RowStats new_row_stats(const LossSpec& s, const Tensor& like, bool with_max) {
+  const ScalarType acc = acc_scalar_type(like.scalar_type());
+  RowStats r{new_tensor({s.N}, acc, like), new_tensor({s.N}, acc, like), new_tensor({s.N}, acc, like),
+             std::nullopt};
+  if (with_max) r.max = new_tensor({s.N}, acc, like);
+  return r;
+}
+
+// ---- margin_cross_entropy ----------------------------------------------------------------
+
+template <class Device>
+struct MarginCeKernels {
+  static std::tuple<Tensor, Tensor> forward(Tensor cos, Tensor target, std::optional<Tensor> weight,
+                                            std::optional<Tensor> row_scale, double scale, double m1,
+                                            double m2, double m3, double lambda, bool easy_margin,
+                                            double smoothing, int64_t ignore_index, int64_t reduction) {
+    const char* op = "lossext::margin_cross_entropy";
+    CeProblem p = prepare_ce(op, cos, target, weight, row_scale, scale, m1, m2, m3, lambda, easy_margin,
+                             smoothing, ignore_index, reduction);
+    RowStats st = new_row_stats(p.spec, p.cos, false);
+    Device::ce_forward(p, st);
+    Tensor loss = new_loss(p.spec, p.cos);
+    Tensor lse = st.lse;
+    Device::finalize(p.spec, st, p.target, p.weight ? &*p.weight : nullptr, loss, lse);
+    return {loss, lse};
+  }
+
+  static std::tuple<Tensor, Tensor> backward(Tensor grad_output, Tensor cos, Tensor target,
+                                             std::optional<Tensor> weight, std::optional<Tensor> row_scale,
+                                             Tensor lse, double scale, double m1, double m2, double m3,
+                                             double lambda, bool easy_margin, double smoothing,
+                                             int64_t ignore_index, int64_t reduction) {
+    const char* op = "lossext::margin_cross_entropy_backward";
+    CeProblem p = prepare_ce(op, cos, target, weight, row_scale, scale, m1, m2, m3, lambda, easy_margin,
+                             smoothing, ignore_index, reduction);
+    check_grad_output(op, grad_output, cos, p.spec);
+    check_lse(op, lse, cos, p.spec.N);
+    p.lse = torch::stable::contiguous(lse);
+    Tensor G = new_tensor({p.spec.N}, acc_scalar_type(cos.scalar_type()), cos);
+    Device::row_grad_scale(p.spec, torch::stable::contiguous(grad_output), p.target,
+                           p.weight ? &*p.weight : nullptr, G);
+    Tensor grad_cos = new_tensor({p.spec.N, p.spec.C}, cos.scalar_type(), cos);
+    Tensor grad_rs = new_tensor({p.row_scale ? p.spec.N : 0}, cos.scalar_type(), cos);
+    Device::ce_backward(p, G, grad_cos, p.row_scale ? &grad_rs : nullptr);
+    return {grad_cos, grad_rs};
+  }
+};
+
+// ---- fused_linear_margin_cross_entropy ---------------------------------------------------
+
+inline int64_t default_chunk(int64_t N, int64_t C) {
+  // about 16 MiB of float32 logits per chunk, at least 256 and at most C classes
+  int64_t k = (int64_t(4) << 20) / std::max<int64_t>(N, 1);
+  k = std::max<int64_t>(256, (k / 256) * 256);
+  return std::max<int64_t>(1, std::min<int64_t>(k, C));
+}
+
+inline FusedProblem prepare_fused(const char* op, const Tensor& x, const Tensor& w, const Tensor& target,
+                                  const std::optional<Tensor>& bias, double scale, double m1, double m2,
+                                  double m3, double lambda, bool easy_margin, bool normalize, double smoothing,
+                                  int64_t ignore_index, int64_t reduction, int64_t chunk) {
+  check_float_tensor(op, "input", x);
+  STD_TORCH_CHECK(x.dim() == 2, op, ": argument 'input' must be 2-D [N, D], got shape ", shape_str(x));
+  check_like(op, "weight", w, x);
+  STD_TORCH_CHECK(w.dim() == 2, op, ": argument 'weight' must be 2-D [C, D], got shape ", shape_str(w));
+  STD_TORCH_CHECK(w.size(1) == x.size(1), op, ": argument 'weight' has D = ", w.size(1),
+                  " but input has D = ", x.size(1));
+  const int64_t N = x.size(0), C = w.size(0);
+  STD_TORCH_CHECK(C > 0 || N == 0, op, ": argument 'weight' has no classes (shape ", shape_str(w), ")");
+  FusedProblem p;
+  p.spec = check_spec(op, scale, m1, m2, m3, lambda, easy_margin, smoothing, ignore_index, reduction, N, C);
+  STD_TORCH_CHECK(normalize || (m1 == 1.0 && m2 == 0.0), op,
+                  ": normalize=False takes only an additive margin m3 (m1 = 1, m2 = 0), got m1 = ", m1,
+                  ", m2 = ", m2);
+  STD_TORCH_CHECK(!(normalize && bias.has_value()), op, ": argument 'bias' needs normalize=False");
+  STD_TORCH_CHECK(chunk >= 0, op, ": argument 'chunk_size' must be >= 0 (0: automatic), got ", chunk);
+  check_target(op, target, x, N);
+  p.x = torch::stable::contiguous(x);
+  p.w = torch::stable::contiguous(w);
+  p.target = torch::stable::contiguous(target);
+  if (bias.has_value()) {
+    check_vector(op, "bias", *bias, x, C);
+    p.bias = torch::stable::contiguous(*bias);
+  }
+  p.normalize = normalize;
+  p.D = x.size(1);
+  p.chunk = chunk > 0 ? std::min<int64_t>(chunk, std::max<int64_t>(C, 1)) : default_chunk(N, C);
+  return p;
+}
+
+template <class Device>
+inline void compute_inv_norms(FusedProblem& p) {
+  if (!p.normalize) return;
+  const ScalarType acc = acc_scalar_type(p.x.scalar_type());
+  Tensor rx = new_tensor({p.spec.N}, acc, p.x), rw = new_tensor({p.spec.C}, acc, p.x);
+  Device::inv_norms(p.x, rx);
+  Device::inv_norms(p.w, rw);
+  p.inv_norm_x = rx;
+  p.inv_norm_w = rw;
+}
+
+// A [N, k] view of the first N * k elements of a flat chunk buffer.
+inline Tensor chunk_view(Tensor flat, int64_t N, int64_t k) {
+  return torch::stable::view(torch::stable::narrow(flat, 0, 0, N * k), {N, k});
+}
+
+template <class Device>
+struct FusedKernels {
+  static std::tuple<Tensor, Tensor> forward(Tensor x, Tensor w, Tensor target, std::optional<Tensor> bias,
+                                            double scale, double m1, double m2, double m3, double lambda,
+                                            bool easy_margin, bool normalize, double smoothing, int64_t ignore_index,
+                                            int64_t reduction, int64_t chunk) {
+    const char* op = "lossext::fused_linear_margin_cross_entropy";
+    FusedProblem p = prepare_fused(op, x, w, target, bias, scale, m1, m2, m3, lambda, easy_margin, normalize,
+                                   smoothing, ignore_index, reduction, chunk);
+    const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk;
+    RowStats st = new_row_stats(p.spec, p.x, true);
+    Tensor loss = new_loss(p.spec, p.x);
+    if (N > 0) {
+      compute_inv_norms<Device>(p);
+      Tensor flat = new_tensor({N * K}, p.x.scalar_type(), p.x);
+      for (int64_t c0 = 0; c0 < C; c0 += K) {
+        const int64_t k = std::min(K, C - c0);
+        Tensor P = chunk_view(flat, N, k);
+        mm_out(P, p.x, torch::stable::transpose(torch::stable::narrow(p.w, 0, c0, k), 0, 1));
+        Device::fused_forward_chunk(p, P, c0, st);
+      }
+    }
+    Tensor lse = st.lse;
+    Device::finalize(p.spec, st, p.target, nullptr, loss, lse);
+    return {loss, lse};
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor> backward(Tensor grad_output, Tensor x, Tensor w, Tensor target,
+                                                     std::optional<Tensor> bias, Tensor lse, double scale,
+                                                     double m1, double m2, double m3, double lambda,
+                                                     bool easy_margin,
+                                                     bool normalize, double smoothing, int64_t ignore_index,
+                                                     int64_t reduction, int64_t chunk) {
+    const char* op = "lossext::fused_linear_margin_cross_entropy_backward";
+    FusedProblem p = prepare_fused(op, x, w, target, bias, scale, m1, m2, m3, lambda, easy_margin, normalize,
+                                   smoothing, ignore_index, reduction, chunk);
+    check_grad_output(op, grad_output, x, p.spec);
+    check_lse(op, lse, x, p.spec.N);
+    p.lse = torch::stable::contiguous(lse);
+    const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk, D = p.D;
+    const ScalarType st = p.x.scalar_type(), acc = acc_scalar_type(st);
+    Tensor grad_x = new_tensor({N, D}, st, p.x);
+    Tensor grad_w = zeros({C, D}, st, p.x);
+    Tensor grad_b = zeros({p.bias ? C : 0}, st, p.x);
+    if (N == 0 || D == 0) {
+      torch::stable::zero_(grad_x);
+      return {grad_x, grad_w, grad_b};
+    }
+    compute_inv_norms<Device>(p);
+    Tensor G = new_tensor({N}, acc, p.x);
+    Device::row_grad_scale(p.spec, torch::stable::contiguous(grad_output), p.target, nullptr, G);
+    Tensor flat = new_tensor({N * K}, st, p.x);
+    Tensor acc_x = zeros({N, D}, acc, p.x);
+    Tensor tmp = new_tensor({N, D}, st, p.x);
+    for (int64_t c0 = 0; c0 < C; c0 += K) {
+      const int64_t k = std::min(K, C - c0);
+      Tensor P = chunk_view(flat, N, k);
+      Tensor wc = torch::stable::narrow(p.w, 0, c0, k);
+      mm_out(P, p.x, torch::stable::transpose(wc, 0, 1));
+      Device::fused_backward_chunk(p, P, c0, G, p.bias ? &grad_b : nullptr);
+      // dW_c is owned by this chunk: written once, no accumulation across chunks.
+      Tensor gw = torch::stable::narrow(grad_w, 0, c0, k);
+      mm_out(gw, torch::stable::transpose(P, 0, 1), p.x);
+      if (p.normalize) {
+        Tensor rw = torch::stable::narrow(*p.inv_norm_w, 0, c0, k);
+        Device::project_rows(gw, wc, &rw, gw);
+      }
+      // dX accumulates over chunks in chunk order, in the acc dtype.
+      mm_out(tmp, P, wc);
+      Device::add_into(acc_x, tmp);
+    }
+    Device::project_rows(acc_x, p.x, p.normalize ? &*p.inv_norm_x : nullptr, grad_x);
+    return {grad_x, grad_w, grad_b};
+  }
+};
+
+template <class Device, class Lib>
+void register_margin_kernels(Lib& m) {
+  m.impl("margin_cross_entropy", TORCH_BOX(&MarginCeKernels<Device>::forward));
+  m.impl("margin_cross_entropy_backward", TORCH_BOX(&MarginCeKernels<Device>::backward));
+  m.impl("fused_linear_margin_cross_entropy", TORCH_BOX(&FusedKernels<Device>::forward));
+  m.impl("fused_linear_margin_cross_entropy_backward", TORCH_BOX(&FusedKernels<Device>::backward));
+}
+
+}  // namespace margin
+}  // namespace lossext

@@ -1,0 +1,21 @@
+// Schemas of the margin-softmax family. reduction: 0 none, 1 mean, 2 sum (as at::Reduction).
+// The forwards return (loss, lse): lse [N] is log-sum-exp of each row's logits, in float32
+// (float64 for float64 inputs), saved for the backward; it is not differentiable.
+#include <torch/csrc/stable/library.h>
+
+STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
+  m.def("margin_cross_entropy(Tensor cos_logits, Tensor target, Tensor? weight, Tensor? row_scale, "
+        "float scale, float m1, float m2, float m3, float lambda_, bool easy_margin, "
+        "float label_smoothing, int ignore_index, int reduction) -> (Tensor, Tensor)");
+  m.def("margin_cross_entropy_backward(Tensor grad_output, Tensor cos_logits, Tensor target, "
+        "Tensor? weight, Tensor? row_scale, Tensor lse, float scale, float m1, float m2, float m3, "
+        "float lambda_, bool easy_margin, float label_smoothing, int ignore_index, int reduction) "
+        "-> (Tensor, Tensor)");
+  m.def("fused_linear_margin_cross_entropy(Tensor input, Tensor weight, Tensor target, Tensor? bias, "
+        "float scale, float m1, float m2, float m3, float lambda_, bool easy_margin, bool normalize, "
+        "float label_smoothing, int ignore_index, int reduction, int chunk_size) -> (Tensor, Tensor)");
+  m.def("fused_linear_margin_cross_entropy_backward(Tensor grad_output, Tensor input, Tensor weight, "
+        "Tensor target, Tensor? bias, Tensor lse, float scale, float m1, float m2, float m3, "
+        "float lambda_, bool easy_margin, bool normalize, float label_smoothing, int ignore_index, int reduction, "
+        "int chunk_size) -> (Tensor, Tensor, Tensor)");
+}
