@@ -25,7 +25,7 @@ def _restore_threads():
 
 def to_ref(sample):
     """The sample in float64 on the CPU, detached: the reference's input."""
-    return sample.map_tensors(lambda t: t.detach().to("cpu", torch.float64))
+    return sample.map_tensors(lambda t: t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype))
 
 
 def assert_close(actual, expected, rtol, atol, msg=""):

@@ -5,6 +5,8 @@ import torch
 
 def _small_samples(info, device):
     for s in info.sample_inputs(device, torch.float64, small=True):
+        if s.args[0].numel() == 0 and s.kwargs.get("reduction") == "mean":
+            continue  # NaN by convention (test_bad_input.test_empty): finite differences are NaN
         if s.args[0].numel() <= 64:
             yield s
 

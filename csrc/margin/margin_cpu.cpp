@@ -63,7 +63,8 @@ inline void online_row(const scalar_t* __restrict v, const scalar_t* __restrict 
     }
     // NaN never wins a max: it shows up in the sum below instead.
     const double m_new = std::max(m, double(bm));
-    const A mf = static_cast<A>(m_new);
+    // all -inf so far (e.g. every class skipped): shift by 0, so exp(-inf - shift) = 0, not NaN
+    const A mf = m_new == -std::numeric_limits<double>::infinity() ? A(0) : static_cast<A>(m_new);
     A bs = A(0), bz = A(0);
 #pragma omp simd reduction(+ : bs, bz)
     for (int64_t j = b; j < e; ++j) {
@@ -453,6 +454,62 @@ struct MarginCpu {
           for (int64_t j = bb; j < ee; ++j) a[j] += static_cast<A>(x[j]);
         }, b, e);
       });
+    });
+  }
+};
+
+// The chunk matmuls on the CPU, bitwise equal for any thread count: the products are cut into
+// fixed tasks (column blocks of kCols classes, or row blocks of kRows rows for dX), each one
+// aten::mm call. The tasks run inside a parallel region, where MKL runs single-threaded, and
+// with one thread MKL is single-threaded too: so every output element always comes from the
+// same call on the same shapes, whatever the thread count (MKL alone may split the inner
+// dimension differently for 1 and N threads).
+template <>
+struct ChunkMatmuls<MarginCpu> {
+  static constexpr int64_t kCols = 512;
+  static constexpr int64_t kRows = 64;
+
+  template <class F>
+  static void tasks(int64_t n, const F& f) {
+    // at least two tasks, so that with several threads even one real task runs in a parallel region
+    torch::stable::parallel_for(0, std::max<int64_t>(n, 2), 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < std::min(e, n); ++t) f(t);
+    });
+  }
+
+  static void logits(const FusedProblem& p, Tensor& P, int64_t c0) {
+    const int64_t N = P.size(0), k = P.size(1);
+    const Tensor x = window(p.x, 0, N, 0, p.D);
+    tasks((k + kCols - 1) / kCols, [&](int64_t t) {
+      const int64_t j0 = t * kCols, len = std::min(kCols, k - j0);
+      Tensor out = window(P, 0, N, j0, len);
+      mm_out(out, x, torch::stable::transpose(window(p.w, c0 + j0, len, 0, p.D), 0, 1));
+    });
+  }
+
+  static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, Tensor& gw, Tensor& acc_x, Tensor& tmp) {
+    const int64_t N = P.size(0), k = P.size(1), D = p.D;
+    const Tensor x = window(p.x, 0, N, 0, D);
+    tasks((k + kCols - 1) / kCols, [&](int64_t t) {
+      const int64_t j0 = t * kCols, len = std::min(kCols, k - j0);
+      Tensor g = window(gw, j0, len, 0, D);
+      mm_out(g, torch::stable::transpose(window(P, 0, N, j0, len), 0, 1), x);
+      if (p.normalize) {
+        const Tensor rw = segment(*p.inv_norm_w, c0 + j0, len);
+        MarginCpu::project_rows(g, window(p.w, c0 + j0, len, 0, D), &rw, g);
+      }
+    });
+    // dX: row blocks; within one, the classes in blocks of kCols added in order (inner
+    // dimension of each call at most kCols)
+    tasks((N + kRows - 1) / kRows, [&](int64_t t) {
+      const int64_t i0 = t * kRows, len = std::min(kRows, N - i0);
+      Tensor tt = window(tmp, i0, len, 0, D);
+      Tensor a = window(acc_x, i0, len, 0, D);
+      for (int64_t j0 = 0; j0 < k; j0 += kCols) {
+        const int64_t cols = std::min(kCols, k - j0);
+        mm_out(tt, window(P, i0, len, j0, cols), window(p.w, c0 + j0, cols, 0, D));
+        MarginCpu::add_into(a, tt);
+      }
     });
   }
 };

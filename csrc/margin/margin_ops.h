@@ -104,6 +104,19 @@ inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b) {
   (void)torch::stable::detail::to<Tensor>(stack[0]);
 }
 
+// A [rows, cols] window of a contiguous 2-D tensor starting at (row0, col0), as a plain alias
+// (no autograd history: it is safe to pass to aten::mm.out from any thread).
+inline Tensor window(const Tensor& base, int64_t row0, int64_t rows, int64_t col0, int64_t cols) {
+  const int64_t ld = base.size(1);
+  return torch::stable::from_blob(base.data_ptr(), {rows, cols}, {ld, 1}, base.device(), base.scalar_type(),
+                                  row0 * ld + col0);
+}
+
+// [start, start + len) of a contiguous 1-D tensor, as a plain alias.
+inline Tensor segment(const Tensor& base, int64_t start, int64_t len) {
+  return torch::stable::from_blob(base.data_ptr(), {len}, {1}, base.device(), base.scalar_type(), start);
+}
+
 // ---- checks -------------------------------------------------------------------------------
 
 inline LossSpec check_spec(const char* op, double scale, double m1, double m2, double m3,
@@ -295,6 +308,36 @@ inline Tensor chunk_view(Tensor flat, int64_t N, int64_t k) {
   return torch::stable::view(torch::stable::narrow(flat, 0, 0, N * k), {N, k});
 }
 
+// The chunk's matrix products. The default issues one aten::mm per product (cuBLAS gives the
+// same bits on every run). A device may specialize this (the CPU does, to stay bitwise equal
+// across thread counts: margin_cpu.cpp).
+template <class Device>
+struct ChunkMatmuls {
+  // P [N, k] = x W_c^T
+  static void logits(const FusedProblem& p, Tensor& P, int64_t c0) {
+    const int64_t N = P.size(0), k = P.size(1);
+    Tensor out = window(P, 0, N, 0, k);
+    mm_out(out, window(p.x, 0, N, 0, p.D), torch::stable::transpose(window(p.w, c0, k, 0, p.D), 0, 1));
+  }
+  // With B = dLoss/dP in P: gw [k, D] = B^T x, projected onto the tangent of the normalized
+  // rows (dW_c is owned by this chunk: written once, never accumulated); acc_x += B W_c, in
+  // chunk order, in the acc dtype. tmp is [N, D] scratch in the input dtype.
+  static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, Tensor& gw, Tensor& acc_x, Tensor& tmp) {
+    const int64_t N = P.size(0), k = P.size(1);
+    Tensor wc = window(p.w, c0, k, 0, p.D);
+    Tensor B = window(P, 0, N, 0, k);
+    Tensor gwv = window(gw, 0, k, 0, p.D);
+    mm_out(gwv, torch::stable::transpose(B, 0, 1), window(p.x, 0, N, 0, p.D));
+    if (p.normalize) {
+      Tensor rw = segment(*p.inv_norm_w, c0, k);
+      Device::project_rows(gw, wc, &rw, gw);
+    }
+    Tensor t = window(tmp, 0, N, 0, p.D);
+    mm_out(t, B, wc);
+    Device::add_into(acc_x, tmp);
+  }
+};
+
 template <class Device>
 struct FusedKernels {
   static std::tuple<Tensor, Tensor> forward(Tensor x, Tensor w, Tensor target, std::optional<Tensor> bias,
@@ -313,7 +356,7 @@ struct FusedKernels {
       for (int64_t c0 = 0; c0 < C; c0 += K) {
         const int64_t k = std::min(K, C - c0);
         Tensor P = chunk_view(flat, N, k);
-        mm_out(P, p.x, torch::stable::transpose(torch::stable::narrow(p.w, 0, c0, k), 0, 1));
+        ChunkMatmuls<Device>::logits(p, P, c0);
         Device::fused_forward_chunk(p, P, c0, st);
       }
     }
@@ -352,19 +395,10 @@ struct FusedKernels {
     for (int64_t c0 = 0; c0 < C; c0 += K) {
       const int64_t k = std::min(K, C - c0);
       Tensor P = chunk_view(flat, N, k);
-      Tensor wc = torch::stable::narrow(p.w, 0, c0, k);
-      mm_out(P, p.x, torch::stable::transpose(wc, 0, 1));
+      ChunkMatmuls<Device>::logits(p, P, c0);
       Device::fused_backward_chunk(p, P, c0, G, p.bias ? &grad_b : nullptr);
-      // dW_c is owned by this chunk: written once, no accumulation across chunks.
       Tensor gw = torch::stable::narrow(grad_w, 0, c0, k);
-      mm_out(gw, torch::stable::transpose(P, 0, 1), p.x);
-      if (p.normalize) {
-        Tensor rw = torch::stable::narrow(*p.inv_norm_w, 0, c0, k);
-        Device::project_rows(gw, wc, &rw, gw);
-      }
-      // dX accumulates over chunks in chunk order, in the acc dtype.
-      mm_out(tmp, P, wc);
-      Device::add_into(acc_x, tmp);
+      ChunkMatmuls<Device>::grads(p, P, c0, gw, acc_x, tmp);
     }
     Device::project_rows(acc_x, p.x, p.normalize ? &*p.inv_norm_x : nullptr, grad_x);
     return {grad_x, grad_w, grad_b};

@@ -1,0 +1,764 @@
+// CUDA kernels of the margin-softmax family (Device = MarginCuda, see margin_ops.h).
+//
+// - One block per row (grid-stride over rows). Each thread folds its classes (stride blockDim)
+//   into an online (max, sum of exp) pair, as Milakov & Gimelshein, "Online normalizer
+//   calculation for softmax" (2018), Alg. 3; the pairs are combined in double by a fixed-order
+//   block reduction (warp shuffles, then shared memory). Per-row finishing is in double as on CPU.
+// - Deterministic: no atomics; every reduction order depends on the sizes only (block and grid
+//   sizes are functions of N, C, k, D), never on timing.
+// - No host synchronization: the 'mean' divisor and the class-weight sum stay on the device.
+// - Bad labels: targets are not validated here (that would need a host sync). A row whose target
+//   is neither ignore_index nor in [0, C) never indexes with it: its loss and lse are NaN (so a
+//   reduced loss is NaN), its G_i is NaN and its gradient row (and grad row_scale) is NaN; with
+//   'mean' the divisor is NaN, so every G_i is NaN. In the fused op the NaN row also reaches
+//   grad_weight and grad_bias (sums over rows).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+
+#include <torch/csrc/stable/library.h>
+
+#include "../common/math.h"
+#include "../common/pointwise_cuda.cuh"
+#include "margin_ops.h"
+
+namespace lossext {
+namespace margin {
+namespace {
+
+using cuda_detail::block_sum;
+using cuda_detail::check_launch;
+using cuda_detail::current_stream;
+
+constexpr int kRowThreads = 256;       // most threads per row block
+constexpr int kFinal = cuda_detail::kFinalThreads;
+constexpr int64_t kMaxGrid = 65535;    // grid-stride beyond this
+constexpr int64_t kBiasSeg = 256;      // rows per partial of the grad_bias column sums
+
+template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+template <class T> T* ptr(const std::optional<Tensor>& t) { return t ? static_cast<T*>(t->data_ptr()) : nullptr; }
+
+// Threads per row block: whole warps, about one class per thread for short rows.
+inline int row_threads(int64_t n) {
+  return n <= 32 ? 32 : (n <= 64 ? 64 : (n <= 128 ? 128 : kRowThreads));
+}
+inline int row_grid(int64_t rows) { return static_cast<int>(std::min(rows, kMaxGrid)); }
+inline int flat_grid(int64_t n, int threads) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, kMaxGrid)));
+}
+
+template <class T> __device__ __forceinline__ T nan_v() { return std::numeric_limits<T>::quiet_NaN(); }
+template <class T> __device__ __forceinline__ T ninf_v() { return -std::numeric_limits<T>::infinity(); }
+
+// Output conversion (half types through float, as on CPU).
+template <class scalar_t, class V>
+__device__ __forceinline__ scalar_t to_s(V v) {
+  if constexpr (std::is_same_v<scalar_t, double> || std::is_same_v<scalar_t, float>) {
+    return static_cast<scalar_t>(v);
+  } else {
+    return static_cast<scalar_t>(static_cast<float>(v));
+  }
+}
+
+__device__ __forceinline__ bool is_bad(int64_t t, int64_t ignore, int64_t C) {
+  return t != ignore && (t < 0 || t >= C);
+}
+
+// ---- block reductions (fixed order) --------------------------------------------------------
+
+// Online softmax state: running max m, sum of exp(z - m), and a plain sum of z.
+struct Online {
+  double m, s, z;
+};
+
+__device__ __forceinline__ double shfl_down(double v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
+__device__ __forceinline__ float shfl_down(float v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
+__device__ __forceinline__ Online shfl_down(const Online& v, int o) {
+  return {shfl_down(v.m, o), shfl_down(v.s, o), shfl_down(v.z, o)};
+}
+
+// Merge of two online states (Milakov & Gimelshein 2018, Eq. 3); an empty state (s = 0) adds 0.
+__device__ __forceinline__ Online online_merge(const Online& a, const Online& b) {
+  const double m = a.m < b.m ? b.m : a.m;
+  const double s = (a.s == 0.0 ? 0.0 : a.s * exp(a.m - m)) + (b.s == 0.0 ? 0.0 : b.s * exp(b.m - m));
+  return {m, s, a.z + b.z};
+}
+
+struct MergeOp {
+  __device__ __forceinline__ Online operator()(const Online& a, const Online& b) const { return online_merge(a, b); }
+};
+struct AddOp {
+  template <class T>
+  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+
+// Block reduction in a fixed order; blockDim.x a multiple of 32. Result valid in thread 0.
+// Every thread of the block must call it (it has __syncthreads).
+template <class T, class Op>
+__device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
+  __shared__ T smem[32];
+  for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_down(v, o));
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int nwarps = static_cast<int>(blockDim.x >> 5);
+    v = lane < nwarps ? smem[lane] : identity;
+    for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_down(v, o));
+  }
+  __syncthreads();  // smem may be reused by a later call
+  return v;
+}
+
+// One thread's online (max, sum of exp) over its logits, in the acc type.
+template <class A>
+struct ThreadOnline {
+  A m, s, z;
+  __device__ __forceinline__ ThreadOnline() : m(ninf_v<A>()), s(A(0)), z(A(0)) {}
+  __device__ __forceinline__ void add(A x) {
+    if (x > m) {
+      s = s * math::exp(m - x) + (A(1) + (x - x));  // x = +inf gives NaN, as the CPU kernel
+      m = x;
+    } else {
+      s += x == ninf_v<A>() ? A(0) : math::exp(x - m);  // NaN x lands in s
+    }
+  }
+  __device__ __forceinline__ Online to_online() const { return {double(m), double(s), double(z)}; }
+};
+
+__device__ __forceinline__ Online online_identity() { return {ninf_v<double>(), 0.0, 0.0}; }
+
+// Adds the target's z_y into (m, s), as MarginCpu's online_add.
+__device__ __forceinline__ void online_add(double z, double& m, double& s) {
+  const double m_new = m < z ? z : m;
+  s = (s == 0.0 ? 0.0 : s * exp(m - m_new)) + exp(z - m_new);
+  m = (z != z) ? z : m_new;
+  if (z != z) s = z;
+}
+
+// ---- margin_cross_entropy ------------------------------------------------------------------
+
+template <bool kW, bool kSum, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    ce_forward_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
+                      const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
+                      TargetMargin<acc_t<scalar_t>> tm, int64_t N, int64_t C, int64_t ignore,
+                      acc_t<scalar_t>* __restrict__ lse, acc_t<scalar_t>* __restrict__ zy,
+                      acc_t<scalar_t>* __restrict__ wz) {
+  using A = acc_t<scalar_t>;
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const int64_t t = tg[i];
+    if (t == ignore || t < 0 || t >= C) {  // block-uniform
+      if (threadIdx.x == 0) lse[i] = zy[i] = wz[i] = t == ignore ? A(0) : nan_v<A>();
+      continue;
+    }
+    const scalar_t* row = cos + i * C;
+    const A r = rs ? static_cast<A>(rs[i]) : scale;
+    ThreadOnline<A> o;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+      if (j == t) continue;
+      const A x = static_cast<A>(row[j]);
+      o.add(r * x);
+      if constexpr (kSum) o.z += (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
+    }
+    const Online red = block_reduce(o.to_online(), online_identity(), MergeOp{});
+    if (threadIdx.x == 0) {
+      A f, df;
+      tm.apply(static_cast<A>(row[t]), f, df);
+      const A z_t = r * f;
+      double m = red.m, s = red.s;
+      online_add(double(z_t), m, s);
+      lse[i] = static_cast<A>(m + log(s));
+      zy[i] = z_t;
+      wz[i] = static_cast<A>(red.z + (kW ? double(static_cast<A>(w[t])) : 1.0) * double(z_t));
+    }
+  }
+}
+
+// dL/dcos_ij = G_i r (a p_ij - spread w_j) (j != y), G_i r (a p_iy - keep w_y - spread w_y) f'(cos_iy);
+// d row_scale_i = G_i (sum_{j != y} d_j cos_ij + d_y f(cos_iy)).
+template <bool kW, bool kRS, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    ce_backward_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
+                       const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
+                       TargetMargin<acc_t<scalar_t>> tm, int64_t N, int64_t C, int64_t ignore,
+                       acc_t<scalar_t> keep, acc_t<scalar_t> spread, const double* __restrict__ wsum_p,
+                       const acc_t<scalar_t>* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
+                       scalar_t* __restrict__ out, scalar_t* __restrict__ out_rs) {
+  using A = acc_t<scalar_t>;
+  const A wsum = wsum_p ? static_cast<A>(*wsum_p) : static_cast<A>(double(C));
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const int64_t t = tg[i];
+    scalar_t* o = out + i * C;
+    if (t == ignore || t < 0 || t >= C) {  // block-uniform
+      const scalar_t v = t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>());
+      for (int64_t j = threadIdx.x; j < C; j += blockDim.x) o[j] = v;
+      if (kRS && threadIdx.x == 0) out_rs[i] = v;
+      continue;
+    }
+    const scalar_t* row = cos + i * C;
+    const A r = rs ? static_cast<A>(rs[i]) : scale;
+    const A w_t = kW ? static_cast<A>(w[t]) : A(1);
+    const A a = keep * w_t + spread * wsum;
+    const A L = lse[i];
+    const A gr = g[i] * r;
+    A dr = A(0);
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+      if (j == t) continue;  // written by thread 0 below, by no other thread
+      const A x = static_cast<A>(row[j]);
+      const A d = a * math::exp(r * x - L) - spread * (kW ? static_cast<A>(w[j]) : A(1));
+      o[j] = to_s<scalar_t>(gr * d);
+      if constexpr (kRS) dr += d * x;
+    }
+    double dsum = 0.0;
+    if constexpr (kRS) dsum = block_reduce(double(dr), 0.0, AddOp{});
+    if (threadIdx.x == 0) {
+      A f, df;
+      tm.apply(static_cast<A>(row[t]), f, df);
+      const A d_t = a * static_cast<A>(exp(double(r * f) - double(L))) - keep * w_t - spread * w_t;
+      o[t] = to_s<scalar_t>(gr * d_t * df);
+      if constexpr (kRS) out_rs[i] = to_s<scalar_t>(double(g[i]) * (dsum + double(d_t * f)));
+    }
+  }
+}
+
+// ---- shared --------------------------------------------------------------------------------
+
+// Sum of the class weights in double, fixed order (one block).
+template <class scalar_t>
+__global__ void __launch_bounds__(kFinal) weight_sum_kernel(const scalar_t* __restrict__ w, int64_t C,
+                                                            double* __restrict__ out) {
+  double s = 0.0;
+  for (int64_t j = threadIdx.x; j < C; j += blockDim.x) s += double(w[j]);
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+// Per-row loss (and lse); with a reduction, block partials of sum loss_i and sum w_y (double).
+template <bool kMax, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    finalize_rows_kernel(const int64_t* __restrict__ tg, const scalar_t* __restrict__ w,
+                         const acc_t<scalar_t>* lse, const acc_t<scalar_t>* __restrict__ mx,
+                         const acc_t<scalar_t>* __restrict__ zy, const acc_t<scalar_t>* __restrict__ wz,
+                         int64_t N, int64_t C, int64_t ignore, double keep, double spread,
+                         const double* __restrict__ wsum_p, bool reduce, acc_t<scalar_t>* lse_out,
+                         scalar_t* __restrict__ out, double* __restrict__ part_loss,
+                         double* __restrict__ part_w) {
+  using A = acc_t<scalar_t>;
+  const double wsum = wsum_p ? *wsum_p : double(C);
+  double tl = 0.0, tw = 0.0;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
+    const int64_t t = tg[i];
+    double L = 0.0, w_t = 0.0, li = 0.0;  // ignored row
+    if (is_bad(t, ignore, C)) {
+      L = w_t = li = nan_v<double>();
+    } else if (t != ignore) {
+      // lse_out may alias lse: element i is read before it is written, by this thread only.
+      L = kMax ? double(mx[i]) + log(double(lse[i])) : double(lse[i]);
+      w_t = w ? double(w[t]) : 1.0;
+      li = row_loss(keep, spread, wsum, w_t, L, double(zy[i]), double(wz[i]));
+    }
+    lse_out[i] = static_cast<A>(L);
+    if (!reduce) out[i] = to_s<scalar_t>(li);
+    tl += li;
+    tw += w_t;
+  }
+  if (reduce) {  // grid-uniform
+    tl = block_sum(tl);
+    tw = block_sum(tw);
+    if (threadIdx.x == 0) {
+      part_loss[blockIdx.x] = tl;
+      part_w[blockIdx.x] = tw;
+    }
+  }
+}
+
+// 'sum' or 'mean' (0 / 0 = NaN for no valid row, as on CPU) from the block partials.
+template <class scalar_t>
+__global__ void __launch_bounds__(kFinal)
+    finalize_total_kernel(const double* __restrict__ part_loss, const double* __restrict__ part_w,
+                          int64_t nparts, bool mean, scalar_t* __restrict__ out) {
+  double a = 0.0, b = 0.0;
+  for (int64_t k = threadIdx.x; k < nparts; k += blockDim.x) {
+    a += part_loss[k];
+    b += part_w[k];
+  }
+  a = block_sum(a);
+  b = block_sum(b);
+  if (threadIdx.x == 0) out[0] = to_s<scalar_t>(mean ? a / b : a);
+}
+
+// 'mean' divisor: sum of w_y over valid rows (NaN if a target is bad), one block.
+template <class scalar_t>
+__global__ void __launch_bounds__(kFinal)
+    mean_divisor_kernel(const int64_t* __restrict__ tg, const scalar_t* __restrict__ w, int64_t N, int64_t C,
+                        int64_t ignore, double* __restrict__ out) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+    const int64_t t = tg[i];
+    if (t == ignore) continue;
+    s += is_bad(t, ignore, C) ? nan_v<double>() : (w ? double(w[t]) : 1.0);
+  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+// G_i = dReduced/dloss_i * w_y (0 if ignored, NaN if the target is bad).
+template <class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    row_grad_scale_kernel(const scalar_t* __restrict__ go, const int64_t* __restrict__ tg,
+                          const scalar_t* __restrict__ w, int64_t N, int64_t C, int64_t ignore, bool none,
+                          const double* __restrict__ div_p, acc_t<scalar_t>* __restrict__ G) {
+  using A = acc_t<scalar_t>;
+  const double div = div_p ? *div_p : 1.0;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
+    const int64_t t = tg[i];
+    if (t == ignore) {
+      G[i] = A(0);
+    } else if (is_bad(t, ignore, C)) {
+      G[i] = nan_v<A>();
+    } else {
+      const double gi = none ? double(static_cast<A>(go[i])) : double(static_cast<A>(go[0])) / div;
+      G[i] = static_cast<A>(gi * (w ? double(w[t]) : 1.0));
+    }
+  }
+}
+
+// 1 / max(|v_r|, eps), one block per row.
+template <class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    inv_norms_kernel(const scalar_t* __restrict__ v, int64_t R, int64_t D, acc_t<scalar_t>* __restrict__ out) {
+  using A = acc_t<scalar_t>;
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    const scalar_t* row = v + r * D;
+    A ss = A(0);
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+      const A x = static_cast<A>(row[j]);
+      ss += x * x;
+    }
+    ss = block_reduce(ss, A(0), AddOp{});
+    if (threadIdx.x == 0) {
+      const A n = std::sqrt(ss);
+      out[r] = A(1) / (n < A(kNormEps) ? A(kNormEps) : n);
+    }
+  }
+}
+
+// out_r = g_r - inv_norm_r^2 (v_r . g_r) v_r; g and out may be the same memory (no __restrict__):
+// each element is read and then written by the same thread, after the row's dot product.
+template <bool kNorm, class gscalar_t, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    project_rows_kernel(const gscalar_t* g, const scalar_t* __restrict__ v,
+                        const acc_t<scalar_t>* __restrict__ rn, scalar_t* out, int64_t R, int64_t D) {
+  using A = acc_t<scalar_t>;
+  __shared__ A coef_s;
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    const gscalar_t* gr = g + r * D;
+    const scalar_t* vr = v + r * D;
+    scalar_t* orow = out + r * D;
+    A coef = A(0);
+    if constexpr (kNorm) {
+      A dot = A(0);
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) dot += static_cast<A>(gr[j]) * static_cast<A>(vr[j]);
+      dot = block_reduce(dot, A(0), AddOp{});
+      if (threadIdx.x == 0) coef_s = rn[r] * rn[r] * dot;
+      __syncthreads();
+      coef = coef_s;  // rewritten only after the next row's block_reduce barriers
+    }
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+      orow[j] = to_s<scalar_t>(static_cast<A>(gr[j]) - coef * static_cast<A>(vr[j]));
+  }
+}
+
+template <class scalar_t>
+__global__ void __launch_bounds__(cuda_detail::kThreads)
+    add_into_kernel(acc_t<scalar_t>* __restrict__ acc, const scalar_t* __restrict__ x, int64_t n) {
+  using A = acc_t<scalar_t>;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride)
+    acc[j] += static_cast<A>(x[j]);
+}
+
+// ---- fused linear --------------------------------------------------------------------------
+
+// The chunk's logit z_ij: scale * rx_i * P_ij * rw_j (normalize), or scale * (P_ij + b_j).
+template <bool kNorm, class A, class scalar_t>
+__device__ __forceinline__ A chunk_logit(const scalar_t* row, int64_t j, A scale, A sx, const A* rw,
+                                         const scalar_t* bias) {
+  if constexpr (kNorm) {
+    return sx * static_cast<A>(row[j]) * rw[j];
+  } else {
+    return scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
+  }
+}
+
+// Folds the chunk's columns [c0, c0 + k) into the running (max, sum) of each row; the target
+// column (if in the chunk) gets its margin. State is initialized when c0 == 0. Ignored and bad
+// rows are left at the initial state (finalize gives them 0 / NaN).
+template <bool kNorm, bool kSum, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    fused_forward_kernel(const scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
+                         int64_t N, int64_t C, int64_t ignore, const acc_t<scalar_t>* __restrict__ rx,
+                         const acc_t<scalar_t>* __restrict__ rw, const scalar_t* __restrict__ bias,
+                         acc_t<scalar_t> scale, TargetMargin<acc_t<scalar_t>> tm, acc_t<scalar_t>* __restrict__ ssum,
+                         acc_t<scalar_t>* __restrict__ smax, acc_t<scalar_t>* __restrict__ zy,
+                         acc_t<scalar_t>* __restrict__ wz) {
+  using A = acc_t<scalar_t>;
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    if (c0 == 0 && threadIdx.x == 0) {
+      smax[i] = ninf_v<A>();
+      ssum[i] = zy[i] = wz[i] = A(0);
+    }
+    const int64_t t = tg[i];
+    if (t == ignore || t < 0 || t >= C) continue;  // block-uniform
+    const int64_t tl = t - c0;  // target column in this chunk, if in [0, k)
+    const bool here = tl >= 0 && tl < k;
+    const scalar_t* row = P + i * k;
+    const A sx = kNorm ? scale * rx[i] : A(0);
+    ThreadOnline<A> o;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+      if (j == tl) continue;
+      const A z = chunk_logit<kNorm>(row, j, scale, sx, rw, bias);
+      o.add(z);
+      if constexpr (kSum) o.z += z;
+    }
+    const Online red = block_reduce(o.to_online(), online_identity(), MergeOp{});
+    if (threadIdx.x == 0) {  // the same thread that initialized the state
+      const Online cur = online_merge({double(smax[i]), double(ssum[i]), 0.0}, red);
+      double m = cur.m, s = cur.s, sz = red.z;
+      if (here) {
+        A f, df;
+        tm.apply(chunk_logit<kNorm>(row, tl, scale, sx, rw, bias) / scale, f, df);
+        const A z_t = scale * f;
+        online_add(double(z_t), m, s);
+        zy[i] = z_t;
+        sz += double(z_t);
+      }
+      smax[i] = static_cast<A>(m);
+      ssum[i] = static_cast<A>(s);
+      if (kSum) wz[i] = static_cast<A>(double(wz[i]) + sz);
+    }
+  }
+}
+
+// P (in: x W_c^T) becomes dLoss/dP in place; each element is read then written by one thread.
+template <bool kNorm, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    fused_backward_kernel(scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
+                          int64_t N, int64_t C, int64_t ignore, const acc_t<scalar_t>* __restrict__ rx,
+                          const acc_t<scalar_t>* __restrict__ rw, const scalar_t* __restrict__ bias,
+                          const acc_t<scalar_t>* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
+                          acc_t<scalar_t> scale, acc_t<scalar_t> keep, acc_t<scalar_t> spread, acc_t<scalar_t> a,
+                          TargetMargin<acc_t<scalar_t>> tm) {
+  using A = acc_t<scalar_t>;
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    scalar_t* row = P + i * k;
+    const int64_t t = tg[i];
+    if (t == ignore || t < 0 || t >= C) {
+      const scalar_t v = t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>());
+      for (int64_t j = threadIdx.x; j < k; j += blockDim.x) row[j] = v;
+      continue;
+    }
+    const int64_t tl = t - c0;
+    const bool here = tl >= 0 && tl < k;
+    const A L = lse[i];
+    const A gs = g[i] * scale;
+    const A sx = kNorm ? scale * rx[i] : A(0);
+    const A gx = kNorm ? gs * rx[i] : gs;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+      if (j == tl) continue;  // written by thread 0 below, by no other thread
+      const A z = chunk_logit<kNorm>(row, j, scale, sx, rw, bias);
+      const A e = a * math::exp(z - L) - spread;
+      row[j] = to_s<scalar_t>(kNorm ? gx * rw[j] * e : gs * e);
+    }
+    if (here && threadIdx.x == 0) {
+      const A c_t = kNorm ? static_cast<A>(row[tl]) * rx[i] * rw[tl]
+                          : static_cast<A>(row[tl]) + (bias ? static_cast<A>(bias[tl]) : A(0));
+      A f, df;
+      tm.apply(c_t, f, df);
+      const A d_t = a * static_cast<A>(exp(double(scale * f) - double(L))) - keep - spread;
+      row[tl] = to_s<scalar_t>(gs * d_t * df * (kNorm ? rx[i] * rw[tl] : A(1)));
+    }
+  }
+}
+
+// grad_bias column sums, stage 1: part[s, j] = sum of P[i, j] over rows of segment s, in row order.
+template <class scalar_t>
+__global__ void __launch_bounds__(cuda_detail::kThreads)
+    colsum_partial_kernel(const scalar_t* __restrict__ P, int64_t N, int64_t k, int64_t nseg,
+                          double* __restrict__ part) {
+  const int64_t jstride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t s = blockIdx.y; s < nseg; s += gridDim.y) {
+    const int64_t i0 = s * kBiasSeg, i1 = std::min<int64_t>(N, i0 + kBiasSeg);
+    for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < k; j += jstride) {
+      double acc = 0.0;
+      for (int64_t i = i0; i < i1; ++i) acc += double(P[i * k + j]);
+      part[s * k + j] = acc;
+    }
+  }
+}
+
+// Stage 2: db[j] = sum over segments in order.
+template <class scalar_t>
+__global__ void __launch_bounds__(cuda_detail::kThreads)
+    colsum_final_kernel(const double* __restrict__ part, int64_t nseg, int64_t k, scalar_t* __restrict__ db) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < k; j += stride) {
+    double acc = 0.0;
+    for (int64_t s = 0; s < nseg; ++s) acc += part[s * k + j];
+    db[j] = to_s<scalar_t>(acc);
+  }
+}
+
+// Device-resident sum of class weights (nullptr without weights: the kernels use C).
+template <class scalar_t>
+std::optional<Tensor> weight_sum(const scalar_t* w, int64_t C, const Tensor& like, cudaStream_t stream) {
+  if (w == nullptr) return std::nullopt;
+  Tensor out = new_tensor({1}, ScalarType::Double, like);
+  weight_sum_kernel<scalar_t><<<1, kFinal, 0, stream>>>(w, C, ptr<double>(out));
+  check_launch("lossext margin weight_sum kernel");
+  return out;
+}
+
+}  // namespace
+
+struct MarginCuda {
+  // ---- margin_cross_entropy --------------------------------------------------------------
+  static void ce_forward(const CeProblem& p, RowStats& st) {
+    const LossSpec& s = p.spec;
+    if (s.N == 0) return;
+    const int32_t dev = p.cos.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(p.cos.scalar_type(), "lossext::margin_cross_entropy", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* w = ptr<const scalar_t>(p.weight);
+      with_bool(w != nullptr, [&](auto kW) {
+        with_bool(s.smoothing > 0.0, [&](auto kSum) {
+          ce_forward_kernel<kW.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
+              ptr<const scalar_t>(p.cos), ptr<const int64_t>(p.target), w, ptr<const scalar_t>(p.row_scale),
+              static_cast<A>(s.scale), s.target_margin<A>(), s.N, s.C, s.ignore_index, ptr<A>(st.lse),
+              ptr<A>(st.zy), ptr<A>(st.wz));
+          check_launch("lossext::margin_cross_entropy forward kernel");
+        });
+      });
+    });
+  }
+
+  static void ce_backward(const CeProblem& p, const Tensor& G, Tensor& grad, Tensor* grad_rs) {
+    const LossSpec& s = p.spec;
+    if (s.N == 0) return;
+    const int32_t dev = p.cos.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(p.cos.scalar_type(), "lossext::margin_cross_entropy_backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* w = ptr<const scalar_t>(p.weight);
+      const std::optional<Tensor> wsum = weight_sum(w, s.C, p.cos, stream);
+      scalar_t* out_rs = grad_rs ? ptr<scalar_t>(*grad_rs) : nullptr;
+      with_bool(w != nullptr, [&](auto kW) {
+        with_bool(out_rs != nullptr, [&](auto kRS) {
+          ce_backward_kernel<kW.value, kRS.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
+              ptr<const scalar_t>(p.cos), ptr<const int64_t>(p.target), w, ptr<const scalar_t>(p.row_scale),
+              static_cast<A>(s.scale), s.target_margin<A>(), s.N, s.C, s.ignore_index, A(s.keep()),
+              A(s.spread()), ptr<const double>(wsum), ptr<const A>(*p.lse), ptr<const A>(G),
+              ptr<scalar_t>(grad), out_rs);
+          check_launch("lossext::margin_cross_entropy_backward kernel");
+        });
+      });
+    });
+  }
+
+  // ---- shared -------------------------------------------------------------------------------
+  static void finalize(const LossSpec& s, const RowStats& st, const Tensor& target, const Tensor* class_weight,
+                       Tensor& loss, Tensor& lse_out) {
+    const int32_t dev = loss.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(loss.scalar_type(), "lossext::margin finalize", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
+      const bool reduce = s.reduction != Reduction::None;
+      const int blocks = static_cast<int>(
+          std::max<int64_t>(1, std::min<int64_t>(cuda_detail::kMaxBlocks, (s.N + kRowThreads - 1) / kRowThreads)));
+      std::optional<Tensor> parts;
+      double* part_loss = nullptr;
+      double* part_w = nullptr;
+      if (reduce) {
+        parts = new_tensor({2 * int64_t(blocks)}, ScalarType::Double, loss);
+        part_loss = ptr<double>(parts);
+        part_w = part_loss + blocks;
+      }
+      if (s.N > 0) {
+        const std::optional<Tensor> wsum = weight_sum(w, s.C, loss, stream);
+        with_bool(st.max.has_value(), [&](auto kMax) {
+          finalize_rows_kernel<kMax.value, scalar_t><<<blocks, kRowThreads, 0, stream>>>(
+              ptr<const int64_t>(target), w, ptr<const A>(st.lse), ptr<const A>(st.max), ptr<const A>(st.zy),
+              ptr<const A>(st.wz), s.N, s.C, s.ignore_index, s.keep(), s.spread(), ptr<const double>(wsum),
+              reduce, ptr<A>(lse_out), ptr<scalar_t>(loss), part_loss, part_w);
+          check_launch("lossext::margin finalize kernel");
+        });
+      }
+      if (reduce) {
+        finalize_total_kernel<scalar_t><<<1, kFinal, 0, stream>>>(
+            part_loss, part_w, s.N > 0 ? blocks : 0, s.reduction == Reduction::Mean, ptr<scalar_t>(loss));
+        check_launch("lossext::margin finalize_total kernel");
+      }
+    });
+  }
+
+  static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
+                             const Tensor* class_weight, Tensor& G) {
+    if (s.N == 0) return;
+    const int32_t dev = G.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(grad_output.scalar_type(), "lossext::margin backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
+      const int64_t* tg = ptr<const int64_t>(target);
+      std::optional<Tensor> div;
+      if (s.reduction == Reduction::Mean) {
+        div = new_tensor({1}, ScalarType::Double, G);
+        mean_divisor_kernel<scalar_t><<<1, kFinal, 0, stream>>>(tg, w, s.N, s.C, s.ignore_index, ptr<double>(div));
+        check_launch("lossext::margin mean_divisor kernel");
+      }
+      row_grad_scale_kernel<scalar_t><<<flat_grid(s.N, kRowThreads), kRowThreads, 0, stream>>>(
+          ptr<const scalar_t>(grad_output), tg, w, s.N, s.C, s.ignore_index, s.reduction == Reduction::None,
+          ptr<const double>(div), ptr<A>(G));
+      check_launch("lossext::margin row_grad_scale kernel");
+    });
+  }
+
+  static void inv_norms(const Tensor& v, Tensor& out) {
+    const int64_t R = v.size(0), D = v.size(1);
+    if (R == 0) return;
+    const int32_t dev = v.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(v.scalar_type(), "lossext::margin inv_norms", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      inv_norms_kernel<scalar_t><<<row_grid(R), row_threads(D), 0, stream>>>(ptr<const scalar_t>(v), R, D,
+                                                                              ptr<A>(out));
+      check_launch("lossext::margin inv_norms kernel");
+    });
+  }
+
+  // ---- fused linear ------------------------------------------------------------------------
+  static void fused_forward_chunk(const FusedProblem& p, const Tensor& P, int64_t c0, RowStats& st) {
+    const LossSpec& s = p.spec;
+    const int64_t k = P.size(1);
+    if (s.N == 0 || k == 0) return;
+    const int32_t dev = p.x.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
+      const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
+      with_bool(rw != nullptr, [&](auto kNorm) {
+        with_bool(s.smoothing > 0.0, [&](auto kSum) {
+          fused_forward_kernel<kNorm.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
+              ptr<const scalar_t>(P), k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index,
+              ptr<const A>(p.inv_norm_x), rw, bias, static_cast<A>(s.scale), s.target_margin<A>(),
+              ptr<A>(st.lse), ptr<A>(*st.max), ptr<A>(st.zy), ptr<A>(st.wz));
+          check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
+        });
+      });
+    });
+  }
+
+  static void fused_backward_chunk(const FusedProblem& p, Tensor& P, int64_t c0, const Tensor& G,
+                                   Tensor* grad_bias) {
+    const LossSpec& s = p.spec;
+    const int64_t k = P.size(1);
+    if (s.N == 0 || k == 0) return;
+    const int32_t dev = p.x.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy_backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
+      const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
+      const A keep = A(s.keep()), spread = A(s.spread());
+      const A a = keep + spread * A(s.C);
+      scalar_t* Pp = ptr<scalar_t>(P);
+      with_bool(rw != nullptr, [&](auto kNorm) {
+        fused_backward_kernel<kNorm.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
+            Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, ptr<const A>(p.inv_norm_x), rw,
+            bias, ptr<const A>(*p.lse), ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a,
+            s.target_margin<A>());
+        check_launch("lossext::fused_linear_margin_cross_entropy_backward chunk kernel");
+      });
+      if (grad_bias) {
+        // column sums in a fixed row order: segments of kBiasSeg rows, then segments in order
+        const int64_t nseg = (s.N + kBiasSeg - 1) / kBiasSeg;
+        Tensor part = new_tensor({nseg * k}, ScalarType::Double, P);
+        const dim3 grid(static_cast<unsigned>(flat_grid(k, cuda_detail::kThreads)),
+                        static_cast<unsigned>(std::min<int64_t>(nseg, kMaxGrid)));
+        colsum_partial_kernel<scalar_t><<<grid, cuda_detail::kThreads, 0, stream>>>(Pp, s.N, k, nseg,
+                                                                                  ptr<double>(part));
+        check_launch("lossext::fused_linear_margin_cross_entropy_backward bias partial kernel");
+        colsum_final_kernel<scalar_t><<<flat_grid(k, cuda_detail::kThreads), cuda_detail::kThreads, 0, stream>>>(
+            ptr<const double>(part), nseg, k, ptr<scalar_t>(*grad_bias) + c0);
+        check_launch("lossext::fused_linear_margin_cross_entropy_backward bias kernel");
+      }
+    });
+  }
+
+  static void project_rows(const Tensor& g, const Tensor& v, const Tensor* inv_norm, Tensor& out) {
+    const int64_t R = g.size(0), D = g.size(1);
+    if (R == 0 || D == 0) return;
+    const int32_t dev = out.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(out.scalar_type(), "lossext::margin project_rows", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      auto run = [&](auto gtag) {
+        using gscalar_t = decltype(gtag);
+        with_bool(inv_norm != nullptr, [&](auto kNorm) {
+          project_rows_kernel<kNorm.value, gscalar_t, scalar_t><<<row_grid(R), row_threads(D), 0, stream>>>(
+              ptr<const gscalar_t>(g), ptr<const scalar_t>(v), inv_norm ? ptr<const A>(*inv_norm) : nullptr,
+              ptr<scalar_t>(out), R, D);
+          check_launch("lossext::margin project_rows kernel");
+        });
+      };
+      if (g.scalar_type() == out.scalar_type()) run(scalar_t{}); else run(A{});
+    });
+  }
+
+  static void add_into(Tensor& acc, const Tensor& t) {
+    const int64_t n = t.numel();
+    if (n == 0) return;
+    const int32_t dev = t.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(dev);
+    cudaStream_t stream = current_stream(dev);
+    dispatch_floating(t.scalar_type(), "lossext::margin add_into", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      add_into_kernel<scalar_t><<<flat_grid(n, cuda_detail::kThreads), cuda_detail::kThreads, 0, stream>>>(
+          ptr<A>(acc), ptr<const scalar_t>(t), n);
+      check_launch("lossext::margin add_into kernel");
+    });
+  }
+};
+
+}  // namespace margin
+}  // namespace lossext
+
+STABLE_TORCH_LIBRARY_IMPL(lossext, CUDA, m) {
+  lossext::margin::register_margin_kernels<lossext::margin::MarginCuda>(m);
+}
