@@ -11,17 +11,14 @@ Ops (reduction: 0 none, 1 mean, 2 sum):
   fused_linear_margin_cross_entropy_backward(grad_output, input, weight, target, bias?, lse, ...)
       -> (grad_input, grad_weight, grad_bias)  (grad_bias is empty without bias)
 
-lse [N] (float32, or float64 for float64 inputs) is saved for the backward and is not
-differentiable. Class weights take no gradient (as in torch.nn.functional.cross_entropy).
+lse [N] (float64 for every input dtype) is saved for the backward and is not
+differentiable. A class weight that requires grad gets its gradient from the PyTorch composite
+(_class_weight_grad: correct, not fused).
 Double backward is not supported: it raises NotImplementedError.
 """
 import torch
 
 from . import _C  # noqa: F401  (loads the kernels)
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _loss_like(x, n, reduction):
@@ -31,7 +28,7 @@ def _loss_like(x, n, reduction):
 @torch.library.register_fake("lossext::margin_cross_entropy")
 def _(cos, target, weight, row_scale, *params):
     n = cos.shape[0]
-    return _loss_like(cos, n, params[-1]), cos.new_empty((n,), dtype=_acc(cos.dtype))
+    return _loss_like(cos, n, params[-1]), cos.new_empty((n,), dtype=torch.float64)
 
 
 @torch.library.register_fake("lossext::margin_cross_entropy_backward")
@@ -43,7 +40,7 @@ def _(grad, cos, target, weight, row_scale, lse, *params):
 @torch.library.register_fake("lossext::fused_linear_margin_cross_entropy")
 def _(x, w, target, bias, *params):
     n = x.shape[0]
-    return _loss_like(x, n, params[-2]), x.new_empty((n,), dtype=_acc(x.dtype))
+    return _loss_like(x, n, params[-2]), x.new_empty((n,), dtype=torch.float64)
 
 
 @torch.library.register_fake("lossext::fused_linear_margin_cross_entropy_backward")
@@ -52,11 +49,19 @@ def _(grad, x, w, target, bias, lse, *params):
             x.new_empty((w.shape[0] if bias is not None else 0,)))
 
 
-def _no_weight_grad(ctx, index, name):
-    if ctx.needs_input_grad[index]:
-        raise NotImplementedError(
-            f"lossext.{name}: the class weight takes no gradient (as in torch.nn.functional."
-            "cross_entropy); pass weight.detach()")
+def _class_weight_grad(grad, cos, target, weight, row_scale, params):
+    """d loss / d class weight, for the rare caller whose class weights require grad (torch's
+    cross_entropy refuses this). Computed by autograd through the pure-PyTorch composite
+    (lossext.reference), so it materializes [N, C] intermediates: not a fused path."""
+    from . import reference
+    scale, m1, m2, m3, lambda_, easy, ls, ii, red = params
+    with torch.enable_grad():
+        w = weight.detach().requires_grad_(True)
+        loss = reference.margin_cross_entropy(
+            cos.detach(), target, scale, m1, m2, m3, ls, w, ii, ("none", "mean", "sum")[red],
+            easy_margin=easy, lambda_=lambda_, feature_norm=None if row_scale is None else row_scale.detach())
+        (g,) = torch.autograd.grad(loss, w, grad)
+    return g
 
 
 # ---- margin_cross_entropy ---------------------------------------------------------------
@@ -74,11 +79,14 @@ def _ce_backward(ctx, grad, _grad_lse):
     n_params = len(ctx.params)
     if grad is None:
         return (None,) * (4 + n_params)
-    _no_weight_grad(ctx, 2, "margin_cross_entropy")
-    g_cos, g_rs = torch.ops.lossext.margin_cross_entropy_backward(
-        grad, cos, target, weight, row_scale, lse, *ctx.params)
-    return (g_cos if ctx.needs_input_grad[0] else None, None, None,
-            g_rs if ctx.needs_input_grad[3] else None) + (None,) * n_params
+    need = ctx.needs_input_grad
+    g_cos = g_rs = g_w = None
+    if need[0] or need[3]:
+        g_cos, g_rs = torch.ops.lossext.margin_cross_entropy_backward(
+            grad, cos, target, weight, row_scale, lse, *ctx.params)
+    if need[2]:
+        g_w = _class_weight_grad(grad, cos, target, weight, row_scale, ctx.params)
+    return (g_cos if need[0] else None, None, g_w, g_rs if need[3] else None) + (None,) * n_params
 
 
 torch.library.register_autograd("lossext::margin_cross_entropy", _ce_backward, setup_context=_ce_setup)

@@ -1,5 +1,8 @@
 """float16 / bfloat16: computed in float32 and returned in the input dtype. The error against
-the float64 reference is at most 2x that of PyTorch's own composite run in the same dtype."""
+the float64 reference is at most 2x that of PyTorch's own composite run in the same dtype
+(or, where that composite overflows, a few units in the last place of the true value)."""
+import math
+
 import pytest
 import torch
 
@@ -7,7 +10,16 @@ from conftest import to_ref
 
 
 def _err(a, b):
-    return (a.detach().double().cpu() - b.detach().double()).abs().max().item()
+    return (a.detach().double().cpu() - b.detach().double()).abs().max().item() if a.numel() else 0.0
+
+
+def _bound(theirs_err, floor, truth, dtype):
+    """2x PyTorch's error; where PyTorch's own composite overflows to inf/NaN although the true
+    value fits the dtype (e.g. fp16 logits at s = 64), 4 units in the last place of the largest
+    true value instead."""
+    if not math.isfinite(theirs_err) and truth.to(dtype).isfinite().all():
+        return 4 * floor
+    return 2 * max(theirs_err, floor)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -22,7 +34,7 @@ def test_half_precision_error(info, device, dtype):
         theirs = info.ref(*sample.args, **sample.kwargs)
         # a floor of one unit in the last place of the result's magnitude, for exact ties
         floor = torch.finfo(dtype).eps * max(1.0, truth.abs().max().item())
-        assert _err(ours, truth) <= 2 * max(_err(theirs, truth), floor), red
+        assert _err(ours, truth) <= _bound(_err(theirs, truth), floor, truth, dtype), red
 
         # gradients
         xs = sample.args[0].detach().clone().requires_grad_(True)
@@ -34,4 +46,4 @@ def test_half_precision_error(info, device, dtype):
         (g_truth,) = torch.autograd.grad(info.ref(x64, *ref.args[1:], **ref.kwargs), x64, go)
         gfloor = torch.finfo(dtype).eps * max(1.0, g_truth.abs().max().item())
         assert g_ours.dtype == dtype
-        assert _err(g_ours, g_truth) <= 2 * max(_err(g_theirs, g_truth), gfloor), f"grad {red}"
+        assert _err(g_ours, g_truth) <= _bound(_err(g_theirs, g_truth), gfloor, g_truth, dtype), f"grad {red}"

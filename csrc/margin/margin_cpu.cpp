@@ -69,8 +69,8 @@ inline void online_row(const scalar_t* __restrict v, const scalar_t* __restrict 
 #pragma omp simd reduction(+ : bs, bz)
     for (int64_t j = b; j < e; ++j) {
       const A x = static_cast<A>(v[j]);
-      const A z = j == skip ? ninf : r * x;
-      bs += math::exp(z - mf);
+      const A z = j == skip ? ninf : std::fma(r, x, -mf);  // r x - m with one rounding
+      bs += math::exp(z);
       if constexpr (kSum) bz += j == skip ? A(0) : (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
     }
     s = (s == 0.0 ? 0.0 : s * std::exp(m - m_new)) + double(bs);
@@ -108,10 +108,10 @@ struct MarginCpu {
       const int64_t* tg = ptr<const int64_t>(p.target);
       const scalar_t* w = ptr<const scalar_t>(p.weight);
       const scalar_t* rs = ptr<const scalar_t>(p.row_scale);
-      A* lse = ptr<A>(st.lse);
-      A* zy = ptr<A>(st.zy);
-      A* wz = ptr<A>(st.wz);
-      const auto tm = s.target_margin<A>();
+      double* lse = ptr<double>(st.lse);
+      double* zy = ptr<double>(st.zy);
+      double* wz = ptr<double>(st.wz);
+      const auto tm = s.target_margin<double>();  // the target's logit in float64
       const int64_t C = s.C;
       with_bool(w != nullptr, [&](auto kW) {
         with_bool(s.smoothing > 0.0, [&](auto kSum) {
@@ -119,20 +119,20 @@ struct MarginCpu {
             for (int64_t i = b; i < e; ++i) {
               const int64_t t = tg[i];
               if (t == s.ignore_index) {
-                lse[i] = zy[i] = wz[i] = A(0);
+                lse[i] = zy[i] = wz[i] = 0.0;
                 continue;
               }
               const scalar_t* row = cos + i * C;
               const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
-              A f, df;
-              tm.apply(static_cast<A>(row[t]), f, df);
-              const A z_t = r * f;
+              double f, df;
+              tm.apply(double(row[t]), f, df);
+              const double z_t = double(r) * f;
               double m = -std::numeric_limits<double>::infinity(), sum = 0.0, sz = 0.0;
               online_row<kW.value, kSum.value>(row, w, C, t, r, m, sum, sz);
-              online_add(double(z_t), m, sum);
-              lse[i] = static_cast<A>(m + std::log(sum));
+              online_add(z_t, m, sum);
+              lse[i] = m + std::log(sum);
               zy[i] = z_t;
-              wz[i] = static_cast<A>(sz + (kW.value ? double(w[t]) : 1.0) * double(z_t));
+              wz[i] = sz + (kW.value ? double(w[t]) : 1.0) * z_t;
             }
           });
         });
@@ -149,11 +149,11 @@ struct MarginCpu {
       const int64_t* tg = ptr<const int64_t>(p.target);
       const scalar_t* w = ptr<const scalar_t>(p.weight);
       const scalar_t* rs = ptr<const scalar_t>(p.row_scale);
-      const A* lse = ptr<const A>(*p.lse);
+      const double* lse = ptr<const double>(*p.lse);
       const A* g = ptr<const A>(G);
       scalar_t* out = ptr<scalar_t>(grad);
       scalar_t* out_rs = grad_rs ? ptr<scalar_t>(*grad_rs) : nullptr;
-      const auto tm = s.target_margin<A>();
+      const auto tm = s.target_margin<double>();
       const int64_t C = s.C;
       const A keep = A(s.keep()), spread = A(s.spread());
       const A wsum = A(class_weight_sum(w, C));
@@ -172,7 +172,9 @@ struct MarginCpu {
               const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
               const A w_t = kW.value ? static_cast<A>(w[t]) : A(1);
               const A a = keep * w_t + spread * wsum;
-              const A L = lse[i];
+              // lse as a float pair Lh + Ll: r x - Lh by one fma, then - Ll (exact to float32 rounding)
+              const A Lh = static_cast<A>(lse[i]);
+              const A Ll = static_cast<A>(lse[i] - double(Lh));
               const A gr = g[i] * r;
               const A ninf = -std::numeric_limits<A>::infinity();
               double dr = 0.0;
@@ -182,18 +184,18 @@ struct MarginCpu {
 #pragma omp simd reduction(+ : bdr)
                 for (int64_t j = bb; j < ee; ++j) {
                   const A x = static_cast<A>(row[j]);
-                  const A z = j == t ? ninf : r * x;
-                  const A d = a * math::exp(z - L) - spread * (kW.value ? static_cast<A>(w[j]) : A(1));
+                  const A z = j == t ? ninf : std::fma(r, x, -Lh) - Ll;
+                  const A d = a * math::exp(z) - spread * (kW.value ? static_cast<A>(w[j]) : A(1));
                   o[j] = static_cast<scalar_t>(gr * d);
                   if constexpr (kRS.value) bdr += j == t ? A(0) : d * x;
                 }
                 dr += double(bdr);
               }
-              A f, df;
-              tm.apply(static_cast<A>(row[t]), f, df);
-              const A d_t = a * static_cast<A>(std::exp(double(r * f) - double(L))) - keep * w_t - spread * w_t;
-              o[t] = static_cast<scalar_t>(gr * d_t * df);
-              if constexpr (kRS.value) out_rs[i] = static_cast<scalar_t>(double(g[i]) * (dr + double(d_t * f)));
+              double f, df;
+              tm.apply(double(row[t]), f, df);
+              const double d_t = double(a) * std::exp(double(r) * f - lse[i]) - double(keep * w_t) - double(spread * w_t);
+              o[t] = static_cast<scalar_t>(double(gr) * d_t * df);
+              if constexpr (kRS.value) out_rs[i] = static_cast<scalar_t>(double(g[i]) * (dr + d_t * f));
             }
           });
         });
@@ -209,22 +211,22 @@ struct MarginCpu {
       using A = acc_t<scalar_t>;
       const int64_t* tg = ptr<const int64_t>(target);
       const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
-      A* lse = ptr<A>(st.lse);
-      const A* mx = st.max ? ptr<const A>(*st.max) : nullptr;
-      const A* zy = ptr<const A>(st.zy);
-      const A* wz = ptr<const A>(st.wz);
-      A* lo = ptr<A>(lse_out);
+      const double* lse = ptr<const double>(st.lse);
+      const double* mx = st.max ? ptr<const double>(*st.max) : nullptr;
+      const double* zy = ptr<const double>(st.zy);
+      const double* wz = ptr<const double>(st.wz);
+      double* lo = ptr<double>(lse_out);
       scalar_t* out = ptr<scalar_t>(loss);
       const double wsum = class_weight_sum(w, s.C);
       double total = 0.0, weight_total = 0.0;
       for (int64_t i = 0; i < s.N; ++i) {
         const int64_t t = tg[i];
         const bool valid = t != s.ignore_index;
-        double L = double(lse[i]);
-        if (mx) L = valid ? double(mx[i]) + std::log(double(lse[i])) : 0.0;
-        lo[i] = static_cast<A>(L);
+        double L = lse[i];
+        if (mx) L = valid ? mx[i] + std::log(lse[i]) : 0.0;
+        lo[i] = L;
         const double w_t = valid ? (w ? double(w[t]) : 1.0) : 0.0;
-        const double li = valid ? row_loss(s.keep(), s.spread(), wsum, w_t, L, double(zy[i]), double(wz[i])) : 0.0;
+        const double li = valid ? row_loss(s.keep(), s.spread(), wsum, w_t, L, zy[i], wz[i]) : 0.0;
         if (s.reduction == Reduction::None) out[i] = static_cast<scalar_t>(li);
         total += li;
         weight_total += w_t;
@@ -291,11 +293,11 @@ struct MarginCpu {
       const A* rx = ptr<const A>(p.inv_norm_x);
       const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
       const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
-      A* ssum = ptr<A>(st.lse);
-      A* smax = ptr<A>(*st.max);
-      A* zy = ptr<A>(st.zy);
-      A* wz = ptr<A>(st.wz);
-      const auto tm = s.target_margin<A>();
+      double* ssum = ptr<double>(st.lse);
+      double* smax = ptr<double>(*st.max);
+      double* zy = ptr<double>(st.zy);
+      double* wz = ptr<double>(st.wz);
+      const auto tm = s.target_margin<double>();
       const A scale = A(s.scale);
       const bool smooth = s.smoothing > 0.0;
       parallel_rows(s.N, k, [&](int64_t b, int64_t e) {
@@ -303,8 +305,8 @@ struct MarginCpu {
         A* __restrict z = zbuf.data();
         for (int64_t i = b; i < e; ++i) {
           if (c0 == 0) {
-            smax[i] = -std::numeric_limits<A>::infinity();
-            ssum[i] = zy[i] = wz[i] = A(0);
+            smax[i] = -std::numeric_limits<double>::infinity();
+            ssum[i] = zy[i] = wz[i] = 0.0;
           }
           const scalar_t* __restrict row = Pp + i * k;
           const int64_t t = tg[i] - c0;  // target column in this chunk, if in [0, k)
@@ -318,22 +320,24 @@ struct MarginCpu {
               z[j] = scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
           }
           const bool here = tg[i] != s.ignore_index && t >= 0 && t < k;
-          double m = double(smax[i]), sum = double(ssum[i]), sz = 0.0;
-          A z_t = A(0);
-          if (here) {
-            A f, df;
-            tm.apply(z[t] / scale, f, df);
-            z_t = scale * f;
+          double m = smax[i], sum = ssum[i], sz = 0.0;
+          double z_t = 0.0;
+          if (here) {  // the target's cosine (or logit) and margin in float64
+            const double c_t = rw ? double(row[t]) * double(rx[i]) * double(rw[t])
+                                  : double(row[t]) + (bias ? double(bias[t]) : 0.0);
+            double f, df;
+            tm.apply(c_t, f, df);
+            z_t = double(scale) * f;
           }
           online_row<false, true>(z, static_cast<const A*>(nullptr), k, here ? t : -1, A(1), m, sum, sz);
           if (here) {
-            online_add(double(z_t), m, sum);
+            online_add(z_t, m, sum);
             zy[i] = z_t;
-            sz += double(z_t);
+            sz += z_t;
           }
-          smax[i] = static_cast<A>(m);
-          ssum[i] = static_cast<A>(sum);
-          if (smooth) wz[i] = static_cast<A>(double(wz[i]) + sz);
+          smax[i] = m;
+          ssum[i] = sum;
+          if (smooth) wz[i] += sz;
         }
       });
     });
@@ -351,9 +355,9 @@ struct MarginCpu {
       const A* rx = ptr<const A>(p.inv_norm_x);
       const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
       const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
-      const A* lse = ptr<const A>(*p.lse);
+      const double* lse = ptr<const double>(*p.lse);
       const A* g = ptr<const A>(G);
-      const auto tm = s.target_margin<A>();
+      const auto tm = s.target_margin<double>();
       const A scale = A(s.scale), keep = A(s.keep()), spread = A(s.spread());
       const A a = keep + spread * A(s.C);
       const A ninf = -std::numeric_limits<A>::infinity();
@@ -366,30 +370,31 @@ struct MarginCpu {
           }
           const int64_t t = tg[i] - c0;
           const bool here = t >= 0 && t < k;
-          const A L = lse[i];
+          const A Lh = static_cast<A>(lse[i]);
+          const A Ll = static_cast<A>(lse[i] - double(Lh));
           const A gs = g[i] * scale;
-          A c_t = A(0);
-          if (here) c_t = rw ? static_cast<A>(row[t]) * rx[i] * rw[t]
-                             : static_cast<A>(row[t]) + (bias ? static_cast<A>(bias[t]) : A(0));
+          double c_t = 0.0;
+          if (here) c_t = rw ? double(row[t]) * double(rx[i]) * double(rw[t])
+                             : double(row[t]) + (bias ? double(bias[t]) : 0.0);
           if (rw) {
             const A sx = scale * rx[i], gx = gs * rx[i];
 #pragma omp simd
             for (int64_t j = 0; j < k; ++j) {
-              const A z = j == t ? ninf : sx * static_cast<A>(row[j]) * rw[j];
-              row[j] = static_cast<scalar_t>(gx * rw[j] * (a * math::exp(z - L) - spread));
+              const A z = j == t ? ninf : std::fma(sx * static_cast<A>(row[j]), rw[j], -Lh) - Ll;
+              row[j] = static_cast<scalar_t>(gx * rw[j] * (a * math::exp(z) - spread));
             }
           } else {
 #pragma omp simd
             for (int64_t j = 0; j < k; ++j) {
-              const A z = j == t ? ninf : scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
-              row[j] = static_cast<scalar_t>(gs * (a * math::exp(z - L) - spread));
+              const A z = j == t ? ninf : std::fma(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
+              row[j] = static_cast<scalar_t>(gs * (a * math::exp(z) - spread));
             }
           }
           if (here) {
-            A f, df;
+            double f, df;
             tm.apply(c_t, f, df);
-            const A d_t = a * static_cast<A>(std::exp(double(scale * f) - double(L))) - keep - spread;
-            row[t] = static_cast<scalar_t>(gs * d_t * df * (rw ? rx[i] * rw[t] : A(1)));
+            const double d_t = double(a) * std::exp(double(scale) * f - lse[i]) - double(keep) - double(spread);
+            row[t] = static_cast<scalar_t>(double(gs) * d_t * df * (rw ? double(rx[i]) * double(rw[t]) : 1.0));
           }
         }
       });

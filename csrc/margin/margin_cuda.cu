@@ -4,6 +4,11 @@
 //   into an online (max, sum of exp) pair, as Milakov & Gimelshein, "Online normalizer
 //   calculation for softmax" (2018), Alg. 3; the pairs are combined in double by a fixed-order
 //   block reduction (warp shuffles, then shared memory). Per-row finishing is in double as on CPU.
+// - RowStats (lse, z_y, wz, max) and the lse output / backward input are float64 for every input
+//   dtype. The target column's margin (one thread per row) is computed in double from a double
+//   cosine. The per-element exponents are formed as on CPU: exp(fma(r, x, -m)) in the forward,
+//   exp(fma(r, x, -Lh) - Ll) in the backward with lse = Lh + Ll split into two acc-type values,
+//   so that exp(z - lse) is exact to one rounding of the acc type.
 // - Deterministic: no atomics; every reduction order depends on the sizes only (block and grid
 //   sizes are functions of N, C, k, D), never on timing.
 // - No host synchronization: the 'mean' divisor and the class-weight sum stay on the device.
@@ -62,6 +67,23 @@ __device__ __forceinline__ scalar_t to_s(V v) {
   }
 }
 
+// a * b + c with one rounding, in the acc type (fmaf for float, fma for double).
+template <class T>
+__device__ __forceinline__ T fma_a(T a, T b, T c) {
+  if constexpr (std::is_same_v<T, float>) {
+    return fmaf(a, b, c);
+  } else {
+    return fma(a, b, c);
+  }
+}
+
+// lse (double) as Lh + Ll in the acc type: z - lse = (z - Lh) - Ll, with z - Lh formed by an fma.
+template <class A>
+__device__ __forceinline__ void split_lse(double L, A& Lh, A& Ll) {
+  Lh = static_cast<A>(L);
+  Ll = static_cast<A>(L - double(Lh));
+}
+
 __device__ __forceinline__ bool is_bad(int64_t t, int64_t ignore, int64_t C) {
   return t != ignore && (t < 0 || t >= C);
 }
@@ -113,17 +135,21 @@ __device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
   return v;
 }
 
-// One thread's online (max, sum of exp) over its logits, in the acc type.
+// One thread's online (max, sum of exp) over its logits z = r x, in the acc type; the shifted
+// exponent is fma(r, x, -m) (one rounding), as MarginCpu's online_row. m stays -inf only while
+// every z seen is -inf, and those add 0 (never exp(-inf + inf) = NaN).
 template <class A>
 struct ThreadOnline {
   A m, s, z;
   __device__ __forceinline__ ThreadOnline() : m(ninf_v<A>()), s(A(0)), z(A(0)) {}
-  __device__ __forceinline__ void add(A x) {
-    if (x > m) {
-      s = s * math::exp(m - x) + (A(1) + (x - x));  // x = +inf gives NaN, as the CPU kernel
-      m = x;
+  __device__ __forceinline__ void add(A r, A x) {
+    const A zz = r * x;
+    if (zz > m) {
+      // m = -inf: s = 0 and exp(-inf) = 0; x = +inf gives fma(r, inf, -inf) = NaN, as the CPU kernel
+      s = s * math::exp(m - zz) + math::exp(fma_a(r, x, -zz));
+      m = zz;
     } else {
-      s += x == ninf_v<A>() ? A(0) : math::exp(x - m);  // NaN x lands in s
+      s += zz == ninf_v<A>() ? A(0) : math::exp(fma_a(r, x, -m));  // NaN z lands in s
     }
   }
   __device__ __forceinline__ Online to_online() const { return {double(m), double(s), double(z)}; }
@@ -145,14 +171,13 @@ template <bool kW, bool kSum, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     ce_forward_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
                       const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
-                      TargetMargin<acc_t<scalar_t>> tm, int64_t N, int64_t C, int64_t ignore,
-                      acc_t<scalar_t>* __restrict__ lse, acc_t<scalar_t>* __restrict__ zy,
-                      acc_t<scalar_t>* __restrict__ wz) {
+                      TargetMargin<double> tm, int64_t N, int64_t C, int64_t ignore, double* __restrict__ lse,
+                      double* __restrict__ zy, double* __restrict__ wz) {
   using A = acc_t<scalar_t>;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t t = tg[i];
     if (t == ignore || t < 0 || t >= C) {  // block-uniform
-      if (threadIdx.x == 0) lse[i] = zy[i] = wz[i] = t == ignore ? A(0) : nan_v<A>();
+      if (threadIdx.x == 0) lse[i] = zy[i] = wz[i] = t == ignore ? 0.0 : nan_v<double>();
       continue;
     }
     const scalar_t* row = cos + i * C;
@@ -161,19 +186,19 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
       if (j == t) continue;
       const A x = static_cast<A>(row[j]);
-      o.add(r * x);
+      o.add(r, x);
       if constexpr (kSum) o.z += (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
     }
     const Online red = block_reduce(o.to_online(), online_identity(), MergeOp{});
-    if (threadIdx.x == 0) {
-      A f, df;
-      tm.apply(static_cast<A>(row[t]), f, df);
-      const A z_t = r * f;
+    if (threadIdx.x == 0) {  // the target's logit in float64
+      double f, df;
+      tm.apply(double(static_cast<A>(row[t])), f, df);
+      const double z_t = double(r) * f;
       double m = red.m, s = red.s;
-      online_add(double(z_t), m, s);
-      lse[i] = static_cast<A>(m + log(s));
+      online_add(z_t, m, s);
+      lse[i] = m + log(s);
       zy[i] = z_t;
-      wz[i] = static_cast<A>(red.z + (kW ? double(static_cast<A>(w[t])) : 1.0) * double(z_t));
+      wz[i] = red.z + (kW ? double(static_cast<A>(w[t])) : 1.0) * z_t;
     }
   }
 }
@@ -184,9 +209,9 @@ template <bool kW, bool kRS, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     ce_backward_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
                        const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
-                       TargetMargin<acc_t<scalar_t>> tm, int64_t N, int64_t C, int64_t ignore,
+                       TargetMargin<double> tm, int64_t N, int64_t C, int64_t ignore,
                        acc_t<scalar_t> keep, acc_t<scalar_t> spread, const double* __restrict__ wsum_p,
-                       const acc_t<scalar_t>* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
+                       const double* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
                        scalar_t* __restrict__ out, scalar_t* __restrict__ out_rs) {
   using A = acc_t<scalar_t>;
   const A wsum = wsum_p ? static_cast<A>(*wsum_p) : static_cast<A>(double(C));
@@ -203,24 +228,26 @@ __global__ void __launch_bounds__(kRowThreads)
     const A r = rs ? static_cast<A>(rs[i]) : scale;
     const A w_t = kW ? static_cast<A>(w[t]) : A(1);
     const A a = keep * w_t + spread * wsum;
-    const A L = lse[i];
+    const double L = lse[i];
+    A Lh, Ll;  // r x - lse = fma(r, x, -Lh) - Ll, exact to one rounding of A
+    split_lse(L, Lh, Ll);
     const A gr = g[i] * r;
     A dr = A(0);
     for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
       if (j == t) continue;  // written by thread 0 below, by no other thread
       const A x = static_cast<A>(row[j]);
-      const A d = a * math::exp(r * x - L) - spread * (kW ? static_cast<A>(w[j]) : A(1));
+      const A d = a * math::exp(fma_a(r, x, -Lh) - Ll) - spread * (kW ? static_cast<A>(w[j]) : A(1));
       o[j] = to_s<scalar_t>(gr * d);
       if constexpr (kRS) dr += d * x;
     }
     double dsum = 0.0;
     if constexpr (kRS) dsum = block_reduce(double(dr), 0.0, AddOp{});
-    if (threadIdx.x == 0) {
-      A f, df;
-      tm.apply(static_cast<A>(row[t]), f, df);
-      const A d_t = a * static_cast<A>(exp(double(r * f) - double(L))) - keep * w_t - spread * w_t;
-      o[t] = to_s<scalar_t>(gr * d_t * df);
-      if constexpr (kRS) out_rs[i] = to_s<scalar_t>(double(g[i]) * (dsum + double(d_t * f)));
+    if (threadIdx.x == 0) {  // the target column in float64
+      double f, df;
+      tm.apply(double(static_cast<A>(row[t])), f, df);
+      const double d_t = double(a) * exp(double(r) * f - L) - double(keep * w_t) - double(spread * w_t);
+      o[t] = to_s<scalar_t>(double(gr) * d_t * df);
+      if constexpr (kRS) out_rs[i] = to_s<scalar_t>(double(g[i]) * (dsum + d_t * f));
     }
   }
 }
@@ -241,13 +268,11 @@ __global__ void __launch_bounds__(kFinal) weight_sum_kernel(const scalar_t* __re
 template <bool kMax, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     finalize_rows_kernel(const int64_t* __restrict__ tg, const scalar_t* __restrict__ w,
-                         const acc_t<scalar_t>* lse, const acc_t<scalar_t>* __restrict__ mx,
-                         const acc_t<scalar_t>* __restrict__ zy, const acc_t<scalar_t>* __restrict__ wz,
-                         int64_t N, int64_t C, int64_t ignore, double keep, double spread,
-                         const double* __restrict__ wsum_p, bool reduce, acc_t<scalar_t>* lse_out,
+                         const double* lse, const double* __restrict__ mx, const double* __restrict__ zy,
+                         const double* __restrict__ wz, int64_t N, int64_t C, int64_t ignore, double keep,
+                         double spread, const double* __restrict__ wsum_p, bool reduce, double* lse_out,
                          scalar_t* __restrict__ out, double* __restrict__ part_loss,
                          double* __restrict__ part_w) {
-  using A = acc_t<scalar_t>;
   const double wsum = wsum_p ? *wsum_p : double(C);
   double tl = 0.0, tw = 0.0;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -258,11 +283,11 @@ __global__ void __launch_bounds__(kRowThreads)
       L = w_t = li = nan_v<double>();
     } else if (t != ignore) {
       // lse_out may alias lse: element i is read before it is written, by this thread only.
-      L = kMax ? double(mx[i]) + log(double(lse[i])) : double(lse[i]);
+      L = kMax ? mx[i] + log(lse[i]) : lse[i];
       w_t = w ? double(w[t]) : 1.0;
-      li = row_loss(keep, spread, wsum, w_t, L, double(zy[i]), double(wz[i]));
+      li = row_loss(keep, spread, wsum, w_t, L, zy[i], wz[i]);
     }
-    lse_out[i] = static_cast<A>(L);
+    lse_out[i] = L;
     if (!reduce) out[i] = to_s<scalar_t>(li);
     tl += li;
     tw += w_t;
@@ -397,6 +422,29 @@ __device__ __forceinline__ A chunk_logit(const scalar_t* row, int64_t j, A scale
   }
 }
 
+// z_ij - lse_i = fma(sx P_ij, rw_j, -Lh) - Ll (normalize) or fma(scale, P_ij + b_j, -Lh) - Ll.
+template <bool kNorm, class A, class scalar_t>
+__device__ __forceinline__ A chunk_logit_minus(const scalar_t* row, int64_t j, A scale, A sx, const A* rw,
+                                               const scalar_t* bias, A Lh, A Ll) {
+  if constexpr (kNorm) {
+    return fma_a(sx * static_cast<A>(row[j]), rw[j], -Lh) - Ll;
+  } else {
+    return fma_a(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
+  }
+}
+
+// The target's cosine (normalize: P rx rw) or logit before scale (P + b), in double.
+template <bool kNorm, class A, class scalar_t>
+__device__ __forceinline__ double target_cos(const scalar_t* row, int64_t t, A rx_i, const A* rw,
+                                             const scalar_t* bias) {
+  const double p = double(static_cast<A>(row[t]));
+  if constexpr (kNorm) {
+    return p * double(rx_i) * double(rw[t]);
+  } else {
+    return p + (bias ? double(static_cast<A>(bias[t])) : 0.0);
+  }
+}
+
 // Folds the chunk's columns [c0, c0 + k) into the running (max, sum) of each row; the target
 // column (if in the chunk) gets its margin. State is initialized when c0 == 0. Ignored and bad
 // rows are left at the initial state (finalize gives them 0 / NaN).
@@ -405,14 +453,13 @@ __global__ void __launch_bounds__(kRowThreads)
     fused_forward_kernel(const scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
                          int64_t N, int64_t C, int64_t ignore, const acc_t<scalar_t>* __restrict__ rx,
                          const acc_t<scalar_t>* __restrict__ rw, const scalar_t* __restrict__ bias,
-                         acc_t<scalar_t> scale, TargetMargin<acc_t<scalar_t>> tm, acc_t<scalar_t>* __restrict__ ssum,
-                         acc_t<scalar_t>* __restrict__ smax, acc_t<scalar_t>* __restrict__ zy,
-                         acc_t<scalar_t>* __restrict__ wz) {
+                         acc_t<scalar_t> scale, TargetMargin<double> tm, double* __restrict__ ssum,
+                         double* __restrict__ smax, double* __restrict__ zy, double* __restrict__ wz) {
   using A = acc_t<scalar_t>;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     if (c0 == 0 && threadIdx.x == 0) {
-      smax[i] = ninf_v<A>();
-      ssum[i] = zy[i] = wz[i] = A(0);
+      smax[i] = ninf_v<double>();
+      ssum[i] = zy[i] = wz[i] = 0.0;
     }
     const int64_t t = tg[i];
     if (t == ignore || t < 0 || t >= C) continue;  // block-uniform
@@ -424,24 +471,24 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
       if (j == tl) continue;
       const A z = chunk_logit<kNorm>(row, j, scale, sx, rw, bias);
-      o.add(z);
+      o.add(A(1), z);  // exp(fma(1, z, -m)) = exp(z - m), as the CPU's online_row with r = 1
       if constexpr (kSum) o.z += z;
     }
     const Online red = block_reduce(o.to_online(), online_identity(), MergeOp{});
     if (threadIdx.x == 0) {  // the same thread that initialized the state
-      const Online cur = online_merge({double(smax[i]), double(ssum[i]), 0.0}, red);
+      const Online cur = online_merge({smax[i], ssum[i], 0.0}, red);
       double m = cur.m, s = cur.s, sz = red.z;
-      if (here) {
-        A f, df;
-        tm.apply(chunk_logit<kNorm>(row, tl, scale, sx, rw, bias) / scale, f, df);
-        const A z_t = scale * f;
-        online_add(double(z_t), m, s);
+      if (here) {  // the target's cosine (or logit) and margin in float64
+        double f, df;
+        tm.apply(target_cos<kNorm>(row, tl, kNorm ? rx[i] : A(0), rw, bias), f, df);
+        const double z_t = double(scale) * f;
+        online_add(z_t, m, s);
         zy[i] = z_t;
-        sz += double(z_t);
+        sz += z_t;
       }
-      smax[i] = static_cast<A>(m);
-      ssum[i] = static_cast<A>(s);
-      if (kSum) wz[i] = static_cast<A>(double(wz[i]) + sz);
+      smax[i] = m;
+      ssum[i] = s;
+      if (kSum) wz[i] += sz;
     }
   }
 }
@@ -452,9 +499,9 @@ __global__ void __launch_bounds__(kRowThreads)
     fused_backward_kernel(scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
                           int64_t N, int64_t C, int64_t ignore, const acc_t<scalar_t>* __restrict__ rx,
                           const acc_t<scalar_t>* __restrict__ rw, const scalar_t* __restrict__ bias,
-                          const acc_t<scalar_t>* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
+                          const double* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
                           acc_t<scalar_t> scale, acc_t<scalar_t> keep, acc_t<scalar_t> spread, acc_t<scalar_t> a,
-                          TargetMargin<acc_t<scalar_t>> tm) {
+                          TargetMargin<double> tm) {
   using A = acc_t<scalar_t>;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     scalar_t* row = P + i * k;
@@ -466,23 +513,23 @@ __global__ void __launch_bounds__(kRowThreads)
     }
     const int64_t tl = t - c0;
     const bool here = tl >= 0 && tl < k;
-    const A L = lse[i];
+    const double L = lse[i];
+    A Lh, Ll;  // z - lse = fma(., ., -Lh) - Ll, exact to one rounding of A
+    split_lse(L, Lh, Ll);
     const A gs = g[i] * scale;
     const A sx = kNorm ? scale * rx[i] : A(0);
     const A gx = kNorm ? gs * rx[i] : gs;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
       if (j == tl) continue;  // written by thread 0 below, by no other thread
-      const A z = chunk_logit<kNorm>(row, j, scale, sx, rw, bias);
-      const A e = a * math::exp(z - L) - spread;
+      const A e = a * math::exp(chunk_logit_minus<kNorm>(row, j, scale, sx, rw, bias, Lh, Ll)) - spread;
       row[j] = to_s<scalar_t>(kNorm ? gx * rw[j] * e : gs * e);
     }
-    if (here && threadIdx.x == 0) {
-      const A c_t = kNorm ? static_cast<A>(row[tl]) * rx[i] * rw[tl]
-                          : static_cast<A>(row[tl]) + (bias ? static_cast<A>(bias[tl]) : A(0));
-      A f, df;
+    if (here && threadIdx.x == 0) {  // the target column in float64
+      const double c_t = target_cos<kNorm>(row, tl, kNorm ? rx[i] : A(0), rw, bias);
+      double f, df;
       tm.apply(c_t, f, df);
-      const A d_t = a * static_cast<A>(exp(double(scale * f) - double(L))) - keep - spread;
-      row[tl] = to_s<scalar_t>(gs * d_t * df * (kNorm ? rx[i] * rw[tl] : A(1)));
+      const double d_t = double(a) * exp(double(scale) * f - L) - double(keep) - double(spread);
+      row[tl] = to_s<scalar_t>(double(gs) * d_t * df * (kNorm ? double(rx[i]) * double(rw[tl]) : 1.0));
     }
   }
 }
@@ -543,8 +590,8 @@ struct MarginCuda {
         with_bool(s.smoothing > 0.0, [&](auto kSum) {
           ce_forward_kernel<kW.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
               ptr<const scalar_t>(p.cos), ptr<const int64_t>(p.target), w, ptr<const scalar_t>(p.row_scale),
-              static_cast<A>(s.scale), s.target_margin<A>(), s.N, s.C, s.ignore_index, ptr<A>(st.lse),
-              ptr<A>(st.zy), ptr<A>(st.wz));
+              static_cast<A>(s.scale), s.target_margin<double>(), s.N, s.C, s.ignore_index,
+              ptr<double>(st.lse), ptr<double>(st.zy), ptr<double>(st.wz));
           check_launch("lossext::margin_cross_entropy forward kernel");
         });
       });
@@ -567,8 +614,8 @@ struct MarginCuda {
         with_bool(out_rs != nullptr, [&](auto kRS) {
           ce_backward_kernel<kW.value, kRS.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
               ptr<const scalar_t>(p.cos), ptr<const int64_t>(p.target), w, ptr<const scalar_t>(p.row_scale),
-              static_cast<A>(s.scale), s.target_margin<A>(), s.N, s.C, s.ignore_index, A(s.keep()),
-              A(s.spread()), ptr<const double>(wsum), ptr<const A>(*p.lse), ptr<const A>(G),
+              static_cast<A>(s.scale), s.target_margin<double>(), s.N, s.C, s.ignore_index, A(s.keep()),
+              A(s.spread()), ptr<const double>(wsum), ptr<const double>(*p.lse), ptr<const A>(G),
               ptr<scalar_t>(grad), out_rs);
           check_launch("lossext::margin_cross_entropy_backward kernel");
         });
@@ -584,7 +631,6 @@ struct MarginCuda {
     cudaStream_t stream = current_stream(dev);
     dispatch_floating(loss.scalar_type(), "lossext::margin finalize", [&](auto tag) {
       using scalar_t = decltype(tag);
-      using A = acc_t<scalar_t>;
       const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
       const bool reduce = s.reduction != Reduction::None;
       const int blocks = static_cast<int>(
@@ -601,9 +647,9 @@ struct MarginCuda {
         const std::optional<Tensor> wsum = weight_sum(w, s.C, loss, stream);
         with_bool(st.max.has_value(), [&](auto kMax) {
           finalize_rows_kernel<kMax.value, scalar_t><<<blocks, kRowThreads, 0, stream>>>(
-              ptr<const int64_t>(target), w, ptr<const A>(st.lse), ptr<const A>(st.max), ptr<const A>(st.zy),
-              ptr<const A>(st.wz), s.N, s.C, s.ignore_index, s.keep(), s.spread(), ptr<const double>(wsum),
-              reduce, ptr<A>(lse_out), ptr<scalar_t>(loss), part_loss, part_w);
+              ptr<const int64_t>(target), w, ptr<const double>(st.lse), ptr<const double>(st.max),
+              ptr<const double>(st.zy), ptr<const double>(st.wz), s.N, s.C, s.ignore_index, s.keep(), s.spread(),
+              ptr<const double>(wsum), reduce, ptr<double>(lse_out), ptr<scalar_t>(loss), part_loss, part_w);
           check_launch("lossext::margin finalize kernel");
         });
       }
@@ -671,8 +717,8 @@ struct MarginCuda {
         with_bool(s.smoothing > 0.0, [&](auto kSum) {
           fused_forward_kernel<kNorm.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
               ptr<const scalar_t>(P), k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index,
-              ptr<const A>(p.inv_norm_x), rw, bias, static_cast<A>(s.scale), s.target_margin<A>(),
-              ptr<A>(st.lse), ptr<A>(*st.max), ptr<A>(st.zy), ptr<A>(st.wz));
+              ptr<const A>(p.inv_norm_x), rw, bias, static_cast<A>(s.scale), s.target_margin<double>(),
+              ptr<double>(st.lse), ptr<double>(*st.max), ptr<double>(st.zy), ptr<double>(st.wz));
           check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
         });
       });
@@ -698,8 +744,8 @@ struct MarginCuda {
       with_bool(rw != nullptr, [&](auto kNorm) {
         fused_backward_kernel<kNorm.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
             Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, ptr<const A>(p.inv_norm_x), rw,
-            bias, ptr<const A>(*p.lse), ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a,
-            s.target_margin<A>());
+            bias, ptr<const double>(*p.lse), ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a,
+            s.target_margin<double>());
         check_launch("lossext::fused_linear_margin_cross_entropy_backward chunk kernel");
       });
       if (grad_bias) {

@@ -7,7 +7,8 @@
 //   ce_forward(const CeProblem&, RowStats&)            fills the row stats of margin CE
 //   ce_backward(const CeProblem&, const Tensor& G, Tensor& grad_cos, Tensor* grad_row_scale)
 //   finalize(const LossSpec&, const RowStats&, const Tensor& target, const Tensor* class_weight,
-//            Tensor& loss, Tensor& lse)               loss_i, the reduction, lse_i
+//            Tensor& loss, Tensor& lse)               loss_i, the reduction, lse_i (RowStats and
+//                                                     lse are float64 for every input dtype)
 //   row_grad_scale(const LossSpec&, const Tensor& grad_output, const Tensor& target,
 //                  const Tensor* class_weight, Tensor& G)  G_i = dReducedLoss/dloss_i (0 if ignored)
 //   inv_norms(const Tensor& v [R, D], Tensor& out acc [R])  1 / max(|v_r|, 1e-12)
@@ -52,7 +53,8 @@ struct LossSpec {
   }
 };
 
-// Row statistics, acc dtype [N] each: lse, the target logit z_y, and sum_j w_j z_j.
+// Row statistics, float64 [N] each: lse, the target logit z_y, and sum_j w_j z_j. (lse is kept
+// in float64 so that exp(z - lse) in the backward is exact to float32 rounding of z - lse.)
 struct RowStats {
   Tensor lse, zy, wz;
   // fused op only: running max (lse holds the running sum of exp(z - max) until finalize)
@@ -167,7 +169,7 @@ inline void check_grad_output(const char* op, const Tensor& g, const Tensor& ref
 }
 
 inline void check_lse(const char* op, const Tensor& lse, const Tensor& ref, int64_t N) {
-  STD_TORCH_CHECK(lse.scalar_type() == acc_scalar_type(ref.scalar_type()) && lse.dim() == 1 &&
+  STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Double && lse.dim() == 1 &&
                       lse.size(0) == N && lse.device() == ref.device(),
                   op, ": argument 'lse' must be the forward's second output, got shape ", shape_str(lse));
 }
@@ -203,10 +205,10 @@ inline Tensor new_loss(const LossSpec& s, const Tensor& like) {
 }
 
 inline RowStats new_row_stats(const LossSpec& s, const Tensor& like, bool with_max) {
-  const ScalarType acc = acc_scalar_type(like.scalar_type());
-  RowStats r{new_tensor({s.N}, acc, like), new_tensor({s.N}, acc, like), new_tensor({s.N}, acc, like),
+  const ScalarType f64 = ScalarType::Double;
+  RowStats r{new_tensor({s.N}, f64, like), new_tensor({s.N}, f64, like), new_tensor({s.N}, f64, like),
              std::nullopt};
-  if (with_max) r.max = new_tensor({s.N}, acc, like);
+  if (with_max) r.max = new_tensor({s.N}, f64, like);
   return r;
 }
 
