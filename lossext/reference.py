@@ -114,3 +114,32 @@ def fused_linear_cross_entropy(input, weight, target, bias=None, label_smoothing
                                reduction="mean", chunk_size=None):
     return fused_linear_margin_cross_entropy(input, weight, target, 1.0, 1.0, 0.0, 0.0, label_smoothing,
                                              ignore_index, reduction, normalize=False, bias=bias)
+
+
+def margin_cross_entropy_composite(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0, label_smoothing=0.0,
+                                   weight=None, ignore_index=-100, reduction="mean", *, easy_margin=False,
+                                   lambda_=0.0, feature_norm=None):
+    """What pytorch-metric-learning and insightface run: the margin on the target logit, the
+    scale, then torch.nn.functional.cross_entropy. The benchmarks' eager and torch.compile
+    baseline (tests check it equals margin_cross_entropy above)."""
+    valid = target != ignore_index
+    t = torch.where(valid, target, torch.zeros_like(target))[:, None]
+    f = target_margin(cos_logits.gather(1, t), m1, m2, m3, lambda_, easy_margin)
+    logits = cos_logits.scatter(1, t, f)
+    s = feature_norm[:, None] if feature_norm is not None else scale
+    return torch.nn.functional.cross_entropy(s * logits, target, weight=weight, ignore_index=ignore_index,
+                                             reduction=reduction, label_smoothing=label_smoothing)
+
+
+def fused_linear_margin_cross_entropy_composite(embeddings, weight, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
+                                                label_smoothing=0.0, ignore_index=-100, reduction="mean",
+                                                chunk_size=None, *, normalize=True, bias=None, easy_margin=False,
+                                                lambda_=0.0):
+    """normalize, matmul, margin, torch.nn.functional.cross_entropy: the composite that
+    materializes [N, C] (the benchmarks' baseline for the fused op)."""
+    if normalize:
+        cos = torch.nn.functional.normalize(embeddings, dim=1) @ torch.nn.functional.normalize(weight, dim=1).t()
+    else:
+        cos = torch.nn.functional.linear(embeddings, weight, bias)
+    return margin_cross_entropy_composite(cos, target, scale, m1, m2, m3, label_smoothing, None, ignore_index,
+                                          reduction, easy_margin=easy_margin, lambda_=lambda_)

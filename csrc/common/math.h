@@ -109,6 +109,28 @@ LOSSEXT_HD float fast_log1pf_nonneg(float u) {
   const float r = log_from_parts(e, f) + c * inv_v;
   return (v == std::numeric_limits<float>::infinity() || v != v) ? v : r;
 }
+
+// exp for the arguments of a softmax (x <= 0 up to rounding, or NaN): the Cephes polynomial of
+// fast_expf with a cheaper range: x is clamped to [-87, 88] so 2^n is one normal factor;
+// results below exp(-87) = 1.6e-38 come out as that (not subnormal or 0), which changes a
+// softmax sum or probability by under 2e-38 in absolute terms. NaN propagates.
+LOSSEXT_HD float fast_expf_softmax(float x) {
+  float xc = x > 88.0f ? 88.0f : x;
+  xc = xc < -87.0f ? -87.0f : xc;  // NaN compares false both times and stays NaN
+  const float nf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  const float z = r * r;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  const int32_t n = static_cast<int32_t>(nf == nf ? nf : 0.0f);
+  return y * as_float(static_cast<uint32_t>(n + 127) << 23);
+}
 #endif  // !LOSSEXT_ON_DEVICE
 
 }  // namespace detail
@@ -127,6 +149,15 @@ LOSSEXT_HD float exp(float x) {
   return detail::fast_expf(x);
 #endif
 }
+// exp of a softmax argument (x <= 0, see fast_expf_softmax); float64 and the GPU use libm.
+LOSSEXT_HD float exp_softmax(float x) {
+#ifdef LOSSEXT_ON_DEVICE
+  return ::expf(x);
+#else
+  return detail::fast_expf_softmax(x);
+#endif
+}
+LOSSEXT_HD double exp_softmax(double x) { return ::exp(x); }
 // log(1 + x) for x >= 0 (or NaN / +inf): the only range the losses need.
 LOSSEXT_HD float log1p_nonneg(float x) {
 #ifdef LOSSEXT_ON_DEVICE

@@ -47,36 +47,58 @@ double class_weight_sum(const scalar_t* w, int64_t C) {
   return s;
 }
 
-// Online max / sum of exp over z_j = r * v_j (j in [0, n), j != skip), blockwise: returns the
-// new (m, s) after folding the row segment into (m, s). sum_z gets sum_j w_j z_j when kSum.
+// Online max / sum of exp over z_j = r * v_j, j in [b0, e0), blockwise: folds the segment into
+// (m, s). sum_z gets sum_j w_j z_j when kSum.
 template <bool kW, bool kSum, class scalar_t, class A>
-inline void online_row(const scalar_t* __restrict v, const scalar_t* __restrict w, int64_t n, int64_t skip,
-                       A r, double& m, double& s, double& sum_z) {
+inline void online_span(const scalar_t* __restrict v, const scalar_t* __restrict w, int64_t b0, int64_t e0,
+                        A r, double& m, double& s, double& sum_z) {
   const A ninf = -std::numeric_limits<A>::infinity();
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t e = std::min(n, b + kBlock);
+  for (int64_t b = b0; b < e0; b += kBlock) {
+    const int64_t e = std::min(e0, b + kBlock);
     A bm = ninf;
 #pragma omp simd reduction(max : bm)
     for (int64_t j = b; j < e; ++j) {
-      const A z = j == skip ? ninf : r * static_cast<A>(v[j]);
+      const A z = r * static_cast<A>(v[j]);
       bm = z > bm ? z : bm;
     }
     // NaN never wins a max: it shows up in the sum below instead.
     const double m_new = std::max(m, double(bm));
-    // all -inf so far (e.g. every class skipped): shift by 0, so exp(-inf - shift) = 0, not NaN
+    // all -inf so far: shift by 0, so exp(-inf - shift) = 0, not NaN
     const A mf = m_new == -std::numeric_limits<double>::infinity() ? A(0) : static_cast<A>(m_new);
     A bs = A(0), bz = A(0);
 #pragma omp simd reduction(+ : bs, bz)
     for (int64_t j = b; j < e; ++j) {
       const A x = static_cast<A>(v[j]);
-      const A z = j == skip ? ninf : std::fma(r, x, -mf);  // r x - m with one rounding
-      bs += math::exp(z);
-      if constexpr (kSum) bz += j == skip ? A(0) : (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
+      bs += math::exp_softmax(std::fma(r, x, -mf));  // r x - m with one rounding
+      if constexpr (kSum) bz += (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
     }
     s = (s == 0.0 ? 0.0 : s * std::exp(m - m_new)) + double(bs);
     m = m_new;
     if constexpr (kSum) sum_z += double(bz);
   }
+}
+
+// online_span over [0, n) without the column skip (the target, added by online_add; -1: none).
+template <bool kW, bool kSum, class scalar_t, class A>
+inline void online_row(const scalar_t* v, const scalar_t* w, int64_t n, int64_t skip, A r, double& m,
+                       double& s, double& sum_z) {
+  if (skip < 0 || skip >= n) {
+    online_span<kW, kSum>(v, w, 0, n, r, m, s, sum_z);
+    return;
+  }
+  online_span<kW, kSum>(v, w, 0, skip, r, m, s, sum_z);
+  online_span<kW, kSum>(v, w, skip + 1, n, r, m, s, sum_z);
+}
+
+// Calls f(b, e) for [0, skip) and [skip + 1, n) (or [0, n) when skip is outside).
+template <class F>
+inline void around(int64_t n, int64_t skip, const F& f) {
+  if (skip < 0 || skip >= n) {
+    f(int64_t(0), n);
+    return;
+  }
+  f(int64_t(0), skip);
+  f(skip + 1, n);
 }
 
 // Adds the target's z_y into (m, s).
@@ -176,21 +198,22 @@ struct MarginCpu {
               const A Lh = static_cast<A>(lse[i]);
               const A Ll = static_cast<A>(lse[i] - double(Lh));
               const A gr = g[i] * r;
-              const A ninf = -std::numeric_limits<A>::infinity();
               double dr = 0.0;
-              for (int64_t bb = 0; bb < C; bb += kBlock) {
-                const int64_t ee = std::min(C, bb + kBlock);
-                A bdr = A(0);
+              around(C, t, [&](int64_t b0, int64_t e0) {
+                for (int64_t bb = b0; bb < e0; bb += kBlock) {
+                  const int64_t ee = std::min(e0, bb + kBlock);
+                  A bdr = A(0);
 #pragma omp simd reduction(+ : bdr)
-                for (int64_t j = bb; j < ee; ++j) {
-                  const A x = static_cast<A>(row[j]);
-                  const A z = j == t ? ninf : std::fma(r, x, -Lh) - Ll;
-                  const A d = a * math::exp(z) - spread * (kW.value ? static_cast<A>(w[j]) : A(1));
-                  o[j] = static_cast<scalar_t>(gr * d);
-                  if constexpr (kRS.value) bdr += j == t ? A(0) : d * x;
+                  for (int64_t j = bb; j < ee; ++j) {
+                    const A x = static_cast<A>(row[j]);
+                    const A d = a * math::exp_softmax(std::fma(r, x, -Lh) - Ll) -
+                                spread * (kW.value ? static_cast<A>(w[j]) : A(1));
+                    o[j] = static_cast<scalar_t>(gr * d);
+                    if constexpr (kRS.value) bdr += d * x;
+                  }
+                  dr += double(bdr);
                 }
-                dr += double(bdr);
-              }
+              });
               double f, df;
               tm.apply(double(row[t]), f, df);
               const double d_t = double(a) * std::exp(double(r) * f - lse[i]) - double(keep * w_t) - double(spread * w_t);
@@ -360,7 +383,6 @@ struct MarginCpu {
       const auto tm = s.target_margin<double>();
       const A scale = A(s.scale), keep = A(s.keep()), spread = A(s.spread());
       const A a = keep + spread * A(s.C);
-      const A ninf = -std::numeric_limits<A>::infinity();
       parallel_rows(s.N, k, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           scalar_t* __restrict row = Pp + i * k;
@@ -380,16 +402,16 @@ struct MarginCpu {
             const A sx = scale * rx[i], gx = gs * rx[i];
 #pragma omp simd
             for (int64_t j = 0; j < k; ++j) {
-              const A z = j == t ? ninf : std::fma(sx * static_cast<A>(row[j]), rw[j], -Lh) - Ll;
-              row[j] = static_cast<scalar_t>(gx * rw[j] * (a * math::exp(z) - spread));
+              const A z = std::fma(sx * static_cast<A>(row[j]), rw[j], -Lh) - Ll;
+              row[j] = static_cast<scalar_t>(gx * rw[j] * (a * math::exp_softmax(z) - spread));
             }
           } else {
 #pragma omp simd
             for (int64_t j = 0; j < k; ++j) {
-              const A z = j == t ? ninf : std::fma(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
-              row[j] = static_cast<scalar_t>(gs * (a * math::exp(z) - spread));
+              const A z = std::fma(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
+              row[j] = static_cast<scalar_t>(gs * (a * math::exp_softmax(z) - spread));
             }
-          }
+          }  // the target column (exp may overflow there: its margin logit is lower) is rewritten below
           if (here) {
             double f, df;
             tm.apply(c_t, f, df);
