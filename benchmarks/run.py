@@ -132,6 +132,11 @@ def write_results_md(path, out_dir, new_sections):
                 body = (render_section(dev, B.read_csv(csv_path)) if os.path.exists(csv_path)
                         else _placeholder(dev))
         parts.append(f"{_begin(dev)}\n{body}\n{_end(dev)}")
+    # sections written by other scripts (e.g. benchmarks/margin_softmax.py) are kept as they are
+    known = {dev.upper() for dev, _ in SECTIONS}
+    for m in re.finditer(r"<!-- BEGIN ([A-Z ]+?) SECTION.*?<!-- END \1 SECTION -->", old, re.S):
+        if m.group(1) not in known:
+            parts.append(m.group(0))
     with open(path, "w") as f:
         f.write("\n\n".join(parts) + "\n")
 
@@ -184,7 +189,8 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     names = [i.name for i in OP_DB]
-    ops = _csv_list(args.ops, names, "ops") if args.ops else names
+    # ops with bench_generic=False have their own script (e.g. benchmarks/margin_softmax.py)
+    ops = _csv_list(args.ops, names, "ops") if args.ops else [i.name for i in OP_DB if i.bench_generic]
     modes = _csv_list(args.modes, B.MODES, "modes")
     providers = _csv_list(args.providers, B.PROVIDERS, "providers")
     dtype = getattr(torch, args.dtype)

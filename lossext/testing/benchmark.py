@@ -482,12 +482,13 @@ _COMPILED: Dict[tuple, Callable] = {}
 def provider_fn(info: OpInfo, provider: str, device, dtype):
     if provider == "lossext":
         return info.op
+    ref = info.bench_ref or info.ref
     if provider == "torch":
-        return info.ref
+        return ref
     if provider == "compile":
         key = (info.name, str(_dev(device)), dtype)
         if key not in _COMPILED:
-            _COMPILED[key] = torch.compile(info.ref, dynamic=False)
+            _COMPILED[key] = torch.compile(ref, dynamic=False)
         return _COMPILED[key]
     raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
 

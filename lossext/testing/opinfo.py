@@ -89,6 +89,12 @@ class OpInfo:
     # Which checks apply beyond the generic ones: element-wise losses (output 'none' has the
     # input's shape, a bad value at one element shows at that element only, weight broadcasts).
     elementwise: bool = False
+    # The eager/compile baseline of the benchmarks when it is not `ref` (e.g. the composite the
+    # peers run, where `ref` spells a formula out for float64 ground truth).
+    bench_ref: Optional[Callable] = None
+    # False: benchmarks/run.py leaves the op to its own script (issue-sized shapes), e.g.
+    # benchmarks/margin_softmax.py; the demo and tests still use the row.
+    bench_generic: bool = True
     # Tensors the op must read and write in each benchmark mode, as multiples of numel:
     # the memory-copy floor moves the same number of bytes.
     bench_bytes: Dict[str, int] = field(default_factory=lambda: {"forward": 2, "backward": 3, "full": 3})
@@ -627,6 +633,7 @@ OP_DB += [
         sample_inputs=_margin_ce_samples, edge_inputs=_margin_ce_edges, error_inputs=_margin_ce_errors,
         bench_input=_margin_ce_bench, raw_calls=_margin_ce_raw_calls, module_call=_margin_ce_module,
         jit_source=_margin_ce_jit, raw_error_inputs=_margin_ce_raw_errors, tol=_MARGIN_TOL,
+        bench_ref=R.margin_cross_entropy_composite, bench_generic=False,
         # forward reads N x C; backward reads it and writes the gradient
         bench_bytes={"forward": 1, "backward": 2, "full": 3},
     ),
@@ -639,5 +646,6 @@ OP_DB += [
         sample_inputs=_fused_samples, edge_inputs=_fused_edges, error_inputs=_fused_errors,
         bench_input=_fused_bench, raw_calls=_fused_raw_calls, module_call=_fused_module,
         jit_source=_fused_jit, raw_error_inputs=_fused_raw_errors, tol=_MARGIN_TOL,
+        bench_ref=R.fused_linear_margin_cross_entropy_composite, bench_generic=False,
     ),
 ]

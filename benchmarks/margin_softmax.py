@@ -1,0 +1,301 @@
+"""Benchmarks of the margin-softmax family (issue #3), against the composite the peers run.
+
+    python benchmarks/margin_softmax.py                  # CPU, float32, the issue's sizes
+    python benchmarks/margin_softmax.py --quick          # fewer repetitions, no 1M class run
+    python benchmarks/margin_softmax.py --device cuda    # GPU: N=4096, C=1M, bfloat16
+
+Rows (each: lossext, eager and torch.compile of the composite on the same inputs, timed
+interleaved with lossext.testing.benchmark.time_calls, plus the copy floor and peak memory):
+- margin_cross_entropy on cosine logits [N, C] (ArcFace, s = 64, m = 0.5), modes forward,
+  backward and full. Composite: lossext.reference.margin_cross_entropy_composite (margin on
+  the target logit, scale, torch.nn.functional.cross_entropy), as pytorch-metric-learning and
+  insightface compute it. Copy floor bytes: forward reads N C, backward reads N C and writes
+  N C, full 3 N C.
+- fused_linear_margin_cross_entropy from embeddings [N, D] and class weights [C, D], modes
+  forward and full (gradients to both). Composite: normalize, matmul, margin, cross_entropy
+  (lossext.reference.fused_linear_margin_cross_entropy_composite). "peak above grads" is the
+  peak extra memory minus the gradients the call returns ((N + C) D elements): the issue's
+  "memory above inputs, parameters and gradients". Copy floor: reading x and W (forward),
+  reading them twice and writing their gradients (full).
+- scaling: the fused op's full-mode peak above grads for C = 10k, 100k and 1M. The composite
+  is run only where its extrapolated peak (linear in C from the smaller runs) fits in 80 % of
+  the available memory; otherwise the row says how much it would need.
+
+Writes benchmarks/results_margin_<device>.csv and the "MARGIN <DEVICE>" section of
+benchmarks/RESULTS.md (benchmarks/run.py keeps that section when it rewrites the file).
+"""
+import argparse
+import math
+import os
+import re
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import lossext.functional as LF  # noqa: E402
+import lossext.reference as R  # noqa: E402
+from lossext.testing import benchmark as B  # noqa: E402
+
+MiB = B.MiB
+PROVIDERS = ("lossext", "torch", "compile")
+LABEL = {"lossext": "lossext", "torch": "eager", "compile": "compile"}
+
+# Issue #3 targets (full mode), checked on the rows below.
+TARGETS = {
+    "ce_vs_eager": 2.0,        # margin CE at least 2x faster than the eager composite
+    "ce_vs_compile": 1.2,      # and 1.2x faster than torch.compile of it
+    "fused_mem_frac": 0.10,    # fused: peak above grads at most 10 % of the composite's
+    "fused_time_frac": 1.1,    # fused: full-mode time at most 1.1x the composite's
+}
+
+_COMPILED = {}
+
+
+def _compiled(fn):
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
+def _fns(op):
+    lossext_fn, composite = {
+        "margin_cross_entropy": (LF.margin_cross_entropy, R.margin_cross_entropy_composite),
+        "fused_linear_margin_cross_entropy": (LF.fused_linear_margin_cross_entropy,
+                                              R.fused_linear_margin_cross_entropy_composite),
+    }[op]
+    return {"lossext": lossext_fn, "torch": composite, "compile": _compiled(composite)}
+
+
+def _case(fn, args, kwargs, grad_idx, mode):
+    """(setup, call) for time_calls / peak_memory: gradients w.r.t. args[i] for i in grad_idx."""
+    if mode == "forward":
+        def call(_):
+            with torch.no_grad():
+                return fn(*args, **kwargs)
+        return None, call
+    leaves = [a.detach().requires_grad_(True) for a in (args[i] for i in grad_idx)]
+
+    def with_leaves():
+        it = iter(leaves)
+        return [next(it) if i in grad_idx else a for i, a in enumerate(args)]
+
+    if mode == "full":
+        def call(_):
+            return torch.autograd.grad(fn(*with_leaves(), **kwargs), leaves)
+        return None, call
+
+    def setup():
+        return fn(*with_leaves(), **kwargs)
+
+    def call(loss):
+        return torch.autograd.grad(loss, leaves)
+    return setup, call
+
+
+def bench_row(op, case_name, args, kwargs, grad_idx, mode, floor_bytes, grad_bytes, device, dtype, config,
+              providers=PROVIDERS, log=print):
+    fns = _fns(op)
+    cases, errors = {}, {}
+    for p in providers:
+        cases[p] = _case(fns[p], args, kwargs, grad_idx, mode)
+    cases["floor"] = B._copy_case(floor_bytes, device, dtype)
+    timings = B.time_calls(cases, device, config)
+    row = {"op": op, "case": case_name, "mode": mode, "device": torch.device(device).type,
+           "dtype": str(dtype).replace("torch.", ""), "floor_bytes": floor_bytes}
+    for p in PROVIDERS:
+        t, peak = B.NAN_TIMING, math.nan
+        res = timings.get(p)
+        if isinstance(res, B.Timing):
+            t = res
+            try:
+                peak = B.peak_memory(cases[p][1], device, cases[p][0]) / MiB
+            except Exception as e:  # noqa: BLE001
+                errors[p] = e
+        elif res is not None:
+            errors[p] = res
+        row[f"{p}_ms"], row[f"{p}_p20"], row[f"{p}_p80"] = t.median, t.p20, t.p80
+        row[f"{p}_peak_mib"] = peak
+        row[f"{p}_peak_above_grads_mib"] = peak - grad_bytes / MiB if mode != "forward" else peak
+    ft = timings["floor"] if isinstance(timings["floor"], B.Timing) else B.NAN_TIMING
+    row["floor_ms"] = ft.median
+    row["speedup_vs_torch"] = B._ratio(row["torch_ms"], row["lossext_ms"])
+    row["speedup_vs_compile"] = B._ratio(row["compile_ms"], row["lossext_ms"])
+    row["lossext_over_floor"] = B._ratio(row["lossext_ms"], ft.median)
+    row["mem_frac_vs_torch"] = B._ratio(row["lossext_peak_above_grads_mib"], row["torch_peak_above_grads_mib"])
+    row["error"] = "; ".join(f"{p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                             for p, e in errors.items())
+    log(f"  {op} {case_name} {mode}: lossext {row['lossext_ms']:.1f} ms, eager {row['torch_ms']:.1f} ms, "
+        f"compile {row['compile_ms']:.1f} ms, floor {ft.median:.1f} ms; peak above grads MiB "
+        f"{row['lossext_peak_above_grads_mib']:.1f} / {row['torch_peak_above_grads_mib']:.1f} / "
+        f"{row['compile_peak_above_grads_mib']:.1f}" + (f"  [{row['error']}]" if row["error"] else ""))
+    return row
+
+
+def _available_bytes(device):
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return free
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(device, quick=False, log=print):
+    cuda = torch.device(device).type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    es = torch.empty((), dtype=dtype).element_size()
+    config = B.TimingConfig(warmup=1, min_reps=3 if quick else 7, min_time_s=0.0, max_reps=30, rounds=1)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+
+    # ---- margin_cross_entropy on cosines ----------------------------------------------
+    N, C = (4096, 1_000_000) if cuda else (1024, 100_000)
+    cos = (torch.rand(N, C, generator=gen) * 1.96 - 0.98).to(device, dtype)
+    target = torch.randint(0, C, (N,), generator=gen).to(device)
+    kw = dict(scale=64.0, m1=1.0, m2=0.5, m3=0.0)
+    for mode, k in (("forward", 1), ("backward", 2), ("full", 3)):
+        rows.append(bench_row("margin_cross_entropy", f"N={N} C={C}", (cos, target), kw, (0,), mode,
+                              k * N * C * es, N * C * es, device, dtype, config, log=log))
+    del cos
+
+    # ---- fused linear: the issue's size, then the class-count scaling -------------------
+    N, D = (4096, 512) if cuda else (1024, 512)
+    sizes = [1_000_000] if cuda else [100_000, 10_000] + ([] if quick else [1_000_000])
+    x = torch.randn(N, D, generator=gen).to(device, dtype)
+    composite_peak_per_class = None
+    for C in sizes:
+        w = (torch.randn(C, D, generator=gen) * 0.05).to(device, dtype)
+        t = torch.randint(0, C, (N,), generator=gen).to(device)
+        kw = dict(scale=64.0, m1=1.0, m2=0.5, m3=0.0)
+        grad_bytes = (N + C) * D * es
+        io = (N + C) * D * es
+        modes = (("forward", 1), ("full", 3)) if C == sizes[0] else (("full", 3),)
+        providers = PROVIDERS
+        skipped = ""
+        if composite_peak_per_class is not None:
+            need = composite_peak_per_class * C + 2 * io
+            if need > 0.8 * _available_bytes(device):
+                providers = ("lossext",)
+                skipped = (f"composite not run: extrapolated peak {need / 2**30:.1f} GiB > 80 % of the "
+                           f"{_available_bytes(device) / 2**30:.1f} GiB available")
+                log("  " + skipped)
+        for mode, k in modes:
+            cfg = config if C <= 100_000 else B.TimingConfig(warmup=1, min_reps=1, min_time_s=0.0, max_reps=1, rounds=1)
+            row = bench_row("fused_linear_margin_cross_entropy", f"N={N} D={D} C={C}", (x, w, t), kw, (0, 1), mode,
+                            k * io, grad_bytes, device, dtype, cfg, providers=providers, log=log)
+            row["C"] = C
+            if skipped:
+                row["error"] = skipped
+                row["torch_extrapolated_peak_above_grads_mib"] = composite_peak_per_class * C / MiB
+            if mode == "full" and "torch" in providers and not math.isnan(row["torch_peak_above_grads_mib"]):
+                per = row["torch_peak_above_grads_mib"] * MiB / C
+                composite_peak_per_class = max(composite_peak_per_class or 0.0, per)
+            rows.append(row)
+        del w
+    meta = B.machine_info(device)
+    for r in rows:
+        r.update(meta)
+        r["config"] = f"warmup={config.warmup} min_reps={config.min_reps} max_reps={config.max_reps}"
+    return rows
+
+
+# ---- report ------------------------------------------------------------------------------
+
+def _f(v, d=1):
+    return B._f(v, d)
+
+
+def render(rows, device, cmd):
+    r0 = rows[0]
+    title = "Margin softmax (issue #3), " + ("CUDA" if device == "cuda" else "CPU")
+    lines = [f"## {title}", "",
+             f"- Machine: {r0.get('gpu') or r0.get('cpu_model')}, nproc {r0.get('nproc')}, torch threads "
+             f"{r0.get('torch_threads')}; torch {r0.get('torch_version')}, lossext {r0.get('lossext_version')}",
+             f"- Run: {r0.get('date')}, `{cmd}`; timing {r0.get('config')}, cold cache (1 rep for C = 1M)",
+             "- Method: `benchmarks/margin_softmax.py` docstring; eager/compile run the composite of "
+             "`lossext/reference.py` (`*_composite`: margin, scale, `F.cross_entropy`).", "",
+             "| op | case | mode | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | "
+             "lossext / floor | peak MiB lossext / eager / compile | peak above grads MiB lossext / eager / compile |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        peak = " / ".join(_f(r.get(f"{p}_peak_mib")) for p in PROVIDERS)
+        above = " / ".join(_f(r.get(f"{p}_peak_above_grads_mib")) for p in PROVIDERS)
+        if r.get("torch_extrapolated_peak_above_grads_mib") not in (None, ""):
+            above += f" (eager extrapolated: {_f(r['torch_extrapolated_peak_above_grads_mib'], 0)})"
+        lines.append("| " + " | ".join([r["op"], r["case"], r["mode"], _f(r["lossext_ms"]), _f(r["torch_ms"]),
+                                        _f(r["compile_ms"]), B._x(r["speedup_vs_torch"]),
+                                        B._x(r["speedup_vs_compile"]), _f(r["floor_ms"]),
+                                        B._x(r["lossext_over_floor"]), peak, above]) + " |")
+    errs = [f"{r['op']} {r['case']} {r['mode']}: {r['error']}" for r in rows if r.get("error")]
+    if errs:
+        lines += ["", "Notes:", ""] + [f"- {e}" for e in errs]
+    lines += ["", f"### Targets ({title}, full mode)", ""]
+    mark = lambda ok: "met" if ok else "**NOT met**"  # noqa: E731
+    ce = next((r for r in rows if r["op"] == "margin_cross_entropy" and r["mode"] == "full"), None)
+    if ce:
+        a, b = ce["speedup_vs_torch"], ce["speedup_vs_compile"]
+        lines.append(f"- margin_cross_entropy {ce['case']}: {B._x(a)} faster than eager (target ≥"
+                     f"{TARGETS['ce_vs_eager']:g}×) — {mark(a >= TARGETS['ce_vs_eager'])}; {B._x(b)} faster than "
+                     f"torch.compile (target ≥{TARGETS['ce_vs_compile']:g}×) — {mark(b >= TARGETS['ce_vs_compile'])}")
+    fu = [r for r in rows if r["op"] == "fused_linear_margin_cross_entropy" and r["mode"] == "full"]
+    if fu:
+        r = fu[0]
+        frac = r["mem_frac_vs_torch"]
+        tfrac = B._ratio(r["lossext_ms"], r["torch_ms"])
+        tfrac_c = B._ratio(r["lossext_ms"], r["compile_ms"])
+        lines.append(f"- fused_linear_margin_cross_entropy {r['case']}: peak above grads "
+                     f"{_f(r['lossext_peak_above_grads_mib'])} MiB = {_f(100 * frac)} % of the eager composite's "
+                     f"{_f(r['torch_peak_above_grads_mib'])} MiB (target ≤{100 * TARGETS['fused_mem_frac']:g} %) — "
+                     f"{mark(frac <= TARGETS['fused_mem_frac'])}; time {_f(tfrac, 2)}× the eager composite's and "
+                     f"{_f(tfrac_c, 2)}× torch.compile's (target ≤{TARGETS['fused_time_frac']:g}×) — "
+                     f"{mark(tfrac <= TARGETS['fused_time_frac'])}")
+        lines.append("- Scaling (full mode, peak above grads, MiB): " + "; ".join(
+            f"C={r['C']}: lossext {_f(r['lossext_peak_above_grads_mib'])}, eager "
+            + (_f(r['torch_peak_above_grads_mib']) if not math.isnan(r['torch_peak_above_grads_mib'])
+               else f"not run (needs ~{_f(r.get('torch_extrapolated_peak_above_grads_mib'), 0)} extrapolated)")
+            for r in sorted(fu, key=lambda r: r["C"])))
+    return "\n".join(lines)
+
+
+def write_section(md_path, device, body):
+    name = f"MARGIN {device.upper()}"
+    begin = f"<!-- BEGIN {name} SECTION (generated by benchmarks/margin_softmax.py --device {device}) -->"
+    end = f"<!-- END {name} SECTION -->"
+    text = open(md_path).read() if os.path.exists(md_path) else "# lossext benchmark results\n"
+    block = f"{begin}\n{body}\n{end}"
+    pat = re.compile(re.escape(begin.split(" (")[0]) + r".*?" + re.escape(end), re.S)
+    text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    with open(md_path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out-dir", default=HERE)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU visible")
+    cmd = "python benchmarks/margin_softmax.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    t0 = time.perf_counter()
+    rows = run(args.device, args.quick)
+    print(f"measured in {time.perf_counter() - t0:.0f} s")
+    csv_path = os.path.join(args.out_dir, f"results_margin_{args.device}.csv")
+    B.write_csv(rows, csv_path)
+    body = render(rows, args.device, cmd.strip())
+    write_section(os.path.join(args.out_dir, "RESULTS.md"), args.device, body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Special tests of the margin-softmax family (the generic ones run over OP_DB): the papers'
+regions, numerics at the edges, the wrappers and Modules, the fused op against the unfused
+one, and its memory."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lossext.functional as LF
+import lossext.nn as LN
+import lossext.reference as R
+
+ARC = dict(m1=1.0, m2=0.5, m3=0.0)
+CONFIGS = {
+    "cosface": dict(m1=1.0, m2=0.0, m3=0.35),
+    "arcface": ARC,
+    "arcface-easy": dict(ARC, easy_margin=True),
+    "sphereface": dict(m1=4.0, m2=0.0, m3=0.0),
+    "sphereface-annealed": dict(m1=4.0, m2=0.0, m3=0.0, lambda_=5.0),
+    "combined": dict(m1=1.0, m2=0.3, m3=0.2),
+    "non-integer-m1": dict(m1=1.35, m2=0.2, m3=0.0),
+}
+
+
+def _cos(n, c, seed=0, lo=-0.98, hi=0.98, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, c, generator=g, dtype=torch.float64) * (hi - lo) + lo).to(dtype)
+
+
+def _target(n, c, seed=1):
+    return torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- the references agree with torch's own cross_entropy ---------------------------------
+
+@pytest.mark.parametrize("red", ["mean", "sum", "none"])
+def test_formula_reference_equals_torch_cross_entropy(red):
+    """reference.cross_entropy (written out, the ground truth) is F.cross_entropy's definition,
+    label smoothing + class weights + ignore_index together included (pytorch#69339)."""
+    logits = torch.randn(9, 7, dtype=torch.float64) * 5
+    t = _target(9, 7)
+    t[[2, 5]] = -100
+    w = torch.rand(7, dtype=torch.float64) + 0.1
+    for kw in [dict(), dict(weight=w), dict(label_smoothing=0.2), dict(weight=w, label_smoothing=0.2)]:
+        torch.testing.assert_close(R.cross_entropy(logits, t, reduction=red, **kw),
+                                   F.cross_entropy(logits, t, reduction=red, **kw))
+    for name, cfg in CONFIGS.items():
+        cos = _cos(9, 7)
+        torch.testing.assert_close(R.margin_cross_entropy(cos, t, reduction=red, weight=w, label_smoothing=0.1, **cfg),
+                                   R.margin_cross_entropy_composite(cos, t, reduction=red, weight=w,
+                                                                    label_smoothing=0.1, **cfg), msg=name)
+
+
+# ---- the papers' regions ------------------------------------------------------------------
+
+def _target_logit_via_op(c_t, cfg, device):
+    """The op's loss on 2 classes whose other cosine is 0: L = log(1 + exp(s (0 - f(c_t)))),
+    so f(c_t) = -log(exp(L) - 1) / s."""
+    n = c_t.numel()
+    cos = torch.zeros(n, 2, dtype=torch.float64, device=device)
+    cos[:, 0] = c_t.to(device)
+    loss = LF.margin_cross_entropy(cos, torch.zeros(n, dtype=torch.long, device=device), scale=1.0,
+                                   reduction="none", **cfg)
+    return -torch.log(torch.expm1(loss)).cpu()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_target_logit_formula_and_monotone(name, device):
+    """f(cos) equals the papers' formulas (ArcFace with insightface's rule past theta + m > pi,
+    A-Softmax's psi) and is non-increasing in theta, i.e. non-decreasing in cos (except
+    easy_margin, which by its definition drops at cos = 0)."""
+    cfg = CONFIGS[name]
+    c = torch.linspace(-1.0, 1.0, 2001, dtype=torch.float64)
+    f = _target_logit_via_op(c, cfg, device)
+    torch.testing.assert_close(f, R.target_margin(c, **cfg), atol=1e-9, rtol=1e-9)
+    if not cfg.get("easy_margin"):  # easy_margin jumps down at cos = 0 by definition (insightface's)
+        assert (f[1:] - f[:-1] >= -1e-12).all(), name
+
+
+def test_arcface_rules_by_hand():
+    m = 0.5
+    th, mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
+    c = torch.tensor([0.9, 0.1, th + 1e-9, th - 1e-9, -0.99, -0.3], dtype=torch.float64)
+    want = [math.cos(math.acos(v) + m) if v > th else v - mm for v in c.tolist()]
+    torch.testing.assert_close(_target_logit_via_op(c, ARC, "cpu"), torch.tensor(want, dtype=torch.float64))
+    want_easy = [math.cos(math.acos(v) + m) if v > 0 else v for v in c.tolist()]
+    torch.testing.assert_close(_target_logit_via_op(c, dict(ARC, easy_margin=True), "cpu"),
+                               torch.tensor(want_easy, dtype=torch.float64))
+
+
+def test_sphereface_psi_by_hand():
+    """A-Softmax, m = 4: psi(theta) = (-1)^k cos(4 theta) - 2k on [k pi / 4, (k + 1) pi / 4]."""
+    thetas = [0.1, 0.9, 1.7, 2.5, 3.0]
+    c = torch.tensor([math.cos(t) for t in thetas], dtype=torch.float64)
+    want = []
+    for t in thetas:
+        k = math.floor(4 * t / math.pi)
+        want.append((-1) ** k * math.cos(4 * t) - 2 * k)
+    torch.testing.assert_close(_target_logit_via_op(c, CONFIGS["sphereface"], "cpu"),
+                               torch.tensor(want, dtype=torch.float64))
+    lam = 5.0
+    want_annealed = [(lam * math.cos(t) + w) / (1 + lam) for t, w in zip(thetas, want)]
+    torch.testing.assert_close(_target_logit_via_op(c, CONFIGS["sphereface-annealed"], "cpu"),
+                               torch.tensor(want_annealed, dtype=torch.float64))
+
+
+# ---- numerics at the edges --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cos_exactly_plus_minus_one_is_finite(name, device, dtype):
+    """Targets at cos = +1 and -1 exactly (theta = 0 and pi), and other classes there too:
+    finite loss and finite gradients (torch's acos has an infinite slope there)."""
+    cos = _cos(6, 5, dtype=dtype)
+    cos[:, 4] = 1.0
+    cos[:, 3] = -1.0
+    t = torch.tensor([4, 3, 4, 3, 0, 1])
+    cos = cos.to(device).requires_grad_(True)
+    loss = LF.margin_cross_entropy(cos, t.to(device), reduction="sum", **CONFIGS[name])
+    (g,) = torch.autograd.grad(loss, cos)
+    assert torch.isfinite(loss) and torch.isfinite(g).all(), name
+
+
+def test_cosface_gradient_at_cos_one_is_exact():
+    cos = _cos(3, 4)
+    cos[:, 2] = 1.0
+    t = torch.tensor([2, 2, 2])
+    x = cos.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(LF.cosface_loss(x, t, reduction="sum"), x)
+    xr = cos.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(R.margin_cross_entropy(xr, t, 64.0, 1.0, 0.0, 0.35, reduction="sum"), xr)
+    torch.testing.assert_close(g, gr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_scale_64_does_not_overflow(device, dtype):
+    """fp16/bf16 cosines at s = 64 (logits up to 64, exp(64) overflows fp16): finite, close to
+    the float64 value; the same composite in fp16 overflows."""
+    cos = _cos(64, 1000, seed=3)
+    t = _target(64, 1000)
+    cos[torch.arange(64), t] = 0.9  # confident rows: the composite's softmax overflows in fp16
+    x = cos.to(device, dtype).requires_grad_(True)
+    loss = LF.arcface_loss(x, t.to(device), reduction="sum")
+    (g,) = torch.autograd.grad(loss, x)
+    truth = R.margin_cross_entropy(x.detach().double().cpu(), t, **ARC, reduction="sum")
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+    assert abs(loss.double().item() - truth.item()) <= 4 * torch.finfo(dtype).eps * abs(truth.item()) + 1e-2
+
+
+def test_ignored_rows_have_zero_loss_and_gradient(device):
+    cos = _cos(6, 5).to(device)
+    t = torch.tensor([0, -100, 2, -100, 4, 1], device=device)
+    w = torch.rand(5, dtype=torch.float64, device=device) + 0.5
+    x = cos.clone().requires_grad_(True)
+    loss = LF.arcface_loss(x, t, reduction="none", weight=w, label_smoothing=0.1)
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    assert (loss[[1, 3]] == 0).all() and (g[[1, 3]] == 0).all()
+    assert (loss[[0, 2, 4, 5]] > 0).all()
+    all_ignored = torch.full((6,), -100, device=device)
+    assert LF.arcface_loss(cos, all_ignored).isnan()          # mean over no rows, as torch
+    assert LF.arcface_loss(cos, all_ignored, reduction="sum") == 0
+
+
+def test_nan_and_inf_propagate(device):
+    cos = _cos(4, 6).to(device)
+    cos[1, 3] = float("nan")
+    cos[2, 0] = float("inf")
+    t = torch.tensor([0, 1, 2, 3], device=device)
+    x = cos.clone().requires_grad_(True)
+    loss = LF.arcface_loss(x, t, reduction="none")
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    assert loss[1].isnan() and loss[2].isnan() or loss[2].isinf()
+    assert torch.isfinite(loss[[0, 3]]).all() and torch.isfinite(g[[0, 3]]).all()
+    assert g[1].isnan().any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+def test_cuda_bad_label_gives_nan_not_a_crash():
+    """On CUDA a label outside [0, C) is never used as an index: that row's loss is NaN."""
+    cos = _cos(4, 5).cuda().requires_grad_(True)
+    t = torch.tensor([0, 7, 2, -3], device="cuda")
+    loss = LF.arcface_loss(cos, t, reduction="none")
+    assert loss[[1, 3]].isnan().all() and torch.isfinite(loss[[0, 2]]).all()
+    loss.sum().backward()
+    torch.cuda.synchronize()
+    assert cos.grad[[1, 3]].isnan().all()
+    x = torch.randn(4, 3, device="cuda")
+    w = torch.randn(5, 3, device="cuda")
+    assert LF.fused_linear_margin_cross_entropy(x, w, t).isnan()
+
+
+# ---- wrappers ---------------------------------------------------------------------------
+
+def test_wrappers_are_the_combined_margin():
+    cos, t = _cos(5, 8), _target(5, 8)
+    torch.testing.assert_close(LF.cosface_loss(cos, t, 30.0, 0.4), LF.margin_cross_entropy(cos, t, 30.0, m3=0.4))
+    torch.testing.assert_close(LF.arcface_loss(cos, t, 30.0, 0.3, easy_margin=True),
+                               LF.margin_cross_entropy(cos, t, 30.0, m2=0.3, easy_margin=True))
+    torch.testing.assert_close(LF.sphereface_loss(cos, t, 3, lambda_=2.0),
+                               LF.margin_cross_entropy(cos, t, 64.0, m1=3.0, lambda_=2.0))
+    norms = torch.rand(5, dtype=torch.float64) * 10
+    torch.testing.assert_close(LF.sphereface_loss(cos, t, 4, feature_norm=norms),
+                               R.margin_cross_entropy(cos, t, m1=4.0, feature_norm=norms))
+
+
+def test_class_weight_gradient():
+    """A class weight that requires grad gets the composite's gradient (torch refuses)."""
+    cos, t = _cos(6, 5), _target(6, 5)
+    w = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_(True)
+    (g,) = torch.autograd.grad(LF.arcface_loss(cos, t, weight=w, label_smoothing=0.1), w)
+    wr = w.detach().clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(R.margin_cross_entropy(cos, t, **ARC, weight=wr, label_smoothing=0.1), wr)
+    torch.testing.assert_close(g, gr)
+
+
+# ---- the fused op against the unfused one --------------------------------------------------
+
+@pytest.mark.parametrize("C,chunk", [(1, None), (5, 64), (37, 8), (37, 1), (1000, 96), (1000, None)])
+@pytest.mark.parametrize("name", ["cosface", "arcface", "sphereface"])
+def test_fused_equals_unfused(device, C, chunk, name):
+    """fused_linear_margin_cross_entropy == margin_cross_entropy(normalize(x) @ normalize(W).T):
+    values and both gradients, C not a multiple of the chunk, C < chunk and C = 1."""
+    g = torch.Generator().manual_seed(C)
+    x0 = torch.randn(13, 24, generator=g, dtype=torch.float64).to(device)
+    w0 = torch.randn(C, 24, generator=g, dtype=torch.float64).to(device)
+    t = torch.randint(0, C, (13,), generator=g).to(device)
+    t[3] = -100
+    cfg = CONFIGS[name]
+    out = []
+    for fused in (True, False):
+        x, w = x0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        if fused:
+            loss = LF.fused_linear_margin_cross_entropy(x, w, t, chunk_size=chunk, label_smoothing=0.05, **cfg)
+        else:
+            cos = F.normalize(x, dim=1) @ F.normalize(w, dim=1).t()
+            loss = LF.margin_cross_entropy(cos, t, label_smoothing=0.05, **cfg)
+        out.append((loss, *torch.autograd.grad(loss, (x, w))))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_fused_results_do_not_depend_much_on_chunk_size():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 16, generator=g)
+    w = torch.randn(3001, 16, generator=g)
+    t = torch.randint(0, 3001, (32,), generator=g)
+    base = LF.fused_linear_margin_cross_entropy(x, w, t, m2=0.5)
+    for chunk in (1, 7, 256, 5000):
+        torch.testing.assert_close(LF.fused_linear_margin_cross_entropy(x, w, t, m2=0.5, chunk_size=chunk), base,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linear_cross_entropy_is_plain_cross_entropy(device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 6, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    w = torch.randn(11, 6, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    b = torch.randn(11, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    t = torch.randint(0, 11, (9,), generator=g).to(device)
+    t[0] = -100
+    for kw in [dict(), dict(label_smoothing=0.1, reduction="sum")]:
+        ours = LF.fused_linear_cross_entropy(x, w, t, b, chunk_size=4, **kw)
+        theirs = F.cross_entropy(F.linear(x, w, b), t, **kw)
+        torch.testing.assert_close(ours, theirs)
+        for a, c in zip(torch.autograd.grad(ours, (x, w, b)), torch.autograd.grad(theirs, (x, w, b))):
+            torch.testing.assert_close(a, c)
+
+
+def test_fused_never_stores_the_logits():
+    """Peak extra memory of forward + backward stays far below one [N, C] float32 matrix
+    (what the composite holds several of), besides the gradients it returns."""
+    from lossext.testing.benchmark import peak_memory
+
+    g = torch.Generator().manual_seed(0)
+    N, D, C, chunk = 256, 32, 40_000, 512
+    x = torch.randn(N, D, generator=g).requires_grad_(True)
+    w = torch.randn(C, D, generator=g).requires_grad_(True)
+    t = torch.randint(0, C, (N,), generator=g)
+
+    def call(_):
+        return torch.autograd.grad(LF.fused_linear_margin_cross_entropy(x, w, t, m2=0.5, chunk_size=chunk), (x, w))
+
+    grads = (N + C) * D * 4
+    logits = N * C * 4
+    extra = peak_memory(call, "cpu") - grads
+    assert extra < logits / 8, (extra, logits)
+    # O(N chunk + N D + C): chunk buffer, dX scratch and accumulator, norms and row stats
+    assert extra <= 4 * (N * chunk + 3 * N * D + 2 * C + 8 * N) + (1 << 20), extra
+
+
+# ---- Modules ----------------------------------------------------------------------------
+
+def test_modules_own_their_weights():
+    torch.manual_seed(0)
+    for mod in [LN.CosFaceLoss(16, 10), LN.ArcFaceLoss(16, 10), LN.SphereFaceLoss(16, 10),
+                LN.CombinedMarginLoss(16, 10, 1.0, 0.3, 0.2, 30.0)]:
+        assert [n for n, _ in mod.named_parameters()] == ["weight"]
+        assert mod.weight.shape == (10, 16)
+        bound = 1 / math.sqrt(16)  # nn.Linear's init
+        assert mod.weight.abs().max() <= bound
+        x = torch.randn(5, 16)
+        t = torch.randint(0, 10, (5,))
+        torch.testing.assert_close(mod.logits(x), F.normalize(x) @ F.normalize(mod.weight).t())
+        loss = mod(x, t)
+        loss.backward()
+        assert mod.weight.grad is not None and mod.weight.grad.abs().sum() > 0
+
+
+def test_modules_fused_and_unfused_agree():
+    torch.manual_seed(0)
+    a = LN.ArcFaceLoss(16, 50, chunk_size=7)
+    b = LN.ArcFaceLoss(16, 50, fused=False)
+    b.load_state_dict(a.state_dict())
+    x, t = torch.randn(8, 16), torch.randint(0, 50, (8,))
+    torch.testing.assert_close(a(x, t), b(x, t), rtol=1e-5, atol=1e-5)
+
+
+def test_sphereface_lambda_schedule():
+    """lambda = max(lambda_min, base (1 + gamma it)^-power), stepped once per training call."""
+    m = LN.SphereFaceLoss(8, 6)
+    x, t = torch.randn(4, 8), torch.randint(0, 6, (4,))
+    lams = []
+    for _ in range(3):
+        lams.append(m.current_lambda())
+        m(x, t)
+    assert lams == [1000.0, 1000.0 / 1.12, 1000.0 / 1.24]
+    m.eval()
+    m(x, t)
+    assert m.iteration == 3  # eval does not step
+    m.iteration = 10 ** 6
+    assert m.current_lambda() == 5.0
+    m2 = LN.SphereFaceLoss(8, 6)
+    m2.load_state_dict(m.state_dict())
+    assert m2.iteration == 10 ** 6
+    # the loss uses the annealed target: lambda = 1000 is nearly plain softmax
+    m3 = LN.SphereFaceLoss(8, 6)
+    expect = LF.fused_linear_margin_cross_entropy(x, m3.weight, t, 64.0, 4.0, lambda_=1000.0)
+    torch.testing.assert_close(m3(x, t), expect)
+    # the original |x| cos logits
+    m4 = LN.SphereFaceLoss(8, 6, feature_norm=True)
+    cos = F.normalize(x) @ F.normalize(m4.weight).t()
+    torch.testing.assert_close(m4(x, t), R.margin_cross_entropy(cos, t, m1=4.0, lambda_=1000.0,
+                                                                feature_norm=x.norm(dim=1)))
+
+
+def test_margin_cross_entropy_module_and_bad_hyperparameters():
+    cos, t = _cos(4, 6).float(), _target(4, 6)
+    torch.testing.assert_close(LN.MarginCrossEntropyLoss(m2=0.5)(cos, t), LF.arcface_loss(cos, t))
+    with pytest.raises(ValueError, match="m2 must be in"):
+        LN.ArcFaceLoss(8, 4, margin=4.0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        LN.CosFaceLoss(8, 4, label_smoothing=2.0)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        LN.CombinedMarginLoss(0, 4)
