@@ -57,6 +57,7 @@ wheel-test: wheel
 
 bench: build
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/margin_softmax.py
 
 gpu-check: build
 	bash benchmarks/gpu_check.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for a lent H200 (torch 2.11 + CUDA 13, Python 3.12 there): the test suite with CUDA
 # visible, then the CUDA benchmarks, which rewrite the CUDA section of benchmarks/RESULTS.md
-# and benchmarks/results_cuda.csv. Finishes in under 8 minutes (hard timeouts below).
+# and benchmarks/results_cuda.csv, then benchmarks/margin_softmax.py --device cuda (its own
+# section and results_margin_cuda.csv). Finishes in under 8 minutes (hard timeouts below).
 #
 # Through the device tool, from the repo root (the extension is git-ignored, so carry it;
 # it must have been built with CUDA, see `python -m lossext`):
@@ -62,7 +63,8 @@ timeout --kill-after=10 "$TEST_S" "$PY" -m pytest -x -q tests 2>&1 | tee "$LOG_D
 test_rc=${PIPESTATUS[0]}
 echo "tests: exit $test_rc after $(elapsed) s"
 
-left=$(( BUDGET - $(elapsed) ))
+MARGIN_S=150  # kept for the margin-softmax benchmarks at the end
+left=$(( BUDGET - MARGIN_S - $(elapsed) ))
 quick=""
 if [ "$left" -lt 180 ]; then quick="--quick"; fi
 if [ "$left" -lt 60 ]; then left=60; fi
@@ -70,6 +72,14 @@ echo "== benchmarks (at most ${left} s) ${quick}"
 timeout --kill-after=10 "$left" "$PY" benchmarks/run.py --device cuda $quick 2>&1 | tee "$LOG_DIR/bench.log"
 bench_rc=${PIPESTATUS[0]}
 echo "benchmarks: exit $bench_rc after $(elapsed) s"
+
+left=$(( BUDGET - $(elapsed) ))
+if [ "$left" -ge 60 ]; then
+  echo "== margin-softmax benchmarks (N=4096, C=1M, bf16; at most ${left} s)"
+  timeout --kill-after=10 "$left" "$PY" benchmarks/margin_softmax.py --device cuda 2>&1 | tee "$LOG_DIR/bench_margin.log"
+  echo "margin benchmarks: exit ${PIPESTATUS[0]} after $(elapsed) s"
+  [ -f benchmarks/results_margin_cuda.csv ] && cp benchmarks/results_margin_cuda.csv "$LOG_DIR/"
+fi
 
 for f in benchmarks/RESULTS.md benchmarks/results_cuda.csv; do
   [ -f "$f" ] && cp "$f" "$LOG_DIR/"

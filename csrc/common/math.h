@@ -67,16 +67,14 @@ LOSSEXT_HD float fast_logf(float x) {
   return (x != x) ? x : r;
 }
 
-// exp; overflows to inf, underflows through subnormals to 0, NaN -> NaN.
-LOSSEXT_HD float fast_expf(float x) {
-  float xc = x > 89.0f ? 89.0f : x;
-  xc = xc < -104.0f ? -104.0f : xc;
-  // n = round(x / ln 2) by the 1.5 * 2^23 trick: branch-free, so the loop stays vectorizable.
-  float nf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  nf = (x != x) ? 0.0f : nf;  // NaN never reaches the int conversion (fixed up at the end)
-  const int32_t n = static_cast<int32_t>(nf);
-  float r = xc - nf * 0.693359375f;
+// exp(x) = 2^n exp(r): n = round(x / ln 2) (by the 1.5 * 2^23 trick, branch-free) and
+// exp(r) for |r| <= ln(2) / 2 by the Cephes polynomial.
+LOSSEXT_HD void exp_reduce(float x, float& nf, float& r) {
+  nf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  r = x - nf * 0.693359375f;
   r = r - nf * -2.12194440e-4f;
+}
+LOSSEXT_HD float exp_poly(float r) {
   const float z = r * r;
   float y = 1.9875691500e-4f;
   y = y * r + 1.3981999507e-3f;
@@ -85,6 +83,18 @@ LOSSEXT_HD float fast_expf(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
+  return y;
+}
+
+// exp; overflows to inf, underflows through subnormals to 0, NaN -> NaN.
+LOSSEXT_HD float fast_expf(float x) {
+  float xc = x > 89.0f ? 89.0f : x;
+  xc = xc < -104.0f ? -104.0f : xc;
+  float nf, r;
+  exp_reduce(xc, nf, r);
+  nf = (x != x) ? 0.0f : nf;  // NaN never reaches the int conversion (fixed up at the end)
+  const int32_t n = static_cast<int32_t>(nf);
+  const float y = exp_poly(r);
   // 2^n in two factors so that subnormal results and overflow to inf both come out right.
   const int32_t n1 = n / 2;
   const int32_t n2 = n - n1;
@@ -117,17 +127,9 @@ LOSSEXT_HD float fast_log1pf_nonneg(float u) {
 LOSSEXT_HD float fast_expf_softmax(float x) {
   float xc = x > 88.0f ? 88.0f : x;
   xc = xc < -87.0f ? -87.0f : xc;  // NaN compares false both times and stays NaN
-  const float nf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - nf * 0.693359375f;
-  r = r - nf * -2.12194440e-4f;
-  const float z = r * r;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
+  float nf, r;
+  exp_reduce(xc, nf, r);
+  const float y = exp_poly(r);
   const int32_t n = static_cast<int32_t>(nf == nf ? nf : 0.0f);
   return y * as_float(static_cast<uint32_t>(n + 127) << 23);
 }
