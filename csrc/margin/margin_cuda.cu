@@ -15,7 +15,7 @@
 // - Bad labels: targets are not validated here (that would need a host sync). A row whose target
 //   is neither ignore_index nor in [0, C) never indexes with it: its loss and lse are NaN (so a
 //   reduced loss is NaN), its G_i is NaN and its gradient row (and grad row_scale) is NaN; with
-//   'mean' the divisor is NaN, so every G_i is NaN. In the fused op the NaN row also reaches
+//   'mean' the divisor is NaN, so every non-ignored G_i is NaN. In the fused op the NaN row also reaches
 //   grad_weight and grad_bias (sums over rows).
 #include <cuda_runtime.h>
 
@@ -332,11 +332,11 @@ __global__ void __launch_bounds__(kFinal)
   if (threadIdx.x == 0) out[0] = s;
 }
 
-// G_i = dReduced/dloss_i * w_y (0 if ignored, NaN if the target is bad).
+// G_i = dReduced/dloss_i (0 if ignored, NaN if the target is bad); w_y is in the row's math.
 template <class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     row_grad_scale_kernel(const scalar_t* __restrict__ go, const int64_t* __restrict__ tg,
-                          const scalar_t* __restrict__ w, int64_t N, int64_t C, int64_t ignore, bool none,
+                          const scalar_t* __restrict__ /*w*/, int64_t N, int64_t C, int64_t ignore, bool none,
                           const double* __restrict__ div_p, acc_t<scalar_t>* __restrict__ G) {
   using A = acc_t<scalar_t>;
   const double div = div_p ? *div_p : 1.0;
@@ -349,7 +349,7 @@ __global__ void __launch_bounds__(kRowThreads)
       G[i] = nan_v<A>();
     } else {
       const double gi = none ? double(static_cast<A>(go[i])) : double(static_cast<A>(go[0])) / div;
-      G[i] = static_cast<A>(gi * (w ? double(w[t]) : 1.0));
+      G[i] = static_cast<A>(gi);
     }
   }
 }
