@@ -494,7 +494,7 @@ struct MarginCpu {
 template <>
 struct ChunkMatmuls<MarginCpu> {
   static constexpr int64_t kCols = 512;
-  static constexpr int64_t kRows = 64;
+  static constexpr int64_t kRows = 256;
 
   template <class F>
   static void tasks(int64_t n, const F& f) {
