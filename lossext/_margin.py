@@ -66,12 +66,12 @@ def _class_weight_grad(grad, cos, target, weight, row_scale, params):
 
 # ---- margin_cross_entropy ---------------------------------------------------------------
 
-def _ce_setup(ctx, inputs, output):
-    cos, target, weight, row_scale, *params = inputs
-    ctx.params = params
-    ctx.mark_non_differentiable(output[1])
+def _setup(ctx, inputs, output):
+    """Both forwards: four tensor inputs, then the parameters; output = (loss, lse)."""
+    ctx.params = inputs[4:]
+    ctx.mark_non_differentiable(output[1])  # lse: an auxiliary output
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(cos, target, weight, row_scale, output[1])
+    ctx.save_for_backward(*inputs[:4], output[1])
 
 
 def _ce_backward(ctx, grad, _grad_lse):
@@ -89,18 +89,10 @@ def _ce_backward(ctx, grad, _grad_lse):
     return (g_cos if need[0] else None, None, g_w, g_rs if need[3] else None) + (None,) * n_params
 
 
-torch.library.register_autograd("lossext::margin_cross_entropy", _ce_backward, setup_context=_ce_setup)
+torch.library.register_autograd("lossext::margin_cross_entropy", _ce_backward, setup_context=_setup)
 
 
 # ---- fused_linear_margin_cross_entropy ----------------------------------------------------
-
-def _fused_setup(ctx, inputs, output):
-    x, w, target, bias, *params = inputs
-    ctx.params = params
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, w, target, bias, output[1])
-
 
 def _fused_backward(ctx, grad, _grad_lse):
     x, w, target, bias, lse = ctx.saved_tensors
@@ -115,7 +107,7 @@ def _fused_backward(ctx, grad, _grad_lse):
 
 
 torch.library.register_autograd("lossext::fused_linear_margin_cross_entropy", _fused_backward,
-                                setup_context=_fused_setup)
+                                setup_context=_setup)
 
 
 def _no_double_backward(name):

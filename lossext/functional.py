@@ -1,8 +1,10 @@
 """Functional losses. Each is a fused lossext op (forward and backward) on CPU and CUDA.
 
 Conventions, as in torch.nn.functional:
-- reduction: 'none' | 'mean' | 'sum'. With a weight, 'mean' divides the weighted sum by the
-  number of elements (as binary_cross_entropy does), not by the sum of the weights.
+- reduction: 'none' | 'mean' | 'sum'. Element-wise losses with a per-element weight: 'mean'
+  divides the weighted sum by the number of elements (as binary_cross_entropy does). The
+  margin-softmax losses follow cross_entropy: 'mean' divides by the summed class weights of
+  the rows not ignored.
 - empty inputs: 'mean' gives NaN, 'sum' gives 0, 'none' an empty tensor.
 - float16/bfloat16 compute in float32 and return the input dtype.
 - NaN and inf in the inputs propagate to the loss and the gradients.
@@ -86,7 +88,8 @@ def margin_cross_entropy(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
     :math:`s\cos`. (1, 0, m) is CosFace, (1, m, 0) ArcFace, integer m1 SphereFace.
 
     - ArcFace (m1 = 1, m2 > 0): where cos <= cos(pi - m2) the target uses cos - sin(pi - m2) m2
-      (insightface's rule); ``easy_margin=True`` uses cos(theta + m2) only where cos > 0.
+      (insightface's rule); ``easy_margin=True`` uses cos(theta + m2) only where cos > 0 (and
+      plain cos elsewhere: not monotone at cos = 0, by its definition).
     - m1 != 1: A-Softmax's psi = (-1)^k cos(m1 theta + m2) - 2k, k = floor((m1 theta + m2) / pi).
     - ``lambda_`` anneals SphereFace; ``feature_norm`` [N] replaces ``scale`` per row (SphereFace
       scales by the feature norm; it takes a gradient).

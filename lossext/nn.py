@@ -56,6 +56,17 @@ class AdaptiveWingLoss(nn.Module):
 __all__ += ["MarginCrossEntropyLoss", "CombinedMarginLoss", "CosFaceLoss", "ArcFaceLoss", "SphereFaceLoss"]
 
 
+def _set_margin_hypers(mod, scale, m1, m2, m3, lambda_, label_smoothing, ignore_index, reduction, easy_margin):
+    """Checks and stores the hyper-parameters shared by the margin-softmax Modules."""
+    n = type(mod).__name__
+    mod.scale, mod.m1, mod.m2, mod.m3, mod.lambda_ = V.check_margins(n, scale, m1, m2, m3, lambda_)
+    mod.label_smoothing = V.check_range(n, "label_smoothing", label_smoothing, 0.0, 1.0)
+    mod.ignore_index = V.check_int(n, "ignore_index", ignore_index)
+    V.reduction_enum(n, reduction)
+    mod.reduction = reduction
+    mod.easy_margin = bool(easy_margin)
+
+
 class MarginCrossEntropyLoss(nn.Module):
     """Margin cross-entropy on cosine logits [N, C], as nn.CrossEntropyLoss is on logits.
     See :func:`lossext.functional.margin_cross_entropy`. ``weight`` [C] is a buffer."""
@@ -63,13 +74,7 @@ class MarginCrossEntropyLoss(nn.Module):
     def __init__(self, scale=64.0, m1=1.0, m2=0.0, m3=0.0, label_smoothing=0.0, weight=None,
                  ignore_index=-100, reduction="mean", easy_margin=False, lambda_=0.0):
         super().__init__()
-        n = type(self).__name__
-        self.scale, self.m1, self.m2, self.m3, self.lambda_ = V.check_margins(n, scale, m1, m2, m3, lambda_)
-        self.label_smoothing = V.check_range(n, "label_smoothing", label_smoothing, 0.0, 1.0)
-        self.ignore_index = V.check_int(n, "ignore_index", ignore_index)
-        V.reduction_enum(n, reduction)
-        self.reduction = reduction
-        self.easy_margin = bool(easy_margin)
+        _set_margin_hypers(self, scale, m1, m2, m3, lambda_, label_smoothing, ignore_index, reduction, easy_margin)
         self.register_buffer("weight", weight)
 
     def forward(self, cos_logits, target, feature_norm=None):
@@ -99,12 +104,7 @@ class CombinedMarginLoss(nn.Module):
         self.num_classes = V.check_int(n, "num_classes", num_classes)
         if self.embedding_dim <= 0 or self.num_classes <= 0:
             raise ValueError(f"{n}: embedding_dim and num_classes must be > 0, got {embedding_dim}, {num_classes}")
-        self.scale, self.m1, self.m2, self.m3, self.lambda_ = V.check_margins(n, scale, m1, m2, m3, lambda_)
-        self.label_smoothing = V.check_range(n, "label_smoothing", label_smoothing, 0.0, 1.0)
-        self.ignore_index = V.check_int(n, "ignore_index", ignore_index)
-        V.reduction_enum(n, reduction)
-        self.reduction = reduction
-        self.easy_margin = bool(easy_margin)
+        _set_margin_hypers(self, scale, m1, m2, m3, lambda_, label_smoothing, ignore_index, reduction, easy_margin)
         self.chunk_size = chunk_size
         self.fused = bool(fused)
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim))
@@ -157,7 +157,8 @@ class SphereFaceLoss(CombinedMarginLoss):
     ``feature_norm=False`` (default): normalized embeddings, logits ``scale * cos``, fused kernel.
     ``feature_norm=True``: the original's |x| cos logits (gradient through |x|), computed from
     ``self.logits`` and :func:`margin_cross_entropy` (not fused). The iteration count is saved
-    in the state dict."""
+    in the state dict. Under torch.compile the changing lambda is a new constant each step
+    (a recompile); compile the backbone and call the loss eagerly, or anneal to lambda_min first."""
 
     def __init__(self, embedding_dim, num_classes, margin=4, scale=64.0, base=1000.0, gamma=0.12, power=1.0,
                  lambda_min=5.0, feature_norm=False, **kw):
