@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include <torch/csrc/stable/library.h>
 
@@ -42,8 +43,12 @@ constexpr int kFinal = cuda_detail::kFinalThreads;
 constexpr int64_t kMaxGrid = 65535;    // grid-stride beyond this
 constexpr int64_t kBiasSeg = 256;      // rows per partial of the grad_bias column sums
 
+// Data pointers; an absent tensor (nullopt or nullptr) gives nullptr, a present one + off elements.
 template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
-template <class T> T* ptr(const std::optional<Tensor>& t) { return t ? static_cast<T*>(t->data_ptr()) : nullptr; }
+template <class T> T* ptr(const Tensor* t) { return t ? ptr<T>(*t) : nullptr; }
+template <class T> T* ptr(const std::optional<Tensor>& t, int64_t off = 0) {
+  return t ? ptr<T>(*t) + off : nullptr;
+}
 
 // Threads per row block: whole warps, about one class per thread for short rows.
 inline int row_threads(int64_t n) {
@@ -572,20 +577,56 @@ std::optional<Tensor> weight_sum(const scalar_t* w, int64_t C, const Tensor& lik
   return out;
 }
 
+// ---- host launch helpers -------------------------------------------------------------------
+
+// Calls f(scalar_t{}, stream) for dtype st (an unsupported one throws, naming op), with where's
+// device current (the guard lives until f returns) and stream that device's current stream.
+template <class F>
+void on_device(const Tensor& where, ScalarType st, const char* op, F&& f) {
+  const int32_t dev = where.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  cudaStream_t stream = current_stream(dev);
+  dispatch_floating(st, op, [&](auto tag) { f(tag, stream); });
+}
+
+// The same in t's own dtype.
+template <class F>
+void on_device(const Tensor& t, const char* op, F&& f) {
+  on_device(t, t.scalar_type(), op, std::forward<F>(f));
+}
+
+// margin_cross_entropy in cos's dtype on cos's device: calls f(scalar_t{}, stream, w) with w the
+// class weights (nullptr when absent). Nothing for no rows.
+template <class F>
+void on_ce(const CeProblem& p, const char* op, F&& f) {
+  if (p.spec.N == 0) return;
+  on_device(p.cos, op, [&](auto tag, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
+    f(tag, stream, ptr<const scalar_t>(p.weight));
+  });
+}
+
+// A fused chunk (columns [c0, c0 + k)) in x's dtype on x's device: calls f(scalar_t{}, stream, rw,
+// bias) with rw and bias the chunk's slices of inv_norm_w and bias (nullptr when absent). Nothing
+// for no rows or no columns.
+template <class F>
+void on_chunk(const FusedProblem& p, int64_t k, int64_t c0, const char* op, F&& f) {
+  if (p.spec.N == 0 || k == 0) return;
+  on_device(p.x, op, [&](auto tag, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
+    f(tag, stream, ptr<const acc_t<scalar_t>>(p.inv_norm_w, c0), ptr<const scalar_t>(p.bias, c0));
+  });
+}
+
 }  // namespace
 
 struct MarginCuda {
   // ---- margin_cross_entropy --------------------------------------------------------------
   static void ce_forward(const CeProblem& p, RowStats& st) {
     const LossSpec& s = p.spec;
-    if (s.N == 0) return;
-    const int32_t dev = p.cos.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(p.cos.scalar_type(), "lossext::margin_cross_entropy", [&](auto tag) {
+    on_ce(p, "lossext::margin_cross_entropy", [&](auto tag, cudaStream_t stream, auto w) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
-      const scalar_t* w = ptr<const scalar_t>(p.weight);
       with_bool(w != nullptr, [&](auto kW) {
         with_bool(s.smoothing > 0.0, [&](auto kSum) {
           ce_forward_kernel<kW.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
@@ -600,16 +641,11 @@ struct MarginCuda {
 
   static void ce_backward(const CeProblem& p, const Tensor& G, Tensor& grad, Tensor* grad_rs) {
     const LossSpec& s = p.spec;
-    if (s.N == 0) return;
-    const int32_t dev = p.cos.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(p.cos.scalar_type(), "lossext::margin_cross_entropy_backward", [&](auto tag) {
+    on_ce(p, "lossext::margin_cross_entropy_backward", [&](auto tag, cudaStream_t stream, auto w) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
-      const scalar_t* w = ptr<const scalar_t>(p.weight);
       const std::optional<Tensor> wsum = weight_sum(w, s.C, p.cos, stream);
-      scalar_t* out_rs = grad_rs ? ptr<scalar_t>(*grad_rs) : nullptr;
+      scalar_t* out_rs = ptr<scalar_t>(grad_rs);
       with_bool(w != nullptr, [&](auto kW) {
         with_bool(out_rs != nullptr, [&](auto kRS) {
           ce_backward_kernel<kW.value, kRS.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
@@ -626,12 +662,9 @@ struct MarginCuda {
   // ---- shared -------------------------------------------------------------------------------
   static void finalize(const LossSpec& s, const RowStats& st, const Tensor& target, const Tensor* class_weight,
                        Tensor& loss, Tensor& lse_out) {
-    const int32_t dev = loss.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(loss.scalar_type(), "lossext::margin finalize", [&](auto tag) {
+    on_device(loss, "lossext::margin finalize", [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
-      const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
+      const scalar_t* w = ptr<const scalar_t>(class_weight);
       const bool reduce = s.reduction != Reduction::None;
       const int blocks = static_cast<int>(
           std::max<int64_t>(1, std::min<int64_t>(cuda_detail::kMaxBlocks, (s.N + kRowThreads - 1) / kRowThreads)));
@@ -664,13 +697,10 @@ struct MarginCuda {
   static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
                              const Tensor* class_weight, Tensor& G) {
     if (s.N == 0) return;
-    const int32_t dev = G.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(grad_output.scalar_type(), "lossext::margin backward", [&](auto tag) {
+    on_device(G, grad_output.scalar_type(), "lossext::margin backward", [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
-      const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
+      const scalar_t* w = ptr<const scalar_t>(class_weight);
       const int64_t* tg = ptr<const int64_t>(target);
       std::optional<Tensor> div;
       if (s.reduction == Reduction::Mean) {
@@ -688,10 +718,7 @@ struct MarginCuda {
   static void inv_norms(const Tensor& v, Tensor& out) {
     const int64_t R = v.size(0), D = v.size(1);
     if (R == 0) return;
-    const int32_t dev = v.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(v.scalar_type(), "lossext::margin inv_norms", [&](auto tag) {
+    on_device(v, "lossext::margin inv_norms", [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       inv_norms_kernel<scalar_t><<<row_grid(R), row_threads(D), 0, stream>>>(ptr<const scalar_t>(v), R, D,
@@ -704,15 +731,10 @@ struct MarginCuda {
   static void fused_forward_chunk(const FusedProblem& p, const Tensor& P, int64_t c0, RowStats& st) {
     const LossSpec& s = p.spec;
     const int64_t k = P.size(1);
-    if (s.N == 0 || k == 0) return;
-    const int32_t dev = p.x.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy", [&](auto tag) {
+    on_chunk(p, k, c0, "lossext::fused_linear_margin_cross_entropy",
+             [&](auto tag, cudaStream_t stream, auto rw, auto bias) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
-      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
-      const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
       with_bool(rw != nullptr, [&](auto kNorm) {
         with_bool(s.smoothing > 0.0, [&](auto kSum) {
           fused_forward_kernel<kNorm.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
@@ -729,15 +751,10 @@ struct MarginCuda {
                                    Tensor* grad_bias) {
     const LossSpec& s = p.spec;
     const int64_t k = P.size(1);
-    if (s.N == 0 || k == 0) return;
-    const int32_t dev = p.x.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy_backward", [&](auto tag) {
+    on_chunk(p, k, c0, "lossext::fused_linear_margin_cross_entropy_backward",
+             [&](auto tag, cudaStream_t stream, auto rw, auto bias) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
-      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
-      const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
       const A keep = A(s.keep()), spread = A(s.spread());
       const A a = keep + spread * A(s.C);
       scalar_t* Pp = ptr<scalar_t>(P);
@@ -767,18 +784,14 @@ struct MarginCuda {
   static void project_rows(const Tensor& g, const Tensor& v, const Tensor* inv_norm, Tensor& out) {
     const int64_t R = g.size(0), D = g.size(1);
     if (R == 0 || D == 0) return;
-    const int32_t dev = out.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(out.scalar_type(), "lossext::margin project_rows", [&](auto tag) {
+    on_device(out, "lossext::margin project_rows", [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       auto run = [&](auto gtag) {
         using gscalar_t = decltype(gtag);
         with_bool(inv_norm != nullptr, [&](auto kNorm) {
           project_rows_kernel<kNorm.value, gscalar_t, scalar_t><<<row_grid(R), row_threads(D), 0, stream>>>(
-              ptr<const gscalar_t>(g), ptr<const scalar_t>(v), inv_norm ? ptr<const A>(*inv_norm) : nullptr,
-              ptr<scalar_t>(out), R, D);
+              ptr<const gscalar_t>(g), ptr<const scalar_t>(v), ptr<const A>(inv_norm), ptr<scalar_t>(out), R, D);
           check_launch("lossext::margin project_rows kernel");
         });
       };
@@ -789,10 +802,7 @@ struct MarginCuda {
   static void add_into(Tensor& acc, const Tensor& t) {
     const int64_t n = t.numel();
     if (n == 0) return;
-    const int32_t dev = t.get_device_index();
-    torch::stable::accelerator::DeviceGuard guard(dev);
-    cudaStream_t stream = current_stream(dev);
-    dispatch_floating(t.scalar_type(), "lossext::margin add_into", [&](auto tag) {
+    on_device(t, "lossext::margin add_into", [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       add_into_kernel<scalar_t><<<flat_grid(n, cuda_detail::kThreads), cuda_detail::kThreads, 0, stream>>>(
