@@ -101,14 +101,6 @@ inline void around(int64_t n, int64_t skip, const F& f) {
   f(skip + 1, n);
 }
 
-// Adds the target's z_y into (m, s).
-inline void online_add(double z, double& m, double& s) {
-  const double m_new = std::max(m, z);
-  s = (s == 0.0 ? 0.0 : s * std::exp(m - m_new)) + std::exp(z - m_new);
-  m = (z != z) ? z : m_new;
-  if (z != z) s = z;
-}
-
 template <class F>
 void parallel_rows(int64_t n, int64_t cols, const F& f) {
   torch::stable::parallel_for(0, n, row_grain(cols), [&](int64_t b, int64_t e) {
@@ -216,7 +208,7 @@ struct MarginCpu {
               });
               double f, df;
               tm.apply(double(row[t]), f, df);
-              const double d_t = double(a) * std::exp(double(r) * f - lse[i]) - double(keep * w_t) - double(spread * w_t);
+              const double d_t = target_dlogit(a, keep, spread, w_t, double(r) * f, lse[i]);
               o[t] = static_cast<scalar_t>(double(gr) * d_t * df);
               if constexpr (kRS.value) out_rs[i] = static_cast<scalar_t>(double(g[i]) * (dr + d_t * f));
             }
@@ -231,7 +223,6 @@ struct MarginCpu {
                        Tensor& loss, Tensor& lse_out) {
     dispatch_floating(loss.scalar_type(), "lossext::margin finalize", [&](auto tag) {
       using scalar_t = decltype(tag);
-      using A = acc_t<scalar_t>;
       const int64_t* tg = ptr<const int64_t>(target);
       const scalar_t* w = class_weight ? ptr<const scalar_t>(*class_weight) : nullptr;
       const double* lse = ptr<const double>(st.lse);
@@ -346,10 +337,8 @@ struct MarginCpu {
           double m = smax[i], sum = ssum[i], sz = 0.0;
           double z_t = 0.0;
           if (here) {  // the target's cosine (or logit) and margin in float64
-            const double c_t = rw ? double(row[t]) * double(rx[i]) * double(rw[t])
-                                  : double(row[t]) + (bias ? double(bias[t]) : 0.0);
             double f, df;
-            tm.apply(c_t, f, df);
+            tm.apply(fused_target_cos(row, t, rw ? rx[i] : A(0), rw, bias), f, df);
             z_t = double(scale) * f;
           }
           online_row<false, true>(z, static_cast<const A*>(nullptr), k, here ? t : -1, A(1), m, sum, sz);
@@ -395,9 +384,8 @@ struct MarginCpu {
           const A Lh = static_cast<A>(lse[i]);
           const A Ll = static_cast<A>(lse[i] - double(Lh));
           const A gs = g[i] * scale;
-          double c_t = 0.0;
-          if (here) c_t = rw ? double(row[t]) * double(rx[i]) * double(rw[t])
-                             : double(row[t]) + (bias ? double(bias[t]) : 0.0);
+          // read before the loop below overwrites the row
+          const double c_t = here ? fused_target_cos(row, t, rw ? rx[i] : A(0), rw, bias) : 0.0;
           if (rw) {
             const A sx = scale * rx[i], gx = gs * rx[i];
 #pragma omp simd
@@ -415,7 +403,7 @@ struct MarginCpu {
           if (here) {
             double f, df;
             tm.apply(c_t, f, df);
-            const double d_t = double(a) * std::exp(double(scale) * f - lse[i]) - double(keep) - double(spread);
+            const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, lse[i]);
             row[t] = static_cast<scalar_t>(double(gs) * d_t * df * (rw ? double(rx[i]) * double(rw[t]) : 1.0));
           }
         }

@@ -162,13 +162,6 @@ struct ThreadOnline {
 
 __device__ __forceinline__ Online online_identity() { return {ninf_v<double>(), 0.0, 0.0}; }
 
-// Adds the target's z_y into (m, s), as MarginCpu's online_add.
-__device__ __forceinline__ void online_add(double z, double& m, double& s) {
-  const double m_new = m < z ? z : m;
-  s = (s == 0.0 ? 0.0 : s * exp(m - m_new)) + exp(z - m_new);
-  m = (z != z) ? z : m_new;
-  if (z != z) s = z;
-}
 
 // ---- margin_cross_entropy ------------------------------------------------------------------
 
@@ -250,7 +243,7 @@ __global__ void __launch_bounds__(kRowThreads)
     if (threadIdx.x == 0) {  // the target column in float64
       double f, df;
       tm.apply(double(static_cast<A>(row[t])), f, df);
-      const double d_t = double(a) * exp(double(r) * f - L) - double(keep * w_t) - double(spread * w_t);
+      const double d_t = target_dlogit(a, keep, spread, w_t, double(r) * f, L);
       o[t] = to_s<scalar_t>(double(gr) * d_t * df);
       if constexpr (kRS) out_rs[i] = to_s<scalar_t>(double(g[i]) * (dsum + d_t * f));
     }
@@ -438,17 +431,6 @@ __device__ __forceinline__ A chunk_logit_minus(const scalar_t* row, int64_t j, A
   }
 }
 
-// The target's cosine (normalize: P rx rw) or logit before scale (P + b), in double.
-template <bool kNorm, class A, class scalar_t>
-__device__ __forceinline__ double target_cos(const scalar_t* row, int64_t t, A rx_i, const A* rw,
-                                             const scalar_t* bias) {
-  const double p = double(static_cast<A>(row[t]));
-  if constexpr (kNorm) {
-    return p * double(rx_i) * double(rw[t]);
-  } else {
-    return p + (bias ? double(static_cast<A>(bias[t])) : 0.0);
-  }
-}
 
 // Folds the chunk's columns [c0, c0 + k) into the running (max, sum) of each row; the target
 // column (if in the chunk) gets its margin. State is initialized when c0 == 0. Ignored and bad
@@ -485,7 +467,7 @@ __global__ void __launch_bounds__(kRowThreads)
       double m = cur.m, s = cur.s, sz = red.z;
       if (here) {  // the target's cosine (or logit) and margin in float64
         double f, df;
-        tm.apply(target_cos<kNorm>(row, tl, kNorm ? rx[i] : A(0), rw, bias), f, df);
+        tm.apply(fused_target_cos(row, tl, kNorm ? rx[i] : A(0), kNorm ? rw : nullptr, bias), f, df);
         const double z_t = double(scale) * f;
         online_add(z_t, m, s);
         zy[i] = z_t;
@@ -530,10 +512,10 @@ __global__ void __launch_bounds__(kRowThreads)
       row[j] = to_s<scalar_t>(kNorm ? gx * rw[j] * e : gs * e);
     }
     if (here && threadIdx.x == 0) {  // the target column in float64
-      const double c_t = target_cos<kNorm>(row, tl, kNorm ? rx[i] : A(0), rw, bias);
+      const double c_t = fused_target_cos(row, tl, kNorm ? rx[i] : A(0), kNorm ? rw : nullptr, bias);
       double f, df;
       tm.apply(c_t, f, df);
-      const double d_t = double(a) * exp(double(scale) * f - L) - double(keep) - double(spread);
+      const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, L);
       row[tl] = to_s<scalar_t>(double(gs) * d_t * df * (kNorm ? double(rx[i]) * double(rw[tl]) : 1.0));
     }
   }

@@ -111,31 +111,41 @@ struct TargetMargin {
   }
 };
 
-// Constants of the cross-entropy with label smoothing eps and class weights w (as
+// The cross-entropy with label smoothing eps and class weights w (as
 // torch.nn.functional.cross_entropy): per valid row with target y and logits z,
 //   L = (1 - eps) w_y (lse - z_y) + eps / C * sum_j w_j (lse - z_j)
-//     = a lse - (1 - eps) w_y z_y - eps / C * sum_j w_j z_j,   a = (1 - eps) w_y + eps / C * W,
-//   dL/dz_j = a p_j - (1 - eps) w_y [j = y] - eps / C * w_j,  W = sum_j w_j.
+//     = a lse - keep w_y z_y - spread * sum_j w_j z_j,   keep = 1 - eps, spread = eps / C,
+//   dL/dz_j = a p_j - keep w_y [j = y] - spread w_j,    a = keep w_y + spread W, W = sum_j w_j.
 // 'mean' divides the sum over rows by sum of w_y over the valid rows.
-template <class T>
-struct SmoothedCE {
-  T keep;    // 1 - eps
-  T spread;  // eps / C
-  LOSSEXT_HD T a(T w_y, T wsum) const { return keep * w_y + spread * wsum; }
-};
 
-}  // namespace margin
-}  // namespace lossext
-
-namespace lossext {
-namespace margin {
-
-// Per-row result of a forward pass, combined by finalize into the loss:
-//   loss_i = a lse - keep w_y z_y - spread * wz   (0 for an ignored row),
-// with wz = sum_j w_j z_j (needed only when label smoothing is on).
+// A row's loss from its forward statistics (0 for an ignored row is the caller's), with
+// wz = sum_j w_j z_j (needed only when label smoothing is on).
 LOSSEXT_HD double row_loss(double keep, double spread, double wsum, double w_y, double lse,
                            double z_y, double wz) {
   return (keep * w_y + spread * wsum) * lse - keep * w_y * z_y - (spread != 0.0 ? spread * wz : 0.0);
+}
+
+// dL/dz_y of the target column (the formula above at j = y), in float64.
+LOSSEXT_HD double target_dlogit(double a, double keep, double spread, double w_y, double z_y, double lse) {
+  return a * std::exp(z_y - lse) - (keep + spread) * w_y;
+}
+
+// Adds one logit z to an online softmax state: m the running max, s = sum_j exp(z_j - m)
+// (Milakov & Gimelshein, "Online normalizer calculation for softmax", 2018). NaN propagates.
+LOSSEXT_HD void online_add(double z, double& m, double& s) {
+  const double m_new = m < z ? z : m;
+  s = (s == 0.0 ? 0.0 : s * std::exp(m - m_new)) + std::exp(z - m_new);
+  m = (z != z) ? z : m_new;
+  if (z != z) s = z;
+}
+
+// The fused op's target cosine from its chunk product P_yt: P rx rw (normalize, rw given) or
+// the plain logit before scale P + b, in float64.
+template <class A, class S>
+LOSSEXT_HD double fused_target_cos(const S* row, int64_t t, A rx_i, const A* rw, const S* bias) {
+  const double p = double(static_cast<A>(row[t]));
+  if (rw != nullptr) return p * double(rx_i) * double(rw[t]);
+  return p + (bias != nullptr ? double(static_cast<A>(bias[t])) : 0.0);
 }
 
 }  // namespace margin
