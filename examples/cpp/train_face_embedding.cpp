@@ -18,10 +18,10 @@
 
 #include <lossext/lossext.h>
 
-#include <chrono>
+#include "example_checks.h"
+
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -32,16 +32,7 @@ namespace F = torch::nn::functional;
 using lossext::MarginOptions;
 using lossext::Reduction;
 
-int g_failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++g_failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
-
-bool close(double a, double b, double atol, double rtol) { return std::abs(a - b) <= atol + rtol * std::abs(b); }
+using namespace example;
 
 void expect_allclose(const torch::Tensor& a, const torch::Tensor& b, const std::string& what, double rtol = 1e-10,
                      double atol = 1e-12) {
@@ -142,38 +133,6 @@ void check_values() {
 
 // ---- 2. gradients against finite differences ------------------------------------------------
 
-using ScalarFn = std::function<torch::Tensor(const std::vector<torch::Tensor>&)>;
-
-// Checks d f(vars) / d vars from autograd against central differences; f returns a scalar.
-void check_gradients(const std::string& name, const ScalarFn& f, std::vector<torch::Tensor> vars,
-                     const std::vector<std::string>& names) {
-  for (auto& v : vars) v = v.clone().requires_grad_(true);
-  auto grads = torch::autograd::grad({f(vars)}, vars);
-  const double h = 1e-6;
-  torch::NoGradGuard no_grad;
-  for (size_t v = 0; v < vars.size(); ++v) {
-    auto flat = vars[v].detach().view(-1);  // shares the leaf's storage
-    auto g = grads[v].reshape(-1);
-    double worst = 0.0;
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double orig = flat[i].item<double>();
-      flat[i] = orig + h;
-      const double up = f(vars).item<double>();
-      flat[i] = orig - h;
-      const double down = f(vars).item<double>();
-      flat[i] = orig;
-      const double numeric = (up - down) / (2 * h);
-      const double analytic = g[i].item<double>();
-      worst = std::max(worst, std::abs(numeric - analytic));
-      expect(close(analytic, numeric, 1e-6, 1e-5), name + ": d/d" + names[v] + "[" + std::to_string(i) +
-                                                       "] autograd " + std::to_string(analytic) +
-                                                       " vs finite difference " + std::to_string(numeric));
-    }
-    std::printf("  %-40s d/d%-12s max |autograd - finite difference| = %.2e\n", name.c_str(), names[v].c_str(),
-                worst);
-  }
-}
-
 void check_all_gradients() {
   torch::manual_seed(2);
   constexpr int64_t N = 6, D = 5, C = 7;
@@ -256,19 +215,6 @@ void check_fused_equals_unfused() {
 }
 
 // ---- 4. argument checks and double backward -------------------------------------------------
-
-template <class E, class Fn>
-void expect_throws(const std::string& what, const std::string& needle, Fn&& f) {
-  try {
-    f();
-    expect(false, what + ": no exception");
-  } catch (const E& e) {
-    const std::string msg = e.what_without_backtrace();
-    expect(msg.find(needle) != std::string::npos, what + ": message lacks '" + needle + "': " + msg);
-  } catch (const std::exception& e) {
-    expect(false, what + ": wrong exception type: " + e.what());
-  }
-}
 
 void check_errors() {
   auto x = torch::randn({4, 16}, kF64), W = torch::randn({10, 16}, kF64);
@@ -368,15 +314,6 @@ void check_cuda() {
 
 // ---- 6. training ----------------------------------------------------------------------------------
 
-struct Embedder : torch::nn::Module {
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-  Embedder(int64_t features, int64_t hidden, int64_t dim) {
-    fc1 = register_module("fc1", torch::nn::Linear(features, hidden));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden, dim));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return fc2->forward(torch::relu(fc1->forward(x))); }
-};
-
 void train() {
   constexpr int64_t N = 1000, F_IN = 8, D = 16, C = 10, steps = 100, batch = 200;
   torch::manual_seed(0);
@@ -385,7 +322,7 @@ void train() {
   auto labels = torch::randint(C, {N}, torch::kLong);
   auto X = centres.index_select(0, labels) + 0.7 * torch::randn({N, F_IN});
 
-  auto model = std::make_shared<Embedder>(F_IN, 64, D);
+  auto model = std::make_shared<Mlp>(F_IN, 64, D);
   auto class_centres = torch::randn({C, D}).requires_grad_(true);  // ArcFace's W
   std::vector<torch::Tensor> params = model->parameters();
   params.push_back(class_centres);
@@ -427,12 +364,7 @@ void train() {
 }  // namespace
 
 int main() {
-  const auto t0 = std::chrono::steady_clock::now();
-  // Tiny problems: more threads only add synchronisation (OMP_NUM_THREADS overrides).
-  if (std::getenv("OMP_NUM_THREADS") == nullptr) torch::set_num_threads(1);
-  try {
-    std::printf("lossext %s (CUDA kernels: %s), built against torch %d.%d.%d\n", lossext::version(),
-                lossext::with_cuda() ? "yes" : "no", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
+  return example::run_checks([] {
     check_values();
     std::printf("gradients vs finite differences:\n");
     check_all_gradients();
@@ -440,15 +372,5 @@ int main() {
     check_errors();
     check_cuda();
     train();
-  } catch (const std::exception& e) {
-    std::printf("FAIL: exception: %s\n", e.what());
-    return 2;
-  }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (g_failures) {
-    std::printf("%d check(s) FAILED (%.2f s)\n", g_failures, secs);
-    return 1;
-  }
-  std::printf("all checks passed (%.2f s)\n", secs);
-  return 0;
+  });
 }

@@ -14,28 +14,17 @@
 
 #include <lossext/lossext.h>
 
-#include <chrono>
+#include "example_checks.h"
+
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
 
 namespace {
 
-int g_failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++g_failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
-
-bool close(double a, double b, double atol, double rtol) {
-  return std::abs(a - b) <= atol + rtol * std::abs(b);
-}
+using namespace example;
 
 // ---- 1. a direct dispatcher call against the paper's formula ----------------------------------
 
@@ -97,37 +86,11 @@ void check_dispatcher_call() {
 
 using LossFn = std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
 
-// Checks d f(x, y, w) / d{x, y, w} from autograd against central differences; f returns a scalar.
+// d f(x, y, w) / d{x, y, w}: autograd against central differences (example::check_gradients).
 void check_gradients(const std::string& name, const LossFn& f, torch::Tensor x, torch::Tensor y, torch::Tensor w) {
-  x = x.clone().requires_grad_(true);
-  y = y.clone().requires_grad_(true);
-  w = w.clone().requires_grad_(true);
-  auto loss = f(x, y, w);
-  auto grads = torch::autograd::grad({loss}, {x, y, w});
-  const double h = 1e-6;
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> vars = {x, y, w};
-  const char* names[] = {"input", "target", "weight"};
-  for (size_t v = 0; v < vars.size(); ++v) {
-    auto flat = vars[v].detach().view(-1);  // shares the leaf's storage
-    auto g = grads[v].reshape(-1);
-    double worst = 0.0;
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double orig = flat[i].item<double>();
-      flat[i] = orig + h;
-      const double up = f(x, y, w).item<double>();
-      flat[i] = orig - h;
-      const double down = f(x, y, w).item<double>();
-      flat[i] = orig;
-      const double numeric = (up - down) / (2 * h);
-      const double analytic = g[i].item<double>();
-      worst = std::max(worst, std::abs(numeric - analytic));
-      expect(close(analytic, numeric, 1e-6, 1e-5), name + ": d/d" + names[v] + "[" + std::to_string(i) +
-                                                       "] autograd " + std::to_string(analytic) +
-                                                       " vs finite difference " + std::to_string(numeric));
-    }
-    std::printf("  %-26s d/d%-7s max |autograd - finite difference| = %.2e\n", name.c_str(), names[v], worst);
-  }
+  example::check_gradients(
+      name, [&](const std::vector<torch::Tensor>& v) { return f(v[0], v[1], v[2]); }, {x, y, w},
+      {"input", "target", "weight"});
 }
 
 void check_all_gradients() {
@@ -159,19 +122,6 @@ void check_all_gradients() {
 }
 
 // ---- 3. argument checks and double backward -------------------------------------------------
-
-template <class E, class F>
-void expect_throws(const std::string& what, const std::string& needle, F&& f) {
-  try {
-    f();
-    expect(false, what + ": no exception");
-  } catch (const E& e) {
-    const std::string msg = e.what_without_backtrace();
-    expect(msg.find(needle) != std::string::npos, what + ": message lacks '" + needle + "': " + msg);
-  } catch (const std::exception& e) {
-    expect(false, what + ": wrong exception type: " + e.what());
-  }
-}
 
 void check_errors() {
   auto x = torch::randn({4, 2}, torch::kFloat64), y = torch::randn({4, 2}, torch::kFloat64);
@@ -233,15 +183,6 @@ void check_cuda() {
 
 // ---- 5. training --------------------------------------------------------------------------------
 
-struct Regressor : torch::nn::Module {
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-  Regressor(int64_t features, int64_t hidden, int64_t outputs) {
-    fc1 = register_module("fc1", torch::nn::Linear(features, hidden));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden, outputs));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return fc2->forward(torch::relu(fc1->forward(x))); }
-};
-
 void train() {
   constexpr int64_t N = 512, F = 32, K = 68, H = 128, steps = 200, batch = 128;
   torch::manual_seed(0);
@@ -253,7 +194,7 @@ void train() {
   // Per-landmark visibility, broadcast over (x, y): about 10% of the landmarks are not labelled.
   auto visible = (torch::rand({N, K, 1}) > 0.1).to(torch::kFloat32);
 
-  auto model = std::make_shared<Regressor>(F, H, K * 2);
+  auto model = std::make_shared<Mlp>(F, H, K * 2);
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-2));
 
   auto full_loss = [&] {
@@ -281,29 +222,12 @@ void train() {
 }  // namespace
 
 int main() {
-  const auto t0 = std::chrono::steady_clock::now();
-  // The problem is tiny: more threads only add synchronisation, and on a busy 2-core machine
-  // OpenMP's waiting made the run 20x slower. OMP_NUM_THREADS overrides.
-  if (std::getenv("OMP_NUM_THREADS") == nullptr) torch::set_num_threads(1);
-  try {
-    std::printf("lossext %s (CUDA kernels: %s%s%s), built against torch %d.%d.%d\n", lossext::version(),
-                lossext::with_cuda() ? "yes" : "no", lossext::with_cuda() ? ", arch " : "", lossext::cuda_arch_list(),
-                TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
+  return example::run_checks([] {
     check_dispatcher_call();
     std::printf("gradients vs finite differences:\n");
     check_all_gradients();
     check_errors();
     check_cuda();
     train();
-  } catch (const std::exception& e) {
-    std::printf("FAIL: exception: %s\n", e.what());
-    return 2;
-  }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (g_failures) {
-    std::printf("%d check(s) FAILED (%.2f s)\n", g_failures, secs);
-    return 1;
-  }
-  std::printf("all checks passed (%.2f s)\n", secs);
-  return 0;
+  });
 }
