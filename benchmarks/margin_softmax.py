@@ -38,9 +38,8 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-import lossext.functional as LF  # noqa: E402
-import lossext.reference as R  # noqa: E402
 from lossext.testing import benchmark as B  # noqa: E402
+from lossext.testing.opinfo import SampleInput, op_by_name  # noqa: E402
 
 MiB = B.MiB
 PROVIDERS = ("lossext", "torch", "compile")
@@ -54,84 +53,22 @@ TARGETS = {
     "fused_time_frac": 1.1,    # fused: full-mode time at most 1.1x the composite's
 }
 
-_COMPILED = {}
-
-
-def _compiled(fn):
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn]
-
-
-def _fns(op):
-    lossext_fn, composite = {
-        "margin_cross_entropy": (LF.margin_cross_entropy, R.margin_cross_entropy_composite),
-        "fused_linear_margin_cross_entropy": (LF.fused_linear_margin_cross_entropy,
-                                              R.fused_linear_margin_cross_entropy_composite),
-    }[op]
-    return {"lossext": lossext_fn, "torch": composite, "compile": _compiled(composite)}
-
-
-def _case(fn, args, kwargs, grad_idx, mode):
-    """(setup, call) for time_calls / peak_memory: gradients w.r.t. args[i] for i in grad_idx."""
-    if mode == "forward":
-        def call(_):
-            with torch.no_grad():
-                return fn(*args, **kwargs)
-        return None, call
-    leaves = [a.detach().requires_grad_(True) for a in (args[i] for i in grad_idx)]
-
-    def with_leaves():
-        it = iter(leaves)
-        return [next(it) if i in grad_idx else a for i, a in enumerate(args)]
-
-    if mode == "full":
-        def call(_):
-            return torch.autograd.grad(fn(*with_leaves(), **kwargs), leaves)
-        return None, call
-
-    def setup():
-        return fn(*with_leaves(), **kwargs)
-
-    def call(loss):
-        return torch.autograd.grad(loss, leaves)
-    return setup, call
-
-
-def bench_row(op, case_name, args, kwargs, grad_idx, mode, floor_bytes, grad_bytes, device, dtype, config,
+def bench_row(op, case_name, args, kwargs, grad_args, mode, floor_bytes, grad_bytes, device, dtype, config,
               providers=PROVIDERS, log=print):
-    fns = _fns(op)
-    cases, errors = {}, {}
-    for p in providers:
-        cases[p] = _case(fns[p], args, kwargs, grad_idx, mode)
-    cases["floor"] = B._copy_case(floor_bytes, device, dtype)
-    timings = B.time_calls(cases, device, config)
+    """lossext.testing.benchmark.measure on one case, plus the peak memory above the gradients
+    the call returns (grad_bytes; forward mode returns none)."""
+    info = op_by_name(op)  # lossext: info.op; eager / compile: info.bench_ref, the peers' composite
+    fns = {p: B.provider_fn(info, p, device, dtype) for p in providers}
+    sample = SampleInput(args, kwargs, case_name)
     row = {"op": op, "case": case_name, "mode": mode, "device": torch.device(device).type,
            "dtype": str(dtype).replace("torch.", ""), "floor_bytes": floor_bytes}
+    row.update(B.measure(fns, sample, mode, floor_bytes, device, dtype, config, grad_args=grad_args))
     for p in PROVIDERS:
-        t, peak = B.NAN_TIMING, math.nan
-        res = timings.get(p)
-        if isinstance(res, B.Timing):
-            t = res
-            try:
-                peak = B.peak_memory(cases[p][1], device, cases[p][0]) / MiB
-            except Exception as e:  # noqa: BLE001
-                errors[p] = e
-        elif res is not None:
-            errors[p] = res
-        row[f"{p}_ms"], row[f"{p}_p20"], row[f"{p}_p80"] = t.median, t.p20, t.p80
-        row[f"{p}_peak_mib"] = peak
-        row[f"{p}_peak_above_grads_mib"] = peak - grad_bytes / MiB if mode != "forward" else peak
-    ft = timings["floor"] if isinstance(timings["floor"], B.Timing) else B.NAN_TIMING
-    row["floor_ms"] = ft.median
-    row["speedup_vs_torch"] = B._ratio(row["torch_ms"], row["lossext_ms"])
-    row["speedup_vs_compile"] = B._ratio(row["compile_ms"], row["lossext_ms"])
-    row["lossext_over_floor"] = B._ratio(row["lossext_ms"], ft.median)
+        row[f"{p}_peak_above_grads_mib"] = row[f"{p}_peak_mib"] - (grad_bytes / MiB if mode != "forward" else 0.0)
+    row["lossext_over_floor"] = B._ratio(row["lossext_ms"], row["floor_ms"])
     row["mem_frac_vs_torch"] = B._ratio(row["lossext_peak_above_grads_mib"], row["torch_peak_above_grads_mib"])
-    row["error"] = "; ".join(f"{p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                             for p, e in errors.items())
     log(f"  {op} {case_name} {mode}: lossext {row['lossext_ms']:.1f} ms, eager {row['torch_ms']:.1f} ms, "
-        f"compile {row['compile_ms']:.1f} ms, floor {ft.median:.1f} ms; peak above grads MiB "
+        f"compile {row['compile_ms']:.1f} ms, floor {row['floor_ms']:.1f} ms; peak above grads MiB "
         f"{row['lossext_peak_above_grads_mib']:.1f} / {row['torch_peak_above_grads_mib']:.1f} / "
         f"{row['compile_peak_above_grads_mib']:.1f}" + (f"  [{row['error']}]" if row["error"] else ""))
     return row

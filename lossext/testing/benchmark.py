@@ -493,32 +493,33 @@ def provider_fn(info: OpInfo, provider: str, device, dtype):
     raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
 
 
-def _grad(loss, x):
+def _grad(loss, xs):
     go = None if loss.dim() == 0 else torch.ones_like(loss)
-    return torch.autograd.grad(loss, x, grad_outputs=go)
+    return torch.autograd.grad(loss, xs, grad_outputs=go)
 
 
-def make_case(fn: Callable, sample, mode: str):
-    """(setup, call) for time_call / peak_memory. The input is sample.args[0]; only it may
-    require grad."""
+def make_case(fn: Callable, sample, mode: str, grad_args: Sequence[int] = (0,)):
+    """(setup, call) for time_call / peak_memory. Gradients are taken w.r.t. sample.args[i]
+    for i in grad_args (default: the input only)."""
     args, kwargs = sample.args, sample.kwargs
     if mode == "forward":
         def call(_):
             with torch.no_grad():
                 return fn(*args, **kwargs)
         return None, call
-    x = args[0].detach().requires_grad_(True)
-    rest = args[1:]
+    leaves = [args[i].detach().requires_grad_(True) for i in grad_args]
+    it = iter(leaves)
+    args = tuple(next(it) if i in grad_args else a for i, a in enumerate(args))
     if mode == "full":
         def call(_):
-            return _grad(fn(x, *rest, **kwargs), x)
+            return _grad(fn(*args, **kwargs), leaves)
         return None, call
     if mode == "backward":
         def setup():
-            return fn(x, *rest, **kwargs)
+            return fn(*args, **kwargs)
 
         def call(loss):
-            return _grad(loss, x)
+            return _grad(loss, leaves)
         return setup, call
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
@@ -594,69 +595,88 @@ def machine_info(device="cpu") -> Dict[str, str]:
     }
 
 
+def measure(fns: Dict[str, Callable], sample, mode: str, nbytes: int, device, dtype,
+            config: TimingConfig = DEFAULT, memory: bool = True, grad_args: Sequence[int] = (0,)) -> Dict:
+    """One row: each provider's fn (``{provider: fn}``, a subset of PROVIDERS) on ``sample`` in
+    ``mode`` and the copy floor of ``nbytes``, timed interleaved (time_calls), then each
+    provider's peak memory. Missing or failing providers give NaN and an 'error' entry.
+    ``other_cpu_pct``: the share of all CPUs, in percent, that other processes took while the
+    row was timed."""
+    errors, cases = {}, {}
+    for p, fn in fns.items():
+        try:
+            cases[p] = make_case(fn, sample, mode, grad_args)
+        except Exception as e:  # noqa: BLE001
+            errors[p] = e
+    cases["floor"] = _copy_case(nbytes, device, dtype)
+    contention = CpuContention()
+    timings = time_calls(cases, device, config)
+    noise = contention.others()
+    del cases["floor"]
+    row = {}
+    for p in PROVIDERS:
+        t, peak = NAN_TIMING, math.nan
+        res = timings.get(p, errors.get(p))
+        if isinstance(res, Timing):
+            t = res
+            if memory:
+                try:
+                    peak = peak_memory(cases[p][1], device, cases[p][0]) / MiB
+                except Exception as e:  # noqa: BLE001
+                    errors[p] = e
+        elif res is not None:
+            errors[p] = res
+        row[f"{p}_ms"], row[f"{p}_p20"], row[f"{p}_p80"] = t.median, t.p20, t.p80
+        row[f"{p}_reps"] = t.reps
+        row[f"{p}_peak_mib"] = peak
+    ft = timings["floor"] if isinstance(timings["floor"], Timing) else NAN_TIMING
+    row["bytes"] = nbytes
+    row["floor_ms"], row["floor_p20"], row["floor_p80"] = ft.median, ft.p20, ft.p80
+    row["speedup_vs_torch"] = _ratio(row["torch_ms"], row["lossext_ms"])
+    row["speedup_vs_compile"] = _ratio(row["compile_ms"], row["lossext_ms"])
+    for p in PROVIDERS:
+        row[f"{p}_over_floor"] = _ratio(row[f"{p}_ms"], ft.median)
+    row["peak_vs_torch"] = _ratio(row["lossext_peak_mib"], row["torch_peak_mib"])
+    row["other_cpu_pct"] = round(100 * noise, 1) if not math.isnan(noise) else math.nan
+    row["error"] = "; ".join(f"{p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                             for p, e in errors.items())
+    return row
+
+
 def bench_op(info: OpInfo, device="cpu", dtype=torch.float32, numel=1 << 22,
              modes: Iterable[str] = MODES, providers: Iterable[str] = PROVIDERS,
              config: TimingConfig = DEFAULT, memory: bool = True,
              log: Optional[Callable[[str], None]] = None) -> List[Dict]:
-    """One row per mode for one op: the providers and the copy floor timed interleaved
-    (time_calls), then each provider's peak memory. Failing providers give NaN and an
-    'error' entry. ``other_cpu_pct``: the share of all CPUs, in percent, that other processes
-    took while the row was timed."""
+    """One row per mode for one op, on its benchmark input (see measure)."""
     device = _dev(device)
     providers = [p for p in PROVIDERS if p in set(providers)]
     sample = info.bench_input(numel, device, dtype)
-    contention = CpuContention()
+    fns = {}
+    for p in providers:
+        try:
+            fns[p] = provider_fn(info, p, device, dtype)
+        except Exception as e:  # noqa: BLE001  (reported by measure as the provider's error)
+            fns[p] = _raiser(e)
     rows = []
     for mode in modes:
         row = {"op": info.name, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
                "numel": numel, "mode": mode, "cache": config.cache}
-        errors, cases = {}, {}
-        for p in providers:
-            try:
-                cases[p] = make_case(provider_fn(info, p, device, dtype), sample, mode)
-            except Exception as e:  # noqa: BLE001
-                errors[p] = e
-        nbytes = floor_bytes(info, mode, numel, dtype)
-        cases["floor"] = _copy_case(nbytes, device, dtype)
-        contention.reset()
-        timings = time_calls(cases, device, config)
-        noise = contention.others()
-        del cases["floor"]
-        for p in PROVIDERS:
-            t, peak = NAN_TIMING, math.nan
-            res = timings.get(p, errors.get(p))
-            if isinstance(res, Timing):
-                t = res
-                if memory:
-                    try:
-                        peak = peak_memory(cases[p][1], device, cases[p][0]) / MiB
-                    except Exception as e:  # noqa: BLE001
-                        errors[p] = e
-            elif res is not None:
-                errors[p] = res
-            row[f"{p}_ms"], row[f"{p}_p20"], row[f"{p}_p80"] = t.median, t.p20, t.p80
-            row[f"{p}_reps"] = t.reps
-            row[f"{p}_peak_mib"] = peak
-        ft = timings["floor"] if isinstance(timings["floor"], Timing) else NAN_TIMING
-        row["bytes"] = nbytes
-        row["floor_ms"], row["floor_p20"], row["floor_p80"] = ft.median, ft.p20, ft.p80
-        row["speedup_vs_torch"] = _ratio(row["torch_ms"], row["lossext_ms"])
-        row["speedup_vs_compile"] = _ratio(row["compile_ms"], row["lossext_ms"])
-        for p in PROVIDERS:
-            row[f"{p}_over_floor"] = _ratio(row[f"{p}_ms"], ft.median)
-        row["peak_vs_torch"] = _ratio(row["lossext_peak_mib"], row["torch_peak_mib"])
-        row["other_cpu_pct"] = round(100 * noise, 1) if not math.isnan(noise) else math.nan
-        msgs = [f"{p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                for p, e in errors.items()]
-        row["error"] = "; ".join(msgs)
+        row.update(measure(fns, sample, mode, floor_bytes(info, mode, numel, dtype), device, dtype, config,
+                           memory))
         if log:
-            for m in msgs:
-                log(f"  {info.name} {mode} FAILED {m}")
+            if row["error"]:
+                log(f"  {info.name} {mode} FAILED {row['error']}")
             log(f"  {info.name:<22} {mode:<8} lossext {row['lossext_ms']:8.3f} ms  eager "
                 f"{row['torch_ms']:8.3f} ms  compile {row['compile_ms']:8.3f} ms  floor "
-                f"{ft.median:7.3f} ms  (others' CPU {row['other_cpu_pct']}%)")
+                f"{row['floor_ms']:7.3f} ms  (others' CPU {row['other_cpu_pct']}%)")
         rows.append(row)
     return rows
+
+
+def _raiser(exc):
+    def fn(*args, **kwargs):
+        raise exc
+    return fn
 
 
 def run(ops: Optional[Iterable[str]] = None, device="cpu", dtype=torch.float32, numel=1 << 22,
