@@ -19,6 +19,7 @@ Double backward is not supported: it raises NotImplementedError.
 import torch
 
 from . import _C  # noqa: F401  (loads the kernels)
+from ._autograd import refuse_double_backward
 
 
 def _loss_like(x, n, reduction):
@@ -110,16 +111,5 @@ torch.library.register_autograd("lossext::fused_linear_margin_cross_entropy", _f
                                 setup_context=_setup)
 
 
-def _no_double_backward(name):
-    def backward(ctx, *grads):
-        raise NotImplementedError(f"lossext.{name}: double backward is not supported")
-    return backward
-
-
-def _no_setup(ctx, inputs, output):
-    pass
-
-
 for _name in ("margin_cross_entropy", "fused_linear_margin_cross_entropy"):
-    torch.library.register_autograd(f"lossext::{_name}_backward", _no_double_backward(_name),
-                                    setup_context=_no_setup)
+    refuse_double_backward(_name, [f"{_name}_backward"])

@@ -19,6 +19,7 @@ A loss NAME with parameters P1..Pk has these ops (reduction: 0 none, 1 mean, 2 s
 import torch
 
 from . import _C  # noqa: F401  (loads the kernels)
+from ._autograd import refuse_double_backward
 
 
 def _scale(reduction, numel):
@@ -134,11 +135,4 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
                                     setup_context=setup_fwd_grad)
 
     # ---- double backward: raise clearly ---------------------------------------------
-    def no_double_backward(ctx, *grads):
-        raise NotImplementedError(f"lossext.{name}: double backward is not supported")
-
-    def no_setup(ctx, inputs, output):
-        pass
-
-    for op_name in [f"{name}_backward"] + ([f"{name}_target_backward"] if tbwd is not None else []):
-        torch.library.register_autograd(f"lossext::{op_name}", no_double_backward, setup_context=no_setup)
+    refuse_double_backward(name, [f"{name}_backward"] + ([f"{name}_target_backward"] if tbwd is not None else []))
