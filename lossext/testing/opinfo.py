@@ -555,11 +555,9 @@ def _fused_bench(numel, device, dtype):
 
 
 def _fused_params(kw):
-    return (float(kw.get("scale", 64.0)), float(kw.get("m1", 1.0)), float(kw.get("m2", 0.0)),
-            float(kw.get("m3", 0.0)), float(kw.get("lambda_", 0.0)), bool(kw.get("easy_margin", False)),
-            bool(kw.get("normalize", True)), float(kw.get("label_smoothing", 0.0)),
-            int(kw.get("ignore_index", -100)), _REDUCTION[kw.get("reduction", "mean")],
-            int(kw.get("chunk_size") or 0))
+    # the margin CE's parameters with normalize after easy_margin, and chunk_size last
+    p = _ce_params(kw)
+    return p[:6] + (bool(kw.get("normalize", True)),) + p[6:] + (int(kw.get("chunk_size") or 0),)
 
 
 def _fused_raw_calls(sample):
