@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # GPU check for a lent H200 (torch 2.11 + CUDA 13, Python 3.12 there): the test suite with CUDA
-# visible, then the CUDA benchmarks, which rewrite the CUDA section of benchmarks/RESULTS.md
-# and benchmarks/results_cuda.csv, then benchmarks/margin_softmax.py --device cuda (its own
-# section and results_margin_cuda.csv). Finishes in under 8 minutes (hard timeouts below).
+# visible, then the generic CUDA benchmarks, which rewrite the CUDA section of
+# benchmarks/RESULTS.md and benchmarks/results_cuda.csv, then every family's own suite
+# (`benchmarks/run.py --device cuda --suites families`: the "<FAMILY> CUDA" sections and
+# results_<family>_cuda.csv). Finishes in under 8 minutes (hard timeouts below).
 #
-# Through the device tool, from the repo root (the extension is git-ignored, so carry it;
-# it must have been built with CUDA, see `python -m lossext`):
-#     run(command="bash benchmarks/gpu_check.sh", carry=["lossext/_C.abi3.so"], timeout_s=540)
-# Everything it writes is also copied to $OUT (env.txt, pytest.log, bench.log, RESULTS.md,
-# results_cuda.csv). Back here, put results_cuda.csv into benchmarks/ and run
+# Through the device tool, from the repo root (the build outputs are git-ignored, so carry them;
+# they must have been built with CUDA, see `python -m lossext`):
+#     run(command="bash benchmarks/gpu_check.sh", carry=["lossext/_C.abi3.so", "lossext/lib"], timeout_s=540)
+# Everything it writes is also copied to $OUT (env.txt, pytest.log, bench*.log, RESULTS.md,
+# results_*cuda.csv). Back here, put the CSVs into benchmarks/ and run
 #     python benchmarks/run.py --render-only
 # to rebuild RESULTS.md with this machine's CPU section and the new CUDA section (or copy the
 # returned RESULTS.md over, if the CPU section has not changed since).
@@ -49,8 +50,10 @@ print("lossext build:", info)
 print("kernels:", lossext.registered_ops())
 if not info["cuda_compiled"]:
     sys.exit("FAIL: this lossext build has no CUDA kernels")
-x = torch.randn(1000, device="cuda"); y = torch.randn(1000, device="cuda")
-print("smoke: wing_loss on cuda =", lossext.functional.wing_loss(x, y).item())
+from lossext.testing import OP_DB
+for op in OP_DB:
+    s = op.bench_input(4096, "cuda", torch.float32)
+    print(f"smoke: {op.name} on cuda =", op.op(*s.args, **s.kwargs).item())
 EOF
 } 2>&1 | tee -a "$LOG_DIR/env.txt"
 if [ "${PIPESTATUS[0]}" -ne 0 ]; then
@@ -63,22 +66,22 @@ timeout --kill-after=10 "$TEST_S" "$PY" -m pytest -x -q tests 2>&1 | tee "$LOG_D
 test_rc=${PIPESTATUS[0]}
 echo "tests: exit $test_rc after $(elapsed) s"
 
-MARGIN_S=150  # kept for the margin-softmax benchmarks at the end
-left=$(( BUDGET - MARGIN_S - $(elapsed) ))
+FAMILIES_S=150  # kept for the families' own suites at the end
+left=$(( BUDGET - FAMILIES_S - $(elapsed) ))
 quick=""
 if [ "$left" -lt 180 ]; then quick="--quick"; fi
 if [ "$left" -lt 60 ]; then left=60; fi
 echo "== benchmarks (at most ${left} s) ${quick}"
-timeout --kill-after=10 "$left" "$PY" benchmarks/run.py --device cuda $quick 2>&1 | tee "$LOG_DIR/bench.log"
+timeout --kill-after=10 "$left" "$PY" benchmarks/run.py --device cuda --suites generic $quick 2>&1 | tee "$LOG_DIR/bench.log"
 bench_rc=${PIPESTATUS[0]}
 echo "benchmarks: exit $bench_rc after $(elapsed) s"
 
 left=$(( BUDGET - $(elapsed) ))
 if [ "$left" -ge 60 ]; then
-  echo "== margin-softmax benchmarks (N=4096, C=1M, bf16; at most ${left} s)"
-  timeout --kill-after=10 "$left" "$PY" benchmarks/margin_softmax.py --device cuda 2>&1 | tee "$LOG_DIR/bench_margin.log"
-  echo "margin benchmarks: exit ${PIPESTATUS[0]} after $(elapsed) s"
-  [ -f benchmarks/results_margin_cuda.csv ] && cp benchmarks/results_margin_cuda.csv "$LOG_DIR/"
+  echo "== the families' benchmark suites (at most ${left} s)"
+  timeout --kill-after=10 "$left" "$PY" benchmarks/run.py --device cuda --suites families 2>&1 | tee "$LOG_DIR/bench_families.log"
+  echo "family benchmarks: exit ${PIPESTATUS[0]} after $(elapsed) s"
+  cp benchmarks/results_*_cuda.csv "$LOG_DIR/" 2>/dev/null || true
 fi
 
 for f in benchmarks/RESULTS.md benchmarks/results_cuda.csv; do

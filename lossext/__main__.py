@@ -60,8 +60,12 @@ def main(argv=None):
     print(f"lossext {info['version']}")
     print(f"  torch {info['torch']}, CUDA compiled: {yes(info['cuda_compiled'])}"
           f" (arch list: {info['cuda_arch_list'] or '-'}), CUDA available: {yes(info['cuda_available'])}"
-          + (f" ({torch.cuda.get_device_name()})" if info["cuda_available"] else ""))
+          + (f" ({torch.cuda.get_device_name()}, compute capability {info['gpu_capability']}"
+             f"{'' if info.get('gpu_supported', True) else ': NOT in this binary'})"
+             if info["cuda_available"] and info["cuda_compiled"] else ""))
     print(f"  this machine: {B._cpu_model()}, {torch.get_num_threads()} torch threads")
+    print(f"  library: {info['library']} (C++: CMAKE_PREFIX_PATH={lossext.cmake_prefix_path}); "
+          f"families: {', '.join(lossext.FAMILIES)}")
 
     print("\nRegistered ops (torch.ops.lossext.*) and their device kernels:")
     reg = lossext.registered_ops()
@@ -70,6 +74,10 @@ def main(argv=None):
         print(f"  {name.ljust(w)}  {', '.join(keys) or '(no kernel)'}")
     if device == "cuda" and not info["cuda_compiled"]:
         print("note: this build has no CUDA kernels", file=sys.stderr)
+    if info.get("gpu_supported") is False:
+        print(f"warning: the visible GPU (compute capability {info['gpu_capability']}) is not among the CUDA "
+              f"architectures in this binary ({info['cuda_arch_list']}): its kernels cannot run there; rebuild "
+              "with TORCH_CUDA_ARCH_LIST including it", file=sys.stderr)
 
     print(f"\nCorrectness on the benchmark input (N={B.format_numel(args.numel)} {args.dtype}, {device}; "
           "lossext vs the float64 reference, mean reduction, gradient w.r.t. input):")

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Builds liblossext with CMake, installs it, builds the libtorch consumer in examples/cpp against
-# the installed package (a real find_package(lossext)) and runs its tests with ctest.
+# Builds the libtorch programs in examples/cpp against the lossext package that PYTHON imports
+# (a real find_package(lossext) through lossext.cmake_prefix_path: the source tree's in-place
+# build for `make test`, an installed wheel for tests/wheel_test.sh) and runs them with ctest.
+# The library is not built again: the programs link the same liblossext.so that Python loads.
 #
 #   bash examples/cpp/run_cpp_tests.sh                 # from anywhere; paths are the repo's
-#   LOSSEXT_CUDA=0 bash examples/cpp/run_cpp_tests.sh  # CPU kernels only
 #
 # Environment:
-#   PYTHON                the python whose torch is used (default: <repo>/.venv/bin/python)
-#   LOSSEXT_CUDA          0: no CUDA kernels; 1: require them; unset: whenever torch is a CUDA
-#                         build and nvcc is present
+#   PYTHON                the python whose torch and lossext are used (default: <repo>/.venv/bin/python)
 #   CUDA_HOME             the CUDA toolkit root (default /usr/local/cuda; not the parent of a
 #                         wrapper `nvcc` found on PATH)
-#   TORCH_CUDA_ARCH_LIST  CUDA architectures (default 9.0)
+#   TORCH_CUDA_ARCH_LIST  read by find_package(Torch) on a CUDA torch (default 9.0)
 #   JOBS                  parallel build jobs (default 2)
-#   LOSSEXT_BUILD_DIR, LOSSEXT_INSTALL_DIR, LOSSEXT_EXAMPLES_BUILD_DIR
-#                         default build/cmake, build/cmake-install, build/cmake-examples
-# Re-running reuses the build directories: CMake is re-configured only when its arguments change
+#   LOSSEXT_EXAMPLES      the examples to build and test (default: all, see CMakeLists.txt)
+#   LOSSEXT_EXPECT_PREFIX fail unless the lossext package found lies under this directory
+#   LOSSEXT_EXAMPLES_BUILD_DIR   default build/cmake-examples
+# Re-running reuses the build directory: CMake is re-configured only when its arguments change
 # (ninja re-runs it by itself when a CMakeLists.txt changes), so a run with nothing changed
 # costs about the test's own run time.
 set -euo pipefail
@@ -25,8 +25,6 @@ cd "$ROOT"
 
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 JOBS="${JOBS:-2}"
-BUILD="${LOSSEXT_BUILD_DIR:-$ROOT/build/cmake}"
-PREFIX="${LOSSEXT_INSTALL_DIR:-$ROOT/build/cmake-install}"
 EXBUILD="${LOSSEXT_EXAMPLES_BUILD_DIR:-$ROOT/build/cmake-examples}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 
@@ -49,16 +47,28 @@ print(torch.utils.cmake_prefix_path)
 print(torch.version.cuda or "")
 print(nvrtc[0] if nvrtc else "")
 print(torch.__version__)
+import lossext
+print(lossext.cmake_prefix_path)
 EOF
 )"
 mapfile -t TORCH_INFO <<<"$TORCH_INFO_TEXT"
 TORCH_PREFIX="${TORCH_INFO[0]}"
 TORCH_CUDA_VERSION="${TORCH_INFO[1]}"
 NVRTC="${TORCH_INFO[2]}"
-echo "torch ${TORCH_INFO[3]} (CUDA build: ${TORCH_CUDA_VERSION:-no}) from $PYTHON"
+LOSSEXT_PREFIX="${TORCH_INFO[4]}"
+echo "torch ${TORCH_INFO[3]} (CUDA build: ${TORCH_CUDA_VERSION:-no}) from $PYTHON; lossext package: $LOSSEXT_PREFIX"
+[ -f "$LOSSEXT_PREFIX/lossext/lossextConfig.cmake" ] || { echo "run_cpp_tests.sh: no $LOSSEXT_PREFIX/lossext/lossextConfig.cmake (build lossext first)" >&2; exit 1; }
+if [ -n "${LOSSEXT_EXPECT_PREFIX:-}" ]; then
+  case "$(readlink -f "$LOSSEXT_PREFIX")" in
+    "$(readlink -f "$LOSSEXT_EXPECT_PREFIX")"/*) ;;
+    *) echo "run_cpp_tests.sh: lossext found at $LOSSEXT_PREFIX, not under $LOSSEXT_EXPECT_PREFIX" >&2; exit 1 ;;
+  esac
+fi
 
-COMMON_ARGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$TORCH_PREFIX")
-WANT_CUDA=OFF
+COMMON_ARGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$TORCH_PREFIX;$LOSSEXT_PREFIX")
+if [ -n "${LOSSEXT_EXAMPLES:-}" ]; then
+  COMMON_ARGS+=("-DLOSSEXT_EXAMPLES=$LOSSEXT_EXAMPLES")
+fi
 if [ -n "$TORCH_CUDA_VERSION" ]; then
   # A CUDA build of torch needs a CUDA toolkit in find_package(Torch), even for CPU-only
   # consumers. Use the toolkit's own nvcc, not a wrapper script that may come first on PATH.
@@ -69,15 +79,7 @@ if [ -n "$TORCH_CUDA_VERSION" ]; then
   export PATH="$CUDA_HOME/bin:$PATH"
   COMMON_ARGS+=("-DCMAKE_CUDA_COMPILER=$NVCC" "-DCUDAToolkit_ROOT=$CUDA_HOME"
                 "-DCUDA_TOOLKIT_ROOT_DIR=$CUDA_HOME" "-DCUDA_nvrtc_LIBRARY=$NVRTC")
-  WANT_CUDA=ON
 fi
-case "${LOSSEXT_CUDA:-}" in
-  0|OFF|off|no|false) WANT_CUDA=OFF ;;
-  1|ON|on|yes|true)
-    [ "$WANT_CUDA" = ON ] || { echo "run_cpp_tests.sh: LOSSEXT_CUDA=1 but torch is not a CUDA build" >&2; exit 1; } ;;
-  "") ;;
-  *) echo "run_cpp_tests.sh: LOSSEXT_CUDA must be 0 or 1, got '$LOSSEXT_CUDA'" >&2; exit 1 ;;
-esac
 
 # cmake configure, skipped when the directory was configured with the same arguments and
 # environment before (a failed configure leaves no stamp).
@@ -96,20 +98,8 @@ configure() {
   printf '%s' "$args" > "$stamp"
 }
 
-step "configure lossext ($BUILD, CUDA kernels: $WANT_CUDA)"
-configure "$ROOT" "$BUILD" "${COMMON_ARGS[@]}" "-DCMAKE_INSTALL_PREFIX=$PREFIX" "-DLOSSEXT_CUDA=$WANT_CUDA"
-
-step "build lossext"
-cmake --build "$BUILD" -j "$JOBS"
-
-step "install lossext into $PREFIX"
-INSTALL_LOG="$(cmake --install "$BUILD")"
-grep -v -- '-- Up-to-date:' <<<"$INSTALL_LOG" || echo "(everything up to date)"
-LOSSEXT_DIR="$(dirname "$(find "$PREFIX" -name lossextConfig.cmake -print -quit)")"
-[ -f "$LOSSEXT_DIR/lossextConfig.cmake" ] || { echo "run_cpp_tests.sh: no lossextConfig.cmake under $PREFIX" >&2; exit 1; }
-
-step "configure examples/cpp against the installed package ($EXBUILD)"
-configure "$ROOT/examples/cpp" "$EXBUILD" "${COMMON_ARGS[@]}" "-Dlossext_DIR=$LOSSEXT_DIR"
+step "configure examples/cpp against the lossext package in $LOSSEXT_PREFIX ($EXBUILD)"
+configure "$ROOT/examples/cpp" "$EXBUILD" "${COMMON_ARGS[@]}"
 
 step "build examples/cpp"
 cmake --build "$EXBUILD" -j "$JOBS"

@@ -81,7 +81,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from .opinfo import OP_DB, OpInfo
+from .opinfo import OpInfo, op_db
 
 PROVIDERS = ("lossext", "torch", "compile")
 MODES = ("forward", "backward", "full")
@@ -689,7 +689,7 @@ def run(ops: Optional[Iterable[str]] = None, device="cpu", dtype=torch.float32, 
     A row measured while other processes took more than ``noisy_pct`` % of the CPUs is
     measured again, up to ``retry_noisy`` times, each after waiting up to ``wait_idle_s`` for
     a quiet machine; the least disturbed measurement is kept."""
-    infos = list(OP_DB)
+    infos = list(op_db())
     if ops is not None:
         ops = list(ops)
         unknown = sorted(set(ops) - {i.name for i in infos})

@@ -1,4 +1,4 @@
-"""Python side of the margin-softmax ops (csrc/margin): fake kernels and autograd.
+"""Fake kernels and autograd of the margin-softmax ops (csrc/margin).
 
 Ops (reduction: 0 none, 1 mean, 2 sum):
   margin_cross_entropy(cos_logits, target, weight?, row_scale?, scale, m1, m2, m3, lambda_,
@@ -18,8 +18,8 @@ Double backward is not supported: it raises NotImplementedError.
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the kernels)
-from ._autograd import refuse_double_backward
+from .._core import library  # noqa: F401  (loads the kernels)
+from .._core.autograd import refuse_double_backward
 
 
 def _loss_like(x, n, reduction):
@@ -53,7 +53,7 @@ def _(grad, x, w, target, bias, lse, *params):
 def _class_weight_grad(grad, cos, target, weight, row_scale, params):
     """d loss / d class weight, for the rare caller whose class weights require grad (torch's
     cross_entropy refuses this). Computed by autograd through the pure-PyTorch composite
-    (lossext.reference), so it materializes [N, C] intermediates: not a fused path."""
+    (lossext.margin.reference), so it materializes [N, C] intermediates: not a fused path."""
     from . import reference
     scale, m1, m2, m3, lambda_, easy, ls, ii, red = params
     with torch.enable_grad():

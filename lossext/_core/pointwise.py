@@ -12,14 +12,14 @@ A loss NAME with parameters P1..Pk has these ops (reduction: 0 none, 1 mean, 2 s
   multiply by grad_output. Both paths move the same bytes; one-pass runs the loss math once
   but allocates one more input-sized buffer. `register(..., one_pass=)` records which path the
   functional API takes for reduced losses whose input requires grad; the choice per op is
-  measured (benchmarks/RESULTS.md) and written beside its registration in _ops.py.
+  measured (benchmarks/RESULTS.md) and written beside its registration in the family's ops.py.
 - weight's gradient is grad_output * scale * L(x, y) from NAME(..., reduction=none).
 - Double backward is not supported: it raises NotImplementedError.
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the kernels)
-from ._autograd import refuse_double_backward
+from . import library  # noqa: F401  (loads the kernels)
+from .autograd import refuse_double_backward
 
 
 def _scale(reduction, numel):

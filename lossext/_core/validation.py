@@ -94,7 +94,7 @@ def check_rows(fn, name, x, *, cols_name="C"):
 
 def check_labels(fn, target, n, device):
     """Integer class labels [n]; returned as int64. Range is checked by the kernels (CPU raises,
-    CUDA gives NaN for the row: see functional.margin_cross_entropy)."""
+    CUDA gives NaN for the row: see the op's docstring)."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{fn}: target must be a Tensor, got {type(target).__name__}")
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
@@ -119,12 +119,3 @@ def check_vector(fn, name, v, n, like, *, what="C"):
     if v.device != like.device:
         raise ValueError(f"{fn}: {name} is on {v.device} but the logits are on {like.device}")
     return v.to(like.dtype)
-
-
-def check_margins(fn, scale, m1, m2, m3, lambda_=0.0):
-    scale = check_number(fn, "scale", scale, positive=True)
-    m1 = check_number(fn, "m1", m1, positive=True)
-    m2 = check_range(fn, "m2", m2, 0.0, math.pi, hi_open=True)
-    m3 = check_number(fn, "m3", m3)
-    lambda_ = check_range(fn, "lambda_", lambda_, 0.0, math.inf, hi_open=True)
-    return scale, m1, m2, m3, lambda_
