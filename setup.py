@@ -138,23 +138,27 @@ class Build(BuildExtension):
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
-        if ext.name == LIB_EXT:
+        if ext.name == LIB_EXT and self._in_place:
             # an in-place (dev) build finds torch where it is, wherever the venv is
             ext.extra_link_args = ext.extra_link_args + [f"-Wl,-rpath,{os.path.join(os.path.dirname(torch.__file__), 'lib')}"]
         if ext.name == "lossext._C":
             ext.library_dirs = [os.path.dirname(self.get_ext_fullpath(LIB_EXT))]
         super().build_extension(ext)
 
+    _in_place = False
+
     def run(self):
-        if self.inplace:
+        # setuptools clears self.inplace while it builds (then copies into the source tree)
+        self._in_place = bool(self.inplace)
+        if self._in_place:
             os.makedirs(os.path.join(ROOT, "lossext", "lib"), exist_ok=True)
         super().run()
-        self._stage_cpp_package(os.path.join(ROOT, "lossext") if self.inplace
+        self._stage_cpp_package(os.path.join(ROOT, "lossext") if self._in_place
                                 else os.path.join(self.build_lib, "lossext"))
 
     def _stage_cpp_package(self, pkg):
         inc = os.path.join(pkg, "include")
-        if self.inplace:
+        if self._in_place:
             if not os.path.islink(inc):
                 if os.path.exists(inc):
                     shutil.rmtree(inc)

@@ -53,7 +53,7 @@ rewritten only by a run on that device: `python benchmarks/run.py` (CPU) or
 
 Method, in short:
 - **Providers**: `lossext` (the fused op), `eager` (the pure-PyTorch reference of
-  `lossext/reference.py` run eagerly), `compile` (`torch.compile(reference, dynamic=False)`,
+  `lossext/<family>/reference.py`, or the row's `bench_ref`, run eagerly), `compile` (`torch.compile(reference, dynamic=False)`,
   compiled during warmup, never timed while compiling).
 - **Modes** (gradient w.r.t. the input only): `forward` under `torch.no_grad()`; `backward`
   times only `torch.autograd.grad(loss, input)`, the forward is rerun untimed before every

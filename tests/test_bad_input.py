@@ -15,9 +15,9 @@ def test_error_inputs(info, device):
 
 
 def test_module_rejects_bad_hyperparameters(info):
-    key = next(iter(info.hyper))
-    with pytest.raises(ValueError, match=key):
-        info.module(**dict(info.hyper, **{key: -1.0}))
+    for key in list(info.hyper)[:1]:  # a loss may have no hyper-parameters
+        with pytest.raises(ValueError, match=key):
+            info.module(**dict(info.hyper, **{key: -1.0}))
     with pytest.raises(ValueError, match="reduction"):
         info.module(**info.hyper, reduction="avg")
 

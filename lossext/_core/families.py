@@ -3,7 +3,8 @@
 A family NAME is the folders csrc/NAME/, lossext/NAME/, include/lossext/NAME.h,
 tests/test_NAME.py. Its Python package holds these modules, each optional but `functional`:
 
-  lossext/NAME/__init__.py    docstring; README_ROWS (the family's rows of the README loss table)
+  lossext/NAME/__init__.py    docstring; README_ROWS (the family's rows of the README loss table:
+                              dicts of loss, paper, functional, modules, ops, optional note)
   lossext/NAME/ops.py         fake kernels and autograd of its raw ops (imported first)
   lossext/NAME/functional.py  the functions; __all__ joins lossext.functional
   lossext/NAME/modules.py     the Modules;   __all__ joins lossext.nn
@@ -15,7 +16,8 @@ tests/test_NAME.py. Its Python package holds these modules, each optional but `f
 Adding a family = creating those files and adding its name here; lossext.functional,
 lossext.nn, lossext.reference, the OpInfo table (so the generic tests, `make bench` and
 `python -m lossext`), the README loss table and include/lossext/lossext.h pick it up
-(the last two through tools/sync_families.py, which `make build` runs).
+(the last two through tools/sync_families.py, `make sync`; tests/test_layout.py fails while
+they are stale).
 """
 import importlib
 

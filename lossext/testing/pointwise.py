@@ -1,6 +1,7 @@
 """OpInfo helpers of the element-wise op pattern (csrc/common/pointwise_loss.h,
 lossext/_core/pointwise.py): samples, bad calls, raw calls, Module and TorchScript calls and
-tolerances that fit any loss(input, target, weight=None, *params, reduction)."""
+tolerances that fit any loss(input, target, weight=None, *params, reduction), with zero or
+more float parameters (raw_errors: bad_param_index=None when there are none)."""
 import torch
 
 from .opinfo import REDUCTION, ErrorInput, SampleInput, make_tensor
@@ -95,10 +96,10 @@ def module_call(module_cls):
 def jit_source(name, param_keys):
     def source(sample):
         kw = sample.kwargs
-        params = ", ".join(repr(float(kw[k])) for k in param_keys)
         red = REDUCTION[kw.get("reduction", "mean")]
+        args = ", ".join(["x", "y", "None", *(repr(float(kw[k])) for k in param_keys), str(red)])
         src = (f"def f(x: Tensor, y: Tensor) -> Tensor:\n"
-               f"    return torch.ops.lossext.{name}(x, y, None, {params}, {red})\n")
+               f"    return torch.ops.lossext.{name}({args})\n")
         return src, sample.args
     return source
 
@@ -109,7 +110,8 @@ def raw_errors(name, params, bad_param_index, has_target_backward):
         y = torch.rand(12, device=device)
         p = [float(v) for v in params]
         bad = list(p)
-        bad[bad_param_index] = -1.0
+        if bad_param_index is not None:  # None: a loss without parameters has no bad one
+            bad[bad_param_index] = -1.0
         one = torch.ones(3, device=device)
         E = [
             (name, (x, y[:5], None, *p, 1), "'target' has shape"),
@@ -117,7 +119,7 @@ def raw_errors(name, params, bad_param_index, has_target_backward):
             (name, (x, y.double(), None, *p, 1), "'target' has dtype"),
             (name, (x, y, x[:3], *p, 1), "'weight' has shape"),
             (name, (x, y, None, *p, 7), "'reduction' must be"),
-            (name, (x, y, None, *bad, 1), "must be"),
+            *([(name, (x, y, None, *bad, 1), "must be")] if bad_param_index is not None else []),
             (f"{name}_with_grad", (x, y[:5], None, *p, 1), "'target' has shape"),
             (f"{name}_backward", (one, x, y, None, *p, 1), "'grad_output' must be 0-dim"),
             (f"{name}_backward", (one, x, y, None, *p, 0), "'grad_output' has shape"),
