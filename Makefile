@@ -69,8 +69,8 @@ test: pytest cpp-test
 
 wheel: build
 	rm -rf dist
-	TORCH_CUDA_ARCH_LIST="$(WHEEL_CUDA_ARCH_LIST)" $(PY) setup.py -q build --build-base $(WHEEL_BUILD_BASE) \
-	  bdist_wheel -d dist 2>&1 | $(SETUP_FILTER)
+	TORCH_CUDA_ARCH_LIST="$(WHEEL_CUDA_ARCH_LIST)" LOSSEXT_BUILD_BASE=$(WHEEL_BUILD_BASE) \
+	  $(PY) setup.py -q bdist_wheel -d dist 2>&1 | $(SETUP_FILTER)
 	@ls dist/lossext-*-cp310-abi3-*.whl
 
 # Installs the wheel into a fresh venv, runs the test suite against the installed package and

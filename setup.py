@@ -208,6 +208,10 @@ setup(
     packages=find_packages(include=["lossext", "lossext.*"]),
     ext_modules=[] if os.environ.get("LOSSEXT_NO_EXT") == "1" else [lib, pymod],
     cmdclass={"build_ext": Build.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+    # LOSSEXT_BUILD_BASE: a build folder of its own (make wheel, for other architectures than the
+    # dev build's); not `setup.py build --build-base X bdist_wheel`, which runs build_ext twice and
+    # torch's BuildExtension then appends its flags twice (every object is compiled again)
+    options={"bdist_wheel": {"py_limited_api": "cp310"},
+             **({"build": {"build_base": os.environ["LOSSEXT_BUILD_BASE"]}} if os.environ.get("LOSSEXT_BUILD_BASE") else {})},
     zip_safe=False,
 )
