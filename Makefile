@@ -3,6 +3,8 @@
 #   make test   - set up, build, Python tests + C++ consumer tests (ctest)
 #   make wheel / make wheel-test / make bench / make gpu-check / make sync / make clean
 SHELL := /bin/bash
+# a failing build in `setup.py ... | filter` fails the recipe (the filter alone may match nothing)
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,7 +25,7 @@ WHEEL_BUILD_BASE := build
 else
 WHEEL_BUILD_BASE := build/wheel
 endif
-SETUP_FILTER := grep -v -E 'Deprecat|^\s*!!|^\s*\*+$$|setup.py install|pypa|^$$|No CUDA runtime is found' || true
+SETUP_FILTER := { grep -v -E 'Deprecat|^\s*!!|^\s*\*+$$|setup.py install|pypa|^$$|No CUDA runtime is found' || true; }
 
 .PHONY: all setup build sync demo test pytest cpp-test wheel wheel-test bench gpu-check clean
 all: build

@@ -36,7 +36,8 @@ command -v ninja >/dev/null || { echo "run_cpp_tests.sh: ninja not found" >&2; e
 
 # torch's CMake prefix, whether it is a CUDA build, and the nvrtc it ships (find_package(Torch)
 # on a CUDA build wants CUDA_nvrtc_LIBRARY; the minimal toolkit here has no nvrtc).
-TORCH_INFO_TEXT="$("$PYTHON" - <<'EOF'
+# (from / : in the repo root, `import lossext` would find the source tree whatever PYTHON is)
+TORCH_INFO_TEXT="$(cd / && "$PYTHON" - <<'EOF'
 import glob, os
 import torch
 site = os.path.dirname(os.path.dirname(torch.__file__))
