@@ -32,7 +32,7 @@ LIB_FILE = "liblossext.so"
 
 def _find_cuda_home():
     # The nvcc first on PATH may be a wrapper script outside the toolkit; torch would then guess
-    # CUDA_HOME as the wrapper's parent and fail to find libcudart (see BUILD_NOTES).
+    # CUDA_HOME as the wrapper's parent and fail to find libcudart (seen on the CI machines).
     if os.environ.get("CUDA_HOME"):
         return os.environ["CUDA_HOME"]
     for root in ("/usr/local/cuda",):
@@ -138,9 +138,16 @@ class Build(BuildExtension):
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
-        if ext.name == LIB_EXT and self._in_place:
-            # an in-place (dev) build finds torch where it is, wherever the venv is
-            ext.extra_link_args = ext.extra_link_args + [f"-Wl,-rpath,{os.path.join(os.path.dirname(torch.__file__), 'lib')}"]
+        if ext.name == LIB_EXT:
+            if self._in_place:
+                # an in-place (dev) build finds torch where it is, wherever the venv is
+                ext.extra_link_args = ext.extra_link_args + [
+                    f"-Wl,-rpath,{os.path.join(os.path.dirname(torch.__file__), 'lib')}"]
+            # In-place and wheel builds share build/lib (same architectures) but link the library
+            # differently (that rpath): always link it again (ninja keeps the objects).
+            out = self.get_ext_fullpath(ext.name)
+            if os.path.exists(out):
+                os.remove(out)
         if ext.name == "lossext._C":
             ext.library_dirs = [os.path.dirname(self.get_ext_fullpath(LIB_EXT))]
         super().build_extension(ext)
@@ -185,7 +192,8 @@ def _write_if_changed(path, text):
 
 
 def _version_file(version):
-    # CMake's SameMinorVersion rule: the kernels are built for one torch minor version
+    # CMake's SameMinorVersion rule on lossext's version (the torch version check is the warning in
+    # lossextConfig.cmake)
     major, minor = version.split(".")[:2]
     return f'''set(PACKAGE_VERSION "{version}")
 if(PACKAGE_FIND_VERSION_MAJOR STREQUAL "{major}" AND PACKAGE_FIND_VERSION_MINOR STREQUAL "{minor}"

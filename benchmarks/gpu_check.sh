@@ -7,9 +7,10 @@
 #
 # Through the device tool, from the repo root (the build outputs are git-ignored, so carry them;
 # they must have been built with CUDA, see `python -m lossext`):
-#     run(command="bash benchmarks/gpu_check.sh", carry=["lossext/_C.abi3.so", "lossext/lib"], timeout_s=540)
+#     run(command="bash benchmarks/gpu_check.sh", carry=["lossext/_C.abi3.so", "lossext/lib", "lossext/share", "lossext/include"], timeout_s=540)
 # Everything it writes is also copied to $OUT (env.txt, pytest.log, bench*.log, RESULTS.md,
-# results_*cuda.csv). Back here, put the CSVs into benchmarks/ and run
+# results_*cuda.csv). Back here, put the CSVs into benchmarks/ and run (it renders every section
+# from its CSV)
 #     python benchmarks/run.py --render-only
 # to rebuild RESULTS.md with this machine's CPU section and the new CUDA section (or copy the
 # returned RESULTS.md over, if the CPU section has not changed since).
@@ -62,7 +63,7 @@ if [ "${PIPESTATUS[0]}" -ne 0 ]; then
 fi
 
 echo "== tests (at most ${TEST_S} s)"
-timeout --kill-after=10 "$TEST_S" "$PY" -m pytest -x -q tests 2>&1 | tee "$LOG_DIR/pytest.log"
+timeout --kill-after=10 "$TEST_S" "$PY" -m pytest -q tests 2>&1 | tee "$LOG_DIR/pytest.log"
 test_rc=${PIPESTATUS[0]}
 echo "tests: exit $test_rc after $(elapsed) s"
 

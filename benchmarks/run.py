@@ -165,15 +165,21 @@ def family_suites():
     return {fam: mod for fam in FAMILIES if (mod := family_module(fam, "bench", optional=True)) is not None}
 
 
+def write_family_section(out_dir, family, suite, device, rows):
+    body = suite.render(rows, device, rows[0].get("command", "") if rows else "")
+    write_section(os.path.join(out_dir, "RESULTS.md"), f"{family.upper()} {device.upper()}", body,
+                  f"benchmarks/run.py --suites {family} --device {device}")
+    return body
+
+
 def run_family_suite(family, suite, device, quick, out_dir, cmd, log=print):
     t0 = time.perf_counter()
     rows = suite.run(device, quick, log=log)
     log(f"{family}: measured in {time.perf_counter() - t0:.0f} s")
+    for r in rows:
+        r["command"] = cmd
     B.write_csv(rows, os.path.join(out_dir, f"results_{family}_{device}.csv"))
-    body = suite.render(rows, device, cmd)
-    write_section(os.path.join(out_dir, "RESULTS.md"), f"{family.upper()} {device.upper()}", body,
-                  f"benchmarks/run.py --suites {family} --device {device}")
-    log(body)
+    log(write_family_section(out_dir, family, suite, device, rows))
 
 
 def _csv_list(s, allowed, what):
@@ -209,7 +215,7 @@ def main(argv=None):
     p.add_argument("--noisy-pct", type=float, default=10.0)
     p.add_argument("--out-dir", default=HERE, help="where the CSV and RESULTS.md go")
     p.add_argument("--render-only", action="store_true",
-                   help="only rebuild RESULTS.md from results_cpu.csv / results_cuda.csv")
+                   help="only rebuild RESULTS.md from the CSVs (results_<device>.csv, results_<family>_<device>.csv)")
     args = p.parse_args(argv)
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -221,14 +227,24 @@ def main(argv=None):
             if os.path.exists(csv_path):
                 new[dev] = render_section(dev, B.read_csv(csv_path))
         write_results_md(md_path, args.out_dir, new)
+        for fam, suite in family_suites().items():
+            for dev, _ in SECTIONS:
+                csv_path = os.path.join(args.out_dir, f"results_{fam}_{dev}.csv")
+                if os.path.exists(csv_path):
+                    write_family_section(args.out_dir, fam, suite, dev, B.read_csv(csv_path))
         print(f"wrote {md_path}")
         return 0
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     families = family_suites()
-    suites = args.suites.replace("families", ",".join(families)) if args.suites else ",".join(["generic", *families])
-    suites = _csv_list(suites, ["generic", *families], "suites")
+    if args.suites:
+        suites = _csv_list(args.suites.replace("families", ",".join(families) or "(no family has a suite)"),
+                           ["generic", *families], "suites")
+    else:  # --ops picks ops of the generic suite: then only that suite
+        suites = ["generic"] if args.ops else ["generic", *families]
+    if args.ops and suites != ["generic"]:
+        raise SystemExit("--ops selects ops of the generic suite; use it with --suites generic")
     cmd = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     log = lambda s: print(s, flush=True)  # noqa: E731
     if "generic" in suites:

@@ -44,6 +44,9 @@ def loss_table(families):
 
     import lossext.functional as LF
     import lossext.nn as LN
+    from lossext.testing import OP_DB
+
+    raw_ops = {o.name: o.raw_ops for o in OP_DB}
 
     lines = ["| family | loss | paper | `lossext.functional` | `lossext.nn` | raw ops (`torch.ops.lossext.*`) |",
              "|---|---|---|---|---|---|"]
@@ -54,7 +57,12 @@ def loss_table(families):
             mods = ", ".join(f"`{getattr(LN, n).__name__}`" for n in row["modules"])
             if row.get("note"):
                 mods += f" ({row['note']})"
-            ops = ", ".join(f"`{o}`" for o in row["ops"])
+            # the raw ops: those of the OpInfo rows of the row's functions
+            ops = [o for n in row["functional"] for o in raw_ops.get(n, [])]
+            if not ops:
+                raise SystemExit(f"sync_families: README row {row['loss']!r} of {fam!r}: none of "
+                                 f"{row['functional']} has an OpInfo row")
+            ops = ", ".join(f"`{o}`" for o in ops)
             lines.append(f"| `{fam}` | {row['loss']} | {row['paper']} | {functional} | {mods} | {ops} |")
     return "\n".join(lines)
 

@@ -24,6 +24,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+case "$PYTHON" in  # absolute: it runs from / below
+  /*) ;;
+  */*) PYTHON="$OLDPWD/$PYTHON" ;;
+  *) PYTHON="$(command -v "$PYTHON" || echo "$PYTHON")" ;;
+esac
 JOBS="${JOBS:-2}"
 EXBUILD="${LOSSEXT_EXAMPLES_BUILD_DIR:-$ROOT/build/cmake-examples}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
@@ -66,7 +71,9 @@ if [ -n "${LOSSEXT_EXPECT_PREFIX:-}" ]; then
   esac
 fi
 
-COMMON_ARGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$TORCH_PREFIX;$LOSSEXT_PREFIX")
+# lossext_DIR explicitly: a reused build folder's cache would otherwise keep a package found before
+COMMON_ARGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$TORCH_PREFIX;$LOSSEXT_PREFIX"
+             "-Dlossext_DIR=$LOSSEXT_PREFIX/lossext")
 if [ -n "${LOSSEXT_EXAMPLES:-}" ]; then
   COMMON_ARGS+=("-DLOSSEXT_EXAMPLES=$LOSSEXT_EXAMPLES")
 fi

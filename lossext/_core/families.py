@@ -4,7 +4,7 @@ A family NAME is the folders csrc/NAME/, lossext/NAME/, include/lossext/NAME.h,
 tests/test_NAME.py. Its Python package holds these modules, each optional but `functional`:
 
   lossext/NAME/__init__.py    docstring; README_ROWS (the family's rows of the README loss table:
-                              dicts of loss, paper, functional, modules, ops, optional note)
+                              dicts of loss, paper, functional, modules, optional note)
   lossext/NAME/ops.py         fake kernels and autograd of its raw ops (imported first)
   lossext/NAME/functional.py  the functions; __all__ joins lossext.functional
   lossext/NAME/modules.py     the Modules;   __all__ joins lossext.nn
@@ -44,6 +44,7 @@ def collect(namespace, sub):
     names = []
     owner = {}
     for fam in FAMILIES:
+        family_module(fam, "ops", optional=True)  # its registrations, before anything calls the ops
         mod = family_module(fam, sub, optional=(sub != "functional"))
         if mod is None:
             continue

@@ -6,7 +6,6 @@ module lossext._C links it too, so importing lossext loads that same file and a 
 uses lossext from Python and C++ registers each op once.
 """
 import os
-import warnings
 
 import torch
 
@@ -63,17 +62,6 @@ def build_info():
         info["gpu_capability"] = f"{cap[0]}.{cap[1]}"
         info["gpu_supported"] = arch_supported(cap)
     return info
-
-
-def warn_if_gpu_unsupported():
-    """Warns when the visible GPU is not among the architectures compiled in."""
-    info = build_info()
-    if info.get("gpu_supported") is False:
-        warnings.warn(f"lossext: this binary has CUDA kernels for {info['cuda_arch_list']!r}, not for the "
-                      f"visible GPU (compute capability {info['gpu_capability']}); rebuild with "
-                      "TORCH_CUDA_ARCH_LIST including it", RuntimeWarning, stacklevel=2)
-        return True
-    return False
 
 
 def registered_ops():

@@ -5,13 +5,14 @@ import math
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+# reduction string -> the raw ops' int (0 none, 1 mean, 2 sum; torch's at::Reduction numbering)
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def reduction_enum(fn, reduction):
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    return _REDUCTIONS[reduction]
+    return REDUCTIONS[reduction]
 
 
 def check_float_tensor(fn, name, t):

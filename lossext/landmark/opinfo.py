@@ -33,7 +33,7 @@ _AWING = dict(alpha=2.1, omega=14.0, epsilon=1.0, theta=0.5)
 
 OP_ROWS = [
     OpInfo(
-        name="wing_loss", family="landmark",
+        name="wing_loss",
         op=LF.wing_loss, ref=R.wing_loss, module=LN.WingLoss,
         raw_ops=["wing_loss", "wing_loss_with_grad", "wing_loss_backward"],
         hyper=_WING,
@@ -51,7 +51,7 @@ OP_ROWS = [
         tol=P.TOL,
     ),
     OpInfo(
-        name="adaptive_wing_loss", family="landmark",
+        name="adaptive_wing_loss",
         op=LF.adaptive_wing_loss, ref=R.adaptive_wing_loss, module=LN.AdaptiveWingLoss,
         raw_ops=["adaptive_wing_loss", "adaptive_wing_loss_with_grad", "adaptive_wing_loss_backward",
                  "adaptive_wing_loss_target_backward"],

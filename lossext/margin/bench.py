@@ -31,8 +31,7 @@ from ..testing import benchmark as B
 from ..testing.opinfo import SampleInput, op_by_name
 
 MiB = B.MiB
-PROVIDERS = ("lossext", "torch", "compile")
-LABEL = {"lossext": "lossext", "torch": "eager", "compile": "compile"}
+PROVIDERS = B.PROVIDERS
 
 # Issue #3 targets (full mode), checked on the rows below.
 TARGETS = {

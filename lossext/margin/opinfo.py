@@ -317,7 +317,7 @@ _MARGIN_HYPER = dict(scale=64.0, m1=1.0, m2=0.5, m3=0.0)
 
 OP_ROWS = [
     OpInfo(
-        name="margin_cross_entropy", family="margin",
+        name="margin_cross_entropy",
         op=LF.margin_cross_entropy, ref=R.margin_cross_entropy, module=LN.MarginCrossEntropyLoss,
         raw_ops=["margin_cross_entropy", "margin_cross_entropy_backward"],
         hyper=_MARGIN_HYPER,
@@ -329,7 +329,7 @@ OP_ROWS = [
         bench_bytes={"forward": 1, "backward": 2, "full": 3},
     ),
     OpInfo(
-        name="fused_linear_margin_cross_entropy", family="margin",
+        name="fused_linear_margin_cross_entropy",
         op=LF.fused_linear_margin_cross_entropy, ref=R.fused_linear_margin_cross_entropy,
         module=functools.partial(LN.CombinedMarginLoss, 8, 11),
         raw_ops=["fused_linear_margin_cross_entropy", "fused_linear_margin_cross_entropy_backward"],

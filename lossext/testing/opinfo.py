@@ -12,6 +12,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from .._core.validation import REDUCTIONS
+
 
 @dataclass
 class SampleInput:
@@ -95,7 +97,7 @@ class OpInfo:
     # Tensors the op must read and write in each benchmark mode, as multiples of numel:
     # the memory-copy floor moves the same number of bytes.
     bench_bytes: Dict[str, int] = field(default_factory=lambda: {"forward": 2, "backward": 3, "full": 3})
-    family: str = ""
+    family: str = ""                   # set by op_db() from the folder the row is in
 
 
 def op_by_name(name):
@@ -106,8 +108,7 @@ def op_by_name(name):
 
 
 
-# reduction string -> the raw ops' int (0 none, 1 mean, 2 sum)
-REDUCTION = {"none": 0, "mean": 1, "sum": 2}
+REDUCTION = REDUCTIONS  # reduction string -> the raw ops' int
 
 
 def make_tensor(shape, device, dtype, low, high, gen):
@@ -124,8 +125,14 @@ def op_db() -> List[OpInfo]:
     global _OP_DB
     if _OP_DB is None:
         from .._core.families import FAMILIES, family_module
-        _OP_DB = [row for fam in FAMILIES for row in (getattr(family_module(fam, "opinfo", optional=True),
-                                                               "OP_ROWS", None) or [])]
+        rows = []
+        for fam in FAMILIES:
+            for row in getattr(family_module(fam, "opinfo", optional=True), "OP_ROWS", None) or []:
+                if row.family not in ("", fam):
+                    raise ValueError(f"OpInfo {row.name!r} says family {row.family!r} but is in lossext/{fam}/")
+                row.family = fam
+                rows.append(row)
+        _OP_DB = rows
     return _OP_DB
 
 
