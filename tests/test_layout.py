@@ -137,3 +137,17 @@ def test_shared_files_hold_no_family_code():
         if hits:
             found[rel] = hits
     assert not found, f"family-specific names in shared files: {found}"
+
+
+@needs_repo
+def test_cpp_one_pass_choices_match_python():
+    """An element-wise loss's C++ descriptor (include/lossext/<family>.h) repeats the one-pass
+    choice that its family's ops.py registers (lossext/_core/pointwise.ONE_PASS)."""
+    from lossext._core import pointwise
+
+    pat = re.compile(r"static constexpr bool one_pass = (true|false);.*?PointwiseOps<\d+> \w+\(\"lossext::(\w+)\"", re.S)
+    cpp = {}
+    for fam in FAMILIES:
+        text = open(os.path.join(REPO, "include", "lossext", f"{fam}.h")).read()
+        cpp.update({name: flag == "true" for flag, name in pat.findall(text)})
+    assert cpp == pointwise.ONE_PASS
