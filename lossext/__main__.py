@@ -60,8 +60,7 @@ def main(argv=None):
     print(f"lossext {info['version']}")
     print(f"  torch {info['torch']}, CUDA compiled: {yes(info['cuda_compiled'])}"
           f" (arch list: {info['cuda_arch_list'] or '-'}), CUDA available: {yes(info['cuda_available'])}"
-          + (f" ({torch.cuda.get_device_name()}, compute capability {info['gpu_capability']}"
-             f"{'' if info.get('gpu_supported', True) else ': NOT in this binary'})"
+          + (f" ({torch.cuda.get_device_name()}, compute capability {info['gpu_capability']})"
              if info["cuda_available"] and info["cuda_compiled"] else ""))
     print(f"  this machine: {B._cpu_model()}, {torch.get_num_threads()} torch threads")
     print(f"  library: {info['library']} (C++: CMAKE_PREFIX_PATH={lossext.cmake_prefix_path}); "

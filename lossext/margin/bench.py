@@ -41,6 +41,7 @@ TARGETS = {
     "fused_time_frac": 1.1,    # fused: full-mode time at most 1.1x the composite's
 }
 
+
 def bench_row(op, case_name, args, kwargs, grad_args, mode, floor_bytes, grad_bytes, device, dtype, config,
               providers=PROVIDERS, log=print):
     """lossext.testing.benchmark.measure on one case, plus the peak memory above the gradients
