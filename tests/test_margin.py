@@ -316,18 +316,22 @@ def test_modules_fused_and_unfused_agree():
 
 
 def test_sphereface_lambda_schedule():
-    """lambda = max(lambda_min, base (1 + gamma it)^-power), stepped once per training call."""
+    """lambda = max(lambda_min, base (1 + gamma it)^-power); it counts optimizer steps (.step()),
+    not forward calls: micro-batches, eval and no_grad calls leave it alone."""
     m = LN.SphereFaceLoss(8, 6)
     x, t = torch.randn(4, 8), torch.randint(0, 6, (4,))
     lams = []
     for _ in range(3):
         lams.append(m.current_lambda())
-        m(x, t)
+        for _micro in range(2):  # gradient accumulation: two forwards per optimizer step
+            m(x, t).backward()
+        m.step()
     assert lams == [1000.0, 1000.0 / 1.12, 1000.0 / 1.24]
     m.eval()
-    m(x, t)
-    assert m.iteration == 3  # eval does not step
-    m.iteration = 10 ** 6
+    with torch.no_grad():
+        m(x, t)
+    assert m.iteration == 3
+    m.iteration.fill_(10 ** 6)
     assert m.current_lambda() == 5.0
     m2 = LN.SphereFaceLoss(8, 6)
     m2.load_state_dict(m.state_dict())
@@ -335,6 +339,7 @@ def test_sphereface_lambda_schedule():
     # the loss uses the annealed target: lambda = 1000 is nearly plain softmax
     m3 = LN.SphereFaceLoss(8, 6)
     expect = LF.fused_linear_margin_cross_entropy(x, m3.weight, t, 64.0, 4.0, lambda_=1000.0)
+    assert m3.iteration == 0
     torch.testing.assert_close(m3(x, t), expect)
     # the original |x| cos logits
     m4 = LN.SphereFaceLoss(8, 6, feature_norm=True)
@@ -346,7 +351,7 @@ def test_sphereface_lambda_schedule():
 def test_margin_cross_entropy_module_and_bad_hyperparameters():
     cos, t = _cos(4, 6).float(), _target(4, 6)
     torch.testing.assert_close(LN.MarginCrossEntropyLoss(m2=0.5)(cos, t), LF.arcface_loss(cos, t))
-    with pytest.raises(ValueError, match="m2 must be in"):
+    with pytest.raises(ValueError, match="^ArcFaceLoss: margin must be in"):  # the user's name, not m2
         LN.ArcFaceLoss(8, 4, margin=4.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         LN.CosFaceLoss(8, 4, label_smoothing=2.0)

@@ -1,5 +1,77 @@
-"""Autograd helpers shared by every op family."""
+"""Autograd of the lossext ops, shared by every family.
+
+`register` gives a raw op a setup_context-style torch.autograd.Function, run by the op's
+Autograd kernel and, under torch.func transforms and forward-mode AD, by `call` (the
+functional API's entry: functorch must see the Function before the dispatcher reaches the
+Autograd key), so that every training mode sees one formula:
+- reverse mode (loss.backward(), torch.autograd.grad),
+- torch.func.grad / vjp / jacrev (functorch needs setup_context, which
+  torch.library.register_autograd's generated Function lacks in torch 2.10-2.14),
+- forward mode (torch.func.jvp, torch.autograd.forward_ad): the family's `jvp`, or a
+  NotImplementedError naming the op (never the silently zero tangent a plain custom op gives),
+- vmap (the Function's generated rule over the ops' per-sample fallback),
+- torch.compile / torch.export (AOTAutograd traces this kernel like register_autograd's).
+
+`refuse_double_backward` makes each backward op's own derivative raise.
+"""
 import torch
+from torch.autograd import forward_ad
+
+_LIB = torch.library.Library("lossext", "FRAGMENT")  # noqa: TOR901  (registrations only)
+
+
+FUNCTIONS = {}  # op name -> its autograd.Function
+
+
+def _transforms_or_dual_active():
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def call(op_name, *args):
+    """torch.ops.lossext.<op_name>(*args), through its autograd.Function where torch.func
+    transforms or forward-mode AD are active."""
+    if _transforms_or_dual_active():
+        return FUNCTIONS[op_name].apply(*args)
+    return getattr(torch.ops.lossext, op_name)(*args)
+
+
+def register(op_name, *, setup_context, backward, jvp=None, what=None):
+    """Autograd for torch.ops.lossext.<op_name>.
+
+    setup_context(ctx, inputs, output) and backward(ctx, *grads) are as for
+    torch.library.register_autograd. jvp(ctx, *tangents) returns the outputs' tangents
+    (tensors saved for it with ctx.save_for_forward are in ctx.saved_tensors); None: forward
+    mode raises NotImplementedError naming `what` (the user-facing name; default the op's).
+    """
+    op = getattr(torch.ops.lossext, op_name).default
+    label = what or f"lossext.{op_name}"
+
+    def forward(*args):
+        # Runs with grad mode off (Function.apply), so the op below takes the plain path.
+        return op(*args)
+
+    def no_jvp(ctx, *tangents):
+        raise NotImplementedError(
+            f"{label}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not "
+            "implemented; use reverse mode (backward, torch.func.grad, vjp, jacrev)")
+
+    fn = type(f"LossextAutograd_{op_name}", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "jvp": staticmethod(jvp or no_jvp),
+        "generate_vmap_rule": True,
+    })
+
+    def kernel(keyset, *args):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return fn.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    _LIB.impl(op_name, kernel, "Autograd", with_keyset=True)
+    FUNCTIONS[op_name] = fn
+    return fn
 
 
 def refuse_double_backward(loss_name, backward_ops):
@@ -8,8 +80,13 @@ def refuse_double_backward(loss_name, backward_ops):
     def backward(ctx, *grads):
         raise NotImplementedError(f"lossext.{loss_name}: double backward is not supported")
 
+    def jvp(ctx, *tangents):  # forward-over-reverse (torch.func.hessian, jacfwd(jacrev))
+        raise NotImplementedError(
+            f"lossext.{loss_name}: second derivatives (double backward, forward-over-reverse such as "
+            "torch.func.hessian) are not supported")
+
     def setup(ctx, inputs, output):
         pass
 
     for op_name in backward_ops:
-        torch.library.register_autograd(f"lossext::{op_name}", backward, setup_context=setup)
+        register(op_name, setup_context=setup, backward=backward, jvp=jvp)

@@ -14,12 +14,20 @@ A loss NAME with parameters P1..Pk has these ops (reduction: 0 none, 1 mean, 2 s
   functional API takes for reduced losses whose input requires grad; the choice per op is
   measured (benchmarks/RESULTS.md) and written beside its registration in the family's ops.py.
 - weight's gradient is grad_output * scale * L(x, y) from NAME(..., reduction=none).
+- Forward mode (torch.func.jvp, forward_ad): the tangent is the reduction of
+  dL/dx tx + dL/dy ty + L tw, element by element (NAME_with_grad at reduction=none gives dL/dx).
 - Double backward is not supported: it raises NotImplementedError.
+- Autocast: the "fp32" policy (lossext/_core/amp.py), as F.mse_loss.
+- Fake kernels check devices as the real ones do (lossext/_core/fake.py).
 """
+import functools
+
 import torch
 
+from . import amp
 from . import library  # noqa: F401  (loads the kernels)
-from .autograd import refuse_double_backward
+from .autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .fake import check_same_device
 
 
 def _scale(reduction, numel):
@@ -30,42 +38,72 @@ def _scale(reduction, numel):
 ONE_PASS = {}
 
 
+def _dense_order(x):
+    """The permutation of x's dims from outermost to innermost stride when x is dense but not
+    contiguous (channels_last, a transposed tensor): x.permute(order) is contiguous. None
+    otherwise."""
+    if x.dim() < 2 or x.is_contiguous():
+        return None
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # stable: size-1 dims keep their place
+    return order if x.permute(order).is_contiguous() else None
+
+
 def call(name, input, target, weight, params, reduction):
-    """The functional entry: one-pass or recompute, as measured best for the op."""
-    ns = torch.ops.lossext
+    """The functional entry: one-pass or recompute, as measured best for the op.
+    reduction='none' returns the loss in input's memory format (channels_last in,
+    channels_last out), as torch's losses do: the kernels write contiguous outputs, so a dense
+    non-contiguous input is handed to them as the contiguous permuted view."""
+    if reduction == 0:
+        order = _dense_order(input)
+        if order is not None:
+            inverse = sorted(range(len(order)), key=order.__getitem__)
+            perm = lambda t: None if t is None else t.permute(order)  # noqa: E731
+            return call(name, perm(input), perm(target), perm(weight), params, 0).permute(inverse)
     # The one-pass buffer holds dloss/dinput (1/numel included for 'mean') in the input dtype,
     # which underflows in float16/bfloat16 before a loss scale multiplies it: half precision
     # recomputes in float32 inside the backward kernel instead.
     if (ONE_PASS[name] and reduction != 0 and input.dtype in (torch.float32, torch.float64)
             and input.requires_grad and torch.is_grad_enabled()):
-        return getattr(ns, name + "_with_grad")(input, target, weight, *params, reduction)[0]
-    return getattr(ns, name)(input, target, weight, *params, reduction)
+        return call_op(name + "_with_grad", input, target, weight, *params, reduction)[0]
+    return call_op(name, input, target, weight, *params, reduction)
 
 
 def register(name, *, target_grad_is_neg_input_grad, one_pass):
     ONE_PASS[name] = one_pass
-    ns = torch.ops.lossext
-    fwd = getattr(ns, name).default
-    bwd = getattr(ns, f"{name}_backward").default
-    tbwd = None if target_grad_is_neg_input_grad else getattr(ns, f"{name}_target_backward").default
+    # The formulas call the ops through call_op, never torch.ops directly: under torch.func
+    # transforms functorch must see their autograd.Functions (the backward ops' raise when
+    # differentiated, so a second derivative is refused instead of silently zero).
+    fwd, fwd_grad, bwd = (functools.partial(call_op, n) for n in (name, f"{name}_with_grad", f"{name}_backward"))
+    tbwd = None if target_grad_is_neg_input_grad else functools.partial(call_op, f"{name}_target_backward")
 
     def loss_shape(input, reduction):
         return input.new_empty(()) if reduction != 0 else torch.empty_like(input, memory_format=torch.contiguous_format)
 
+    def devices(op, input, target, weight, grad_output=None):
+        check_same_device(op, "input", input, ("target", target), ("weight", weight), ("grad_output", grad_output))
+
     @torch.library.register_fake(f"lossext::{name}")
     def _(input, target, weight, *rest):
+        devices(name, input, target, weight)
         return loss_shape(input, rest[-1])
 
     @torch.library.register_fake(f"lossext::{name}_with_grad")
     def _(input, target, weight, *rest):
+        devices(f"{name}_with_grad", input, target, weight)
         return loss_shape(input, rest[-1]), torch.empty_like(input, memory_format=torch.contiguous_format)
 
-    def grad_like(grad_output, input, *rest):
-        return torch.empty_like(input, memory_format=torch.contiguous_format)
+    def backward_fake(op):
+        def fake(grad_output, input, target, weight, *rest):
+            devices(op, input, target, weight, grad_output)
+            return torch.empty_like(input, memory_format=torch.contiguous_format)
+        return fake
 
-    torch.library.register_fake(f"lossext::{name}_backward")(grad_like)
+    torch.library.register_fake(f"lossext::{name}_backward")(backward_fake(f"{name}_backward"))
     if tbwd is not None:
-        torch.library.register_fake(f"lossext::{name}_target_backward")(grad_like)
+        torch.library.register_fake(f"lossext::{name}_target_backward")(backward_fake(f"{name}_target_backward"))
+
+    for op in (name, f"{name}_with_grad"):
+        amp.register(op, "fp32")
 
     def weight_grad(grad, input, target, params):
         reduction = params[-1]
@@ -83,11 +121,35 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
             return -grad_input
         return tbwd(grad, input, target, weight, *params)
 
+    def tangent(ctx, tx, ty, tw):
+        """Forward mode: reduce(dL/dx tx + dL/dy ty + L tw) over the elements."""
+        input, target, weight = ctx.saved_tensors
+        params = ctx.params
+        p, reduction = params[:-1], params[-1]
+        t = None
+        if tx is not None or ty is not None:
+            gx = fwd_grad(input, target, weight, *p, 0)[1]  # d loss_i / d x_i, weight included
+            if tx is not None:
+                t = gx * tx
+            if ty is not None:
+                gy = -gx if tbwd is None else tbwd(torch.ones_like(gx), input, target, weight, *p, 0)
+                t = gy * ty if t is None else t + gy * ty
+        if tw is not None:
+            lw = fwd(input, target, None, *p, 0) * tw
+            t = lw if t is None else t + lw
+        if t is None:
+            t = torch.zeros_like(input)
+        return t if reduction == 0 else (t.sum() if reduction == 2 else t.mean())
+
+    def save(ctx, input, target, weight, params, *extra):
+        ctx.save_for_backward(*extra, input, target, weight)
+        ctx.save_for_forward(input, target, weight)  # jvp's ctx.saved_tensors
+        ctx.params = params
+
     # ---- recompute path -------------------------------------------------------------
     def setup_fwd(ctx, inputs, output):
         input, target, weight, *params = inputs
-        ctx.save_for_backward(input, target, weight)
-        ctx.params = params
+        save(ctx, input, target, weight, params)
 
     def backward_fwd(ctx, grad):
         input, target, weight = ctx.saved_tensors
@@ -101,17 +163,19 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
             gw = weight_grad(grad, input, target, p)
         return (gi, gt, gw) + (None,) * len(p)
 
-    torch.library.register_autograd(f"lossext::{name}", backward_fwd, setup_context=setup_fwd)
+    def jvp_fwd(ctx, tx, ty, tw, *_params):
+        return tangent(ctx, tx, ty, tw)
+
+    register_autograd(name, setup_context=setup_fwd, backward=backward_fwd, jvp=jvp_fwd, what=f"lossext.{name}")
 
     # ---- one-pass path --------------------------------------------------------------
     def setup_fwd_grad(ctx, inputs, output):
         input, target, weight, *params = inputs
-        ctx.params = params
         # dloss/dinput is an auxiliary output: not differentiable. Without materialize_grads off,
         # autograd would zero-fill an input-sized gradient for it in every backward.
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(output[1], input, target, weight)
+        save(ctx, input, target, weight, params, output[1])
 
     def backward_fwd_grad(ctx, grad, _unused):
         g, input, target, weight = ctx.saved_tensors
@@ -131,8 +195,11 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
             gw = weight_grad(grad, input, target, p)
         return (gi, gt, gw) + (None,) * len(p)
 
-    torch.library.register_autograd(f"lossext::{name}_with_grad", backward_fwd_grad,
-                                    setup_context=setup_fwd_grad)
+    def jvp_fwd_grad(ctx, tx, ty, tw, *_params):
+        return tangent(ctx, tx, ty, tw), None
+
+    register_autograd(f"{name}_with_grad", setup_context=setup_fwd_grad, backward=backward_fwd_grad,
+                      jvp=jvp_fwd_grad, what=f"lossext.{name}")
 
     # ---- double backward: raise clearly ---------------------------------------------
     refuse_double_backward(name, [f"{name}_backward"] + ([f"{name}_target_backward"] if tbwd is not None else []))

@@ -1,5 +1,7 @@
 """Landmark loss Modules."""
-from torch import nn
+from typing import Optional
+
+from torch import Tensor, nn
 
 from .._core import validation as V
 from . import functional as F
@@ -12,12 +14,12 @@ class WingLoss(nn.Module):
 
     def __init__(self, width=10.0, curvature=2.0, reduction="mean"):
         super().__init__()
-        V.reduction_enum("WingLoss", reduction)
-        self.width = V.check_number("WingLoss", "width", width, positive=True)
-        self.curvature = V.check_number("WingLoss", "curvature", curvature, positive=True)
-        self.reduction = reduction
+        n = "WingLoss"
+        self.width = V.check_positive(n, "width", V.number(n, "width", width))
+        self.curvature = V.check_positive(n, "curvature", V.number(n, "curvature", curvature))
+        self.reduction = V.reduction(n, reduction)
 
-    def forward(self, input, target, weight=None):
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         return F.wing_loss(input, target, self.width, self.curvature, weight, self.reduction)
 
     def extra_repr(self):
@@ -30,14 +32,13 @@ class AdaptiveWingLoss(nn.Module):
     def __init__(self, alpha=2.1, omega=14.0, epsilon=1.0, theta=0.5, reduction="mean"):
         super().__init__()
         n = "AdaptiveWingLoss"
-        V.reduction_enum(n, reduction)
-        self.omega = V.check_number(n, "omega", omega, positive=True)
-        self.epsilon = V.check_number(n, "epsilon", epsilon, positive=True)
-        self.theta = V.check_number(n, "theta", theta, positive=True)
-        self.alpha = V.check_number(n, "alpha", alpha, greater_than=("theta", self.theta))
-        self.reduction = reduction
+        self.omega = V.check_positive(n, "omega", V.number(n, "omega", omega))
+        self.epsilon = V.check_positive(n, "epsilon", V.number(n, "epsilon", epsilon))
+        self.theta = V.check_positive(n, "theta", V.number(n, "theta", theta))
+        self.alpha = V.check_greater(n, "alpha", V.number(n, "alpha", alpha), "theta", self.theta)
+        self.reduction = V.reduction(n, reduction)
 
-    def forward(self, input, target, weight=None):
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         return F.adaptive_wing_loss(input, target, self.alpha, self.omega, self.epsilon, self.theta,
                                     weight, self.reduction)
 

@@ -1,35 +1,121 @@
 """Margin-softmax losses (functional): SphereFace, CosFace, ArcFace, the combined margin, and the
 fused normalized-linear version that never stores the [N, C] logits. They follow
 torch.nn.functional.cross_entropy: 'mean' divides by the summed class weights of the rows not
-ignored."""
+ignored.
+
+Each function is scriptable (torch.jit.script); eager calls also accept numpy and other
+numbers.Real/Integral parameters, follow autocast (a float32 loss; the fused ops run their
+matmuls in the autocast dtype) and torch.func transforms. The wrappers (cosface_loss, ...)
+name their own parameters in errors (``margin``, not ``m3``)."""
 import math
+from typing import List, Optional
 
 import torch
+from torch import Tensor
 
 from .._core import validation as V
+from .._core.autograd import call as call_op
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
 
 __all__ = ["margin_cross_entropy", "cosface_loss", "arcface_loss", "sphereface_loss",
            "fused_linear_margin_cross_entropy", "fused_linear_cross_entropy"]
 
-
-def check_margins(fn, scale, m1, m2, m3, lambda_=0.0):
-    scale = V.check_number(fn, "scale", scale, positive=True)
-    m1 = V.check_number(fn, "m1", m1, positive=True)
-    m2 = V.check_range(fn, "m2", m2, 0.0, math.pi, hi_open=True)
-    m3 = V.check_number(fn, "m3", m3)
-    lambda_ = V.check_range(fn, "lambda_", lambda_, 0.0, math.inf, hi_open=True)
-    return scale, m1, m2, m3, lambda_
+# The user's names of m1, m2, m3 (a wrapper fixes two and names the third `margin`); the
+# functions spell them as literals (TorchScript reads no global lists).
+COMBINED = ["m1", "m2", "m3"]
+ARCFACE = ["m1 (fixed)", "margin", "m3 (fixed)"]
+COSFACE = ["m1 (fixed)", "m2 (fixed)", "margin"]
+SPHEREFACE = ["margin", "m2 (fixed)", "m3 (fixed)"]
 
 
-def _ce_common(fn, label_smoothing, ignore_index, reduction):
-    return (V.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0),
-            V.check_int(fn, "ignore_index", ignore_index), V.reduction_enum(fn, reduction))
+def check_margins(fn: str, names: List[str], scale: float, m1: float, m2: float, m3: float, lambda_: float):
+    V.check_positive(fn, "scale", scale)
+    V.check_positive(fn, names[0], m1)
+    V.check_range(fn, names[1], m2, 0.0, math.pi, True)
+    V.check_finite(fn, names[2], m3)
+    V.check_range(fn, "lambda_", lambda_, 0.0, math.inf, True)
 
 
-def margin_cross_entropy(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0, label_smoothing=0.0,
-                         weight=None, ignore_index=-100, reduction="mean", *, easy_margin=False,
-                         lambda_=0.0, feature_norm=None):
+def check_common(fn: str, label_smoothing: float, reduction: str) -> int:
+    V.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0, False)
+    return V.reduction_enum(fn, reduction)
+
+
+def _eager_numbers(fn, names, scale, m1, m2, m3, label_smoothing, ignore_index, lambda_):
+    """The eager-only conversions of the shared parameters (Python/numpy numbers)."""
+    return (V.number(fn, "scale", scale), V.number(fn, names[0], m1), V.number(fn, names[1], m2),
+            V.number(fn, names[2], m3), V.number(fn, "label_smoothing", label_smoothing),
+            V.integer(fn, "ignore_index", ignore_index), V.number(fn, "lambda_", lambda_))
+
+
+def lambda_tensor(lambda_: float, like: Tensor) -> Optional[Tensor]:
+    """The ops take SphereFace's lambda as an optional 0-dim float64 tensor (a changing
+    schedule is then not a compile-time constant): None for 0."""
+    if lambda_ == 0.0:
+        return None
+    return torch.full((), lambda_, dtype=torch.float64, device=like.device)
+
+
+def _op_lambda(lam: Optional[Tensor]) -> float:
+    return 0.0 if lam is None else float(lam.item())
+
+
+def _eager_call(fn, names, op_name, *args):
+    """The op's loss; its kernel's errors re-raised as fn's (eager only: TorchScript has no try)."""
+    try:
+        return call_op(op_name, *args)[0]
+    except RuntimeError as e:
+        V.raise_from_kernel(fn, e, names)
+
+
+_CE_NAMES = {"row_scale": "feature_norm"}
+_FUSED_NAMES = {"input": "embeddings"}
+
+
+def margin_ce(fn: str, names: List[str], cos_logits: Tensor, target: Tensor, scale: float, m1: float, m2: float,
+              m3: float, label_smoothing: float, weight: Optional[Tensor], ignore_index: int, reduction: str,
+              easy_margin: bool, lam: Optional[Tensor], feature_norm: Optional[Tensor]) -> Tensor:
+    """margin_cross_entropy after the eager conversions of numbers (the Modules call it);
+    lam: None or a 0-dim tensor >= 0."""
+    if not torch.jit.is_scripting():
+        # the class weight and feature_norm follow cos_logits' dtype (check_vector)
+        (cos_logits,) = V.promote(fn, "fp32", ("cos_logits",), cos_logits)
+        V.tensor(fn, "target", target)
+        V.tensor(fn, "weight", weight, True)
+        V.tensor(fn, "feature_norm", feature_norm, True)
+    V.check_rows(fn, "cos_logits", cos_logits, "C")
+    n, c = cos_logits.shape[0], cos_logits.shape[1]
+    target = V.check_labels(fn, target, n, cos_logits, "cos_logits")
+    red = check_common(fn, label_smoothing, reduction)
+    if c == 0 and n > 0:
+        raise ValueError(fn + ": cos_logits has no classes (shape " + str(list(cos_logits.shape)) + ")")
+    w = V.check_vector(fn, "weight", weight, c, cos_logits, "C")
+    rs = V.check_vector(fn, "feature_norm", feature_norm, n, cos_logits, "N")
+    if torch.jit.is_scripting():
+        return torch.ops.lossext.margin_cross_entropy(cos_logits, target, w, rs, scale, m1, m2, m3, _op_lambda(lam),
+                                                      easy_margin, label_smoothing, ignore_index, red)[0]
+    else:
+        return _eager_call(fn, _CE_NAMES, "margin_cross_entropy", cos_logits, target, w, rs, scale, m1, m2, m3,
+                           _op_lambda(lam), easy_margin, label_smoothing, ignore_index, red)
+
+
+def _margin_entry(fn: str, names: List[str], cos_logits: Tensor, target: Tensor, scale: float, m1: float, m2: float,
+                  m3: float, label_smoothing: float, weight: Optional[Tensor], ignore_index: int, reduction: str,
+                  easy_margin: bool, lambda_: float, feature_norm: Optional[Tensor]) -> Tensor:
+    if not torch.jit.is_scripting():
+        scale, m1, m2, m3, label_smoothing, ignore_index, lambda_ = _eager_numbers(
+            fn, names, scale, m1, m2, m3, label_smoothing, ignore_index, lambda_)
+        reduction = V.reduction(fn, reduction)
+        easy_margin = V.flag(fn, "easy_margin", easy_margin)
+    check_margins(fn, names, scale, m1, m2, m3, lambda_)
+    return margin_ce(fn, names, cos_logits, target, scale, m1, m2, m3, label_smoothing, weight, ignore_index,
+                     reduction, easy_margin, lambda_tensor(lambda_, cos_logits), feature_norm)
+
+
+def margin_cross_entropy(cos_logits: Tensor, target: Tensor, scale: float = 64.0, m1: float = 1.0, m2: float = 0.0,
+                         m3: float = 0.0, label_smoothing: float = 0.0, weight: Optional[Tensor] = None,
+                         ignore_index: int = -100, reduction: str = "mean", easy_margin: bool = False,
+                         lambda_: float = 0.0, feature_norm: Optional[Tensor] = None) -> Tensor:
     r"""Cross-entropy over cosine logits with an angular margin on the target class.
 
     The target logit is :math:`s\,(\frac{\lambda\cos\theta + \psi(\theta)}{1+\lambda} - m_3)`,
@@ -48,52 +134,103 @@ def margin_cross_entropy(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
       weights of the rows not ignored; all rows ignored gives NaN).
     - At cos = +-1 the gradient is finite: d psi/d cos divides by max(sin theta, 1e-4).
     - float16/bfloat16 compute in float32 (no overflow at s = 64).
-    - Labels outside [0, C) that are not ``ignore_index``: RuntimeError on CPU. On CUDA they are
-      never used as an index; that row's loss, and so a reduced loss, is NaN, and its gradient is NaN.
+    - Labels outside [0, C) that are not ``ignore_index``: IndexError on CPU (as F.cross_entropy).
+      On CUDA they are never used as an index; that row's loss, and so a reduced loss, is NaN, and
+      its gradient is NaN (the class weight's too).
 
     Args:
         cos_logits: [N, C] cosines. target: [N] integer labels.
     """
-    fn = "margin_cross_entropy"
-    V.check_rows(fn, "cos_logits", cos_logits)
-    n, c = cos_logits.shape
-    target = V.check_labels(fn, target, n, cos_logits.device)
-    scale, m1, m2, m3, lambda_ = check_margins(fn, scale, m1, m2, m3, lambda_)
-    ls, ii, red = _ce_common(fn, label_smoothing, ignore_index, reduction)
-    if not isinstance(easy_margin, bool):
-        raise TypeError(f"{fn}: easy_margin must be a bool, got {type(easy_margin).__name__}")
-    if c == 0 and n > 0:
-        raise ValueError(f"{fn}: cos_logits has no classes (shape {tuple(cos_logits.shape)})")
-    w = V.check_vector(fn, "weight", weight, c, cos_logits)
-    rs = V.check_vector(fn, "feature_norm", feature_norm, n, cos_logits, what="N")
-    return torch.ops.lossext.margin_cross_entropy(cos_logits, target, w, rs, scale, m1, m2, m3, lambda_,
-                                                  easy_margin, ls, ii, red)[0]
+    return _margin_entry("margin_cross_entropy", ["m1", "m2", "m3"], cos_logits, target, scale, m1, m2, m3, label_smoothing,
+                         weight, ignore_index, reduction, easy_margin, lambda_, feature_norm)
 
 
-def cosface_loss(cos_logits, target, scale=64.0, margin=0.35, **kw):
-    """CosFace / LMCL (Wang et al., CVPR 2018, Eq. 4): target logit s (cos - margin)."""
-    return margin_cross_entropy(cos_logits, target, scale, 1.0, 0.0, margin, **kw)
+def cosface_loss(cos_logits: Tensor, target: Tensor, scale: float = 64.0, margin: float = 0.35,
+                 label_smoothing: float = 0.0, weight: Optional[Tensor] = None, ignore_index: int = -100,
+                 reduction: str = "mean") -> Tensor:
+    """CosFace / LMCL (Wang et al., CVPR 2018, Eq. 4): target logit s (cos - margin).
+    The other arguments are margin_cross_entropy's."""
+    return _margin_entry("cosface_loss", ["m1 (fixed)", "m2 (fixed)", "margin"], cos_logits, target, scale, 1.0, 0.0, margin, label_smoothing,
+                         weight, ignore_index, reduction, False, 0.0, None)
 
 
-def arcface_loss(cos_logits, target, scale=64.0, margin=0.5, easy_margin=False, **kw):
+def arcface_loss(cos_logits: Tensor, target: Tensor, scale: float = 64.0, margin: float = 0.5,
+                 easy_margin: bool = False, label_smoothing: float = 0.0, weight: Optional[Tensor] = None,
+                 ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """ArcFace (Deng et al., CVPR 2019, Eq. 3): target logit s cos(theta + margin), with
-    insightface's rule past theta + margin > pi (or ``easy_margin``)."""
-    return margin_cross_entropy(cos_logits, target, scale, 1.0, margin, 0.0, easy_margin=easy_margin, **kw)
+    insightface's rule past theta + margin > pi (or ``easy_margin``).
+    The other arguments are margin_cross_entropy's."""
+    return _margin_entry("arcface_loss", ["m1 (fixed)", "margin", "m3 (fixed)"], cos_logits, target, scale, 1.0, margin, 0.0, label_smoothing,
+                         weight, ignore_index, reduction, easy_margin, 0.0, None)
 
 
-def sphereface_loss(cos_logits, target, margin=4, lambda_=0.0, feature_norm=None, scale=64.0, **kw):
+def sphereface_loss(cos_logits: Tensor, target: Tensor, margin: float = 4.0, lambda_: float = 0.0,
+                    feature_norm: Optional[Tensor] = None, scale: float = 64.0, label_smoothing: float = 0.0,
+                    weight: Optional[Tensor] = None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     r"""SphereFace / A-Softmax (Liu et al., CVPR 2017, Eq. 7): target psi(theta) =
     (-1)^k cos(m theta) - 2k, annealed as (lambda cos + psi) / (1 + lambda).
     With ``feature_norm`` [N] (the embeddings' norms) the logits are |x| cos as in the paper;
-    without it they are ``scale`` cos (normalized features)."""
-    return margin_cross_entropy(cos_logits, target, scale, margin, 0.0, 0.0, lambda_=lambda_,
-                                feature_norm=feature_norm, **kw)
+    without it they are ``scale`` cos (normalized features).
+    The other arguments are margin_cross_entropy's."""
+    return _margin_entry("sphereface_loss", ["margin", "m2 (fixed)", "m3 (fixed)"], cos_logits, target, scale, margin, 0.0, 0.0,
+                         label_smoothing, weight, ignore_index, reduction, False, lambda_, feature_norm)
 
 
-def fused_linear_margin_cross_entropy(embeddings, weight, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
-                                      label_smoothing=0.0, ignore_index=-100, reduction="mean",
-                                      chunk_size=None, *, normalize=True, bias=None, easy_margin=False,
-                                      lambda_=0.0):
+def check_chunk_size(fn: str, chunk_size: Optional[int]) -> int:
+    if chunk_size is None:
+        return 0
+    if chunk_size <= 0:
+        raise ValueError(fn + ": chunk_size must be > 0, got " + str(chunk_size))
+    return chunk_size
+
+
+def fused_margin(fn: str, names: List[str], embeddings: Tensor, weight: Tensor, target: Tensor, scale: float,
+                 m1: float, m2: float, m3: float, label_smoothing: float, ignore_index: int, reduction: str,
+                 chunk_size: Optional[int], normalize: bool, bias: Optional[Tensor], easy_margin: bool,
+                 lam: Optional[Tensor]) -> Tensor:
+    """fused_linear_margin_cross_entropy after the eager conversions of numbers (the Modules
+    call it); lam: None or a 0-dim tensor >= 0."""
+    if not torch.jit.is_scripting():
+        embeddings, weight = V.promote(fn, "matmul", ("embeddings", "weight"), embeddings, weight)
+        V.tensor(fn, "target", target)
+        V.tensor(fn, "bias", bias, True)  # follows the embeddings' dtype (check_vector)
+    V.check_rows(fn, "embeddings", embeddings, "D")
+    V.check_rows(fn, "weight", weight, "D")
+    if weight.dtype != embeddings.dtype:
+        raise TypeError(fn + ": weight dtype " + str(weight.dtype) + " does not match embeddings dtype "
+                        + str(embeddings.dtype))
+    V.check_device(fn, "weight", weight, "embeddings", embeddings)
+    n, d = embeddings.shape[0], embeddings.shape[1]
+    c = weight.shape[0]
+    if weight.shape[1] != d:
+        raise ValueError(fn + ": weight has D = " + str(weight.shape[1]) + " but embeddings have D = " + str(d))
+    if c == 0 and n > 0:
+        raise ValueError(fn + ": weight has no classes (shape " + str(list(weight.shape)) + ")")
+    target = V.check_labels(fn, target, n, embeddings, "embeddings")
+    red = check_common(fn, label_smoothing, reduction)
+    if not normalize and (m1 != 1.0 or m2 != 0.0):
+        raise ValueError(fn + ": normalize=False takes only the additive margin m3; got m1=" + str(m1) + ", m2="
+                         + str(m2))
+    if normalize and bias is not None:
+        raise ValueError(fn + ": bias needs normalize=False")
+    b = V.check_vector(fn, "bias", bias, c, embeddings, "C")
+    chunk = check_chunk_size(fn, chunk_size)
+    if torch.jit.is_scripting():
+        return torch.ops.lossext.fused_linear_margin_cross_entropy(
+            embeddings, weight, target, b, scale, m1, m2, m3, _op_lambda(lam), easy_margin, normalize,
+            label_smoothing, ignore_index, red, chunk)[0]
+    else:
+        return _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy", embeddings, weight, target, b,
+                           scale, m1, m2, m3, _op_lambda(lam), easy_margin, normalize, label_smoothing, ignore_index,
+                           red, chunk)
+
+
+def fused_linear_margin_cross_entropy(embeddings: Tensor, weight: Tensor, target: Tensor, scale: float = 64.0,
+                                      m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
+                                      label_smoothing: float = 0.0, ignore_index: int = -100,
+                                      reduction: str = "mean", chunk_size: Optional[int] = None,
+                                      normalize: bool = True, bias: Optional[Tensor] = None,
+                                      easy_margin: bool = False, lambda_: float = 0.0) -> Tensor:
     r"""``margin_cross_entropy(normalize(embeddings) @ normalize(weight).T, target, ...)`` without
     ever storing the [N, C] logits.
 
@@ -109,41 +246,29 @@ def fused_linear_margin_cross_entropy(embeddings, weight, target, scale=64.0, m1
     Args:
         embeddings: [N, D]. weight: [C, D] (class centres). target: [N] integer labels.
     """
-    fn = "fused_linear_margin_cross_entropy"
-    V.check_rows(fn, "embeddings", embeddings, cols_name="D")
-    V.check_rows(fn, "weight", weight, cols_name="D")
-    if weight.dtype != embeddings.dtype:
-        raise TypeError(f"{fn}: weight dtype {weight.dtype} does not match embeddings dtype {embeddings.dtype}")
-    if weight.device != embeddings.device:
-        raise ValueError(f"{fn}: weight is on {weight.device} but embeddings are on {embeddings.device}")
-    n, d = embeddings.shape
-    c = weight.shape[0]
-    if weight.shape[1] != d:
-        raise ValueError(f"{fn}: weight has D = {weight.shape[1]} but embeddings have D = {d}")
-    if c == 0 and n > 0:
-        raise ValueError(f"{fn}: weight has no classes (shape {tuple(weight.shape)})")
-    target = V.check_labels(fn, target, n, embeddings.device)
-    scale, m1, m2, m3, lambda_ = check_margins(fn, scale, m1, m2, m3, lambda_)
-    ls, ii, red = _ce_common(fn, label_smoothing, ignore_index, reduction)
-    if not normalize and (m1 != 1.0 or m2 != 0.0):
-        raise ValueError(f"{fn}: normalize=False takes only the additive margin m3; got m1={m1}, m2={m2}")
-    if normalize and bias is not None:
-        raise ValueError(f"{fn}: bias needs normalize=False")
-    b = V.check_vector(fn, "bias", bias, c, embeddings)
-    if chunk_size is None:
-        chunk = 0
-    else:
-        chunk = V.check_int(fn, "chunk_size", chunk_size)
-        if chunk <= 0:
-            raise ValueError(f"{fn}: chunk_size must be > 0, got {chunk}")
-    return torch.ops.lossext.fused_linear_margin_cross_entropy(
-        embeddings, weight, target, b, scale, m1, m2, m3, lambda_, bool(easy_margin), bool(normalize),
-        ls, ii, red, chunk)[0]
+    return _fused_entry("fused_linear_margin_cross_entropy", embeddings, weight, target, scale, m1, m2, m3,
+                        label_smoothing, ignore_index, reduction, chunk_size, normalize, bias, easy_margin, lambda_)
 
 
-def fused_linear_cross_entropy(input, weight, target, bias=None, label_smoothing=0.0, ignore_index=-100,
-                               reduction="mean", chunk_size=None):
+def _fused_entry(fn: str, embeddings: Tensor, weight: Tensor, target: Tensor, scale: float, m1: float, m2: float,
+                 m3: float, label_smoothing: float, ignore_index: int, reduction: str, chunk_size: Optional[int],
+                 normalize: bool, bias: Optional[Tensor], easy_margin: bool, lambda_: float) -> Tensor:
+    if not torch.jit.is_scripting():
+        scale, m1, m2, m3, label_smoothing, ignore_index, lambda_ = _eager_numbers(
+            fn, ["m1", "m2", "m3"], scale, m1, m2, m3, label_smoothing, ignore_index, lambda_)
+        reduction = V.reduction(fn, reduction)
+        chunk_size = None if chunk_size is None else V.integer(fn, "chunk_size", chunk_size)
+        normalize, easy_margin = V.flag(fn, "normalize", normalize), V.flag(fn, "easy_margin", easy_margin)
+    check_margins(fn, ["m1", "m2", "m3"], scale, m1, m2, m3, lambda_)
+    return fused_margin(fn, ["m1", "m2", "m3"], embeddings, weight, target, scale, m1, m2, m3, label_smoothing, ignore_index,
+                        reduction, chunk_size, normalize, bias, easy_margin, lambda_tensor(lambda_, embeddings))
+
+
+def fused_linear_cross_entropy(input: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
+                               label_smoothing: float = 0.0, ignore_index: int = -100, reduction: str = "mean",
+                               chunk_size: Optional[int] = None) -> Tensor:
     """``cross_entropy(input @ weight.T + bias, target, ...)`` without storing the logits: the
-    fused linear cross-entropy of LLM-style training. See fused_linear_margin_cross_entropy."""
-    return fused_linear_margin_cross_entropy(input, weight, target, 1.0, 1.0, 0.0, 0.0, label_smoothing,
-                                             ignore_index, reduction, chunk_size, normalize=False, bias=bias)
+    fused linear cross-entropy of LLM-style training. See fused_linear_margin_cross_entropy
+    (its errors call ``input`` embeddings)."""
+    return _fused_entry("fused_linear_cross_entropy", input, weight, target, 1.0, 1.0, 0.0, 0.0, label_smoothing,
+                        ignore_index, reduction, chunk_size, False, bias, False, 0.0)

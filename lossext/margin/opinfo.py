@@ -101,8 +101,9 @@ def _margin_ce_errors(device):
         ErrorInput(S(cos, t, feature_norm=torch.ones(3, device=device)), ValueError, "feature_norm must have shape"),
     ]
     if device == "cpu":  # CUDA never indexes with a bad label; the row's loss is NaN (see test_margin.py)
-        E.append(ErrorInput(S(cos, torch.tensor([0, 1, 5, 2])), RuntimeError, "'target' has value 5 at index 2"))
-        E.append(ErrorInput(S(cos, torch.tensor([0, -1, 3, 2])), RuntimeError, "'target' has value -1 at index 1"))
+        E.append(ErrorInput(S(cos, torch.tensor([0, 1, 5, 2])), IndexError,
+                            "^margin_cross_entropy: target has value 5 at index 2"))
+        E.append(ErrorInput(S(cos, torch.tensor([0, -1, 3, 2])), IndexError, "target has value -1 at index 1"))
     return E
 
 
@@ -231,7 +232,7 @@ def _fused_errors(device):
     E = [
         ErrorInput(S(x, torch.rand(5, 2, device=device), t), ValueError, "weight has D = 2"),
         ErrorInput(S(x[0], w, t), ValueError, "embeddings must be 2-D"),
-        ErrorInput(S(x, w.double(), t), TypeError, "weight dtype"),
+        ErrorInput(S(x, w.long(), t), TypeError, "weight must be float"),
         ErrorInput(S(x, w, t.float()), TypeError, "target must be integer"),
         ErrorInput(S(x, w, t[:2]), ValueError, "target must have shape"),
         ErrorInput(S(x, w, t, chunk_size=0), ValueError, "chunk_size must be > 0"),
@@ -241,7 +242,8 @@ def _fused_errors(device):
         ErrorInput(S(x, w, t, scale=-1.0), ValueError, "scale must be > 0"),
     ]
     if device == "cpu":
-        E.append(ErrorInput(S(x, w, torch.tensor([0, 1, 5, 2])), RuntimeError, "'target' has value 5 at index 2"))
+        E.append(ErrorInput(S(x, w, torch.tensor([0, 1, 5, 2])), IndexError,
+                            "^fused_linear_margin_cross_entropy: target has value 5 at index 2"))
     return E
 
 

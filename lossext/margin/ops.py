@@ -14,38 +14,61 @@ Ops (reduction: 0 none, 1 mean, 2 sum):
 lse [N] (float64 for every input dtype) is saved for the backward and is not
 differentiable. A class weight that requires grad gets its gradient from the PyTorch composite
 (_class_weight_grad: correct, not fused).
+Forward mode (torch.func.jvp, forward_ad): the tangent comes from one backward kernel pass
+(dL/dcos or dL/dX, dL/dW contracted with the tangents); a class weight's tangent, and the
+fused op's weight/bias tangents at reduction='none', raise NotImplementedError.
 Double backward is not supported: it raises NotImplementedError.
+Autocast: margin_cross_entropy runs in float32 (as F.cross_entropy); the fused op runs its
+matmuls in the autocast dtype and returns a float32 loss (as F.linear then F.cross_entropy).
 """
 import torch
 
+from .._core import amp
 from .._core import library  # noqa: F401  (loads the kernels)
-from .._core.autograd import refuse_double_backward
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .._core.fake import check_same_device
 
 
 def _loss_like(x, n, reduction):
     return x.new_empty((n,)) if reduction == 0 else x.new_empty(())
 
 
+def _ce_devices(op, cos, target, weight, row_scale, lambda_, *more):
+    check_same_device(op, "cos_logits", cos, ("target", target), ("weight", weight), ("row_scale", row_scale),
+                      ("lambda_", lambda_ if isinstance(lambda_, torch.Tensor) else None), *more)
+
+
+def _fused_devices(op, x, w, target, bias, lambda_, *more):
+    check_same_device(op, "input", x, ("weight", w), ("target", target), ("bias", bias),
+                      ("lambda_", lambda_ if isinstance(lambda_, torch.Tensor) else None), *more)
+
+
 @torch.library.register_fake("lossext::margin_cross_entropy")
 def _(cos, target, weight, row_scale, *params):
+    _ce_devices("margin_cross_entropy", cos, target, weight, row_scale, params[4])
     n = cos.shape[0]
     return _loss_like(cos, n, params[-1]), cos.new_empty((n,), dtype=torch.float64)
 
 
 @torch.library.register_fake("lossext::margin_cross_entropy_backward")
 def _(grad, cos, target, weight, row_scale, lse, *params):
+    _ce_devices("margin_cross_entropy_backward", cos, target, weight, row_scale, params[4],
+                ("grad_output", grad), ("lse", lse))
     n = cos.shape[0]
     return (cos.new_empty(cos.shape), cos.new_empty((n if row_scale is not None else 0,)))
 
 
 @torch.library.register_fake("lossext::fused_linear_margin_cross_entropy")
 def _(x, w, target, bias, *params):
+    _fused_devices("fused_linear_margin_cross_entropy", x, w, target, bias, params[4])
     n = x.shape[0]
     return _loss_like(x, n, params[-2]), x.new_empty((n,), dtype=torch.float64)
 
 
 @torch.library.register_fake("lossext::fused_linear_margin_cross_entropy_backward")
 def _(grad, x, w, target, bias, lse, *params):
+    _fused_devices("fused_linear_margin_cross_entropy_backward", x, w, target, bias, params[4],
+                   ("grad_output", grad), ("lse", lse))
     return (x.new_empty(x.shape), w.new_empty(w.shape),
             x.new_empty((w.shape[0] if bias is not None else 0,)))
 
@@ -53,16 +76,22 @@ def _(grad, x, w, target, bias, lse, *params):
 def _class_weight_grad(grad, cos, target, weight, row_scale, params):
     """d loss / d class weight, for the rare caller whose class weights require grad (torch's
     cross_entropy refuses this). Computed by autograd through the pure-PyTorch composite
-    (lossext.margin.reference), so it materializes [N, C] intermediates: not a fused path."""
+    (lossext.margin.reference), so it materializes [N, C] intermediates: not a fused path.
+    Labels outside [0, C) that are not ignore_index are never used as an index here either
+    (on CUDA an indexing composite would trip a device-side assert): they are masked, and
+    the gradient is NaN, as their rows' loss is."""
     from . import reference
     scale, m1, m2, m3, lambda_, easy, ls, ii, red = params
+    c = cos.shape[1]
+    bad = (target != ii) & ((target < 0) | (target >= c))
+    safe = torch.where(bad, torch.full_like(target, ii), target)
     with torch.enable_grad():
         w = weight.detach().requires_grad_(True)
         loss = reference.margin_cross_entropy(
-            cos.detach(), target, scale, m1, m2, m3, ls, w, ii, ("none", "mean", "sum")[red],
+            cos.detach(), safe, scale, m1, m2, m3, ls, w, ii, ("none", "mean", "sum")[red],
             easy_margin=easy, lambda_=lambda_, feature_norm=None if row_scale is None else row_scale.detach())
         (g,) = torch.autograd.grad(loss, w, grad)
-    return g
+    return torch.where(bad.any(), torch.full_like(g, float("nan")), g)
 
 
 # ---- margin_cross_entropy ---------------------------------------------------------------
@@ -73,6 +102,25 @@ def _setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])  # lse: an auxiliary output
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*inputs[:4], output[1])
+    ctx.save_for_forward(*inputs[:4], output[1])
+
+
+def _unit_grad(like, n, reduction):
+    """grad_output of ones: per row at reduction='none' (each row's loss depends on its row only)."""
+    return like.new_ones((n,) if reduction == 0 else ())
+
+
+def _dot(a, t, reduction):
+    """Contract a gradient with a tangent: per row at reduction='none', else in full."""
+    if t is None:
+        return None
+    p = a * t
+    return p.reshape(p.shape[0], -1).sum(1) if reduction == 0 else p.sum()
+
+
+def _add(*terms):
+    terms = [t for t in terms if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 def _ce_backward(ctx, grad, _grad_lse):
@@ -83,14 +131,26 @@ def _ce_backward(ctx, grad, _grad_lse):
     need = ctx.needs_input_grad
     g_cos = g_rs = g_w = None
     if need[0] or need[3]:
-        g_cos, g_rs = torch.ops.lossext.margin_cross_entropy_backward(
-            grad, cos, target, weight, row_scale, lse, *ctx.params)
+        g_cos, g_rs = call_op("margin_cross_entropy_backward", grad, cos, target, weight, row_scale, lse, *ctx.params)
     if need[2]:
         g_w = _class_weight_grad(grad, cos, target, weight, row_scale, ctx.params)
     return (g_cos if need[0] else None, None, g_w, g_rs if need[3] else None) + (None,) * n_params
 
 
-torch.library.register_autograd("lossext::margin_cross_entropy", _ce_backward, setup_context=_setup)
+def _ce_jvp(ctx, t_cos, _t_target, t_weight, t_rs, *_t_params):
+    cos, target, weight, row_scale, lse = ctx.saved_tensors
+    if t_weight is not None:
+        raise NotImplementedError("lossext.margin_cross_entropy: forward-mode AD with respect to the class "
+                                  "weight is not implemented")
+    red = ctx.params[-1]
+    g_cos, g_rs = call_op("margin_cross_entropy_backward", _unit_grad(cos, cos.shape[0], red), cos, target,
+                          weight, row_scale, lse, *ctx.params)
+    t = _add(_dot(g_cos, t_cos, red), _dot(g_rs, t_rs, red) if row_scale is not None else None)
+    return (t if t is not None else torch.zeros_like(_unit_grad(cos, cos.shape[0], red))), None
+
+
+register_autograd("margin_cross_entropy", setup_context=_setup, backward=_ce_backward, jvp=_ce_jvp)
+amp.register("margin_cross_entropy", "fp32")
 
 
 # ---- fused_linear_margin_cross_entropy ----------------------------------------------------
@@ -100,16 +160,27 @@ def _fused_backward(ctx, grad, _grad_lse):
     n_params = len(ctx.params)
     if grad is None:
         return (None,) * (4 + n_params)
-    gx, gw, gb = torch.ops.lossext.fused_linear_margin_cross_entropy_backward(
-        grad, x, w, target, bias, lse, *ctx.params)
+    gx, gw, gb = call_op("fused_linear_margin_cross_entropy_backward", grad, x, w, target, bias, lse, *ctx.params)
     need = ctx.needs_input_grad
     return (gx if need[0] else None, gw if need[1] else None, None,
             gb if need[3] else None) + (None,) * n_params
 
 
-torch.library.register_autograd("lossext::fused_linear_margin_cross_entropy", _fused_backward,
-                                setup_context=_setup)
+def _fused_jvp(ctx, t_x, t_w, _t_target, t_bias, *_t_params):
+    x, w, target, bias, lse = ctx.saved_tensors
+    red = ctx.params[-2]  # chunk_size is last
+    if red == 0 and (t_w is not None or t_bias is not None):
+        raise NotImplementedError(
+            "lossext.fused_linear_margin_cross_entropy: forward-mode AD at reduction='none' with respect to "
+            "the class weights or bias is not implemented (it needs a per-row weight gradient)")
+    gx, gw, gb = call_op("fused_linear_margin_cross_entropy_backward", _unit_grad(x, x.shape[0], red), x, w,
+                         target, bias, lse, *ctx.params)
+    t = _add(_dot(gx, t_x, red), _dot(gw, t_w, red), _dot(gb, t_bias, red) if bias is not None else None)
+    return (t if t is not None else torch.zeros_like(_unit_grad(x, x.shape[0], red))), None
 
+
+register_autograd("fused_linear_margin_cross_entropy", setup_context=_setup, backward=_fused_backward, jvp=_fused_jvp)
+amp.register("fused_linear_margin_cross_entropy", "matmul", float_outputs=1)
 
 for _name in ("margin_cross_entropy", "fused_linear_margin_cross_entropy"):
     refuse_double_backward(_name, [f"{_name}_backward"])
