@@ -5,8 +5,8 @@ with eager PyTorch (and torch.compile) on this machine.
                       [--no-compile] [--no-bench]
 
 Each row shows the shapes of the op's benchmark input (each op's OpInfo bench_input builds it
-from --numel: the tensor for element-wise losses, N x C cosines for margin_cross_entropy, the
-embeddings N x D and class weights C x D for the fused op). Rows where lossext is slower than
+from --numel: the tensor for element-wise losses, e.g. N x C logits or N x D embeddings and
+C x D class weights for the others). Rows where lossext is slower than
 eager or torch.compile are listed after the table with what was measured about them: whether
 the gap is within the measured spread, lossext's fixed per-call cost, the copy floor, the
 other processes' share of the CPUs.
@@ -61,8 +61,8 @@ def build_parser():
                    help="cpu or cuda (or cuda:N); default: cuda if a GPU is visible, else cpu")
     p.add_argument("--numel", type=int, default=1 << 20,
                    help="size of each op's benchmark input, in elements; each op's OpInfo row turns it "
-                        "into its shapes (printed per row), e.g. N x C = about NUMEL for the margin "
-                        "cross-entropy (default: %(default)s)")
+                        "into its shapes (printed per row), e.g. N x C = about NUMEL for a loss over "
+                        "class logits (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
                    help="floating dtype of the inputs (default: %(default)s)")
     p.add_argument("--ops", default=None, metavar="NAME[,NAME...]",

@@ -36,7 +36,10 @@ def missing_paths(families):
 
 
 def _signature(fn):
-    return f"{fn.__name__}{inspect.signature(fn)}"
+    """name(arg, arg=default, ...): the signature without its TorchScript type annotations."""
+    sig = inspect.signature(fn)
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return f"{fn.__name__}{sig.replace(parameters=params, return_annotation=inspect.Signature.empty)}"
 
 
 def loss_table(families):
