@@ -48,6 +48,16 @@ def _dense_order(x):
     return order if x.permute(order).is_contiguous() else None
 
 
+def one_pass_applies(input: torch.Tensor, reduction: int) -> bool:
+    """Where an op registered one_pass=True takes its one-pass op (scriptable: the functions'
+    TorchScript branches choose as `call` does, so scripted and eager results are identical).
+    The one-pass buffer holds dloss/dinput (1/numel included for 'mean') in the input dtype,
+    which underflows in float16/bfloat16 before a loss scale multiplies it: half precision
+    recomputes in float32 inside the backward kernel instead."""
+    return (reduction != 0 and (input.dtype == torch.float32 or input.dtype == torch.float64)
+            and input.requires_grad and torch.is_grad_enabled())
+
+
 def call(name, input, target, weight, params, reduction):
     """The functional entry: one-pass or recompute, as measured best for the op.
     reduction='none' returns the loss in input's memory format (channels_last in,
@@ -59,11 +69,7 @@ def call(name, input, target, weight, params, reduction):
             inverse = sorted(range(len(order)), key=order.__getitem__)
             perm = lambda t: None if t is None else t.permute(order)  # noqa: E731
             return call(name, perm(input), perm(target), perm(weight), params, 0).permute(inverse)
-    # The one-pass buffer holds dloss/dinput (1/numel included for 'mean') in the input dtype,
-    # which underflows in float16/bfloat16 before a loss scale multiplies it: half precision
-    # recomputes in float32 inside the backward kernel instead.
-    if (ONE_PASS[name] and reduction != 0 and input.dtype in (torch.float32, torch.float64)
-            and input.requires_grad and torch.is_grad_enabled()):
+    if ONE_PASS[name] and one_pass_applies(input, reduction):
         return call_op(name + "_with_grad", input, target, weight, *params, reduction)[0]
     return call_op(name, input, target, weight, *params, reduction)
 

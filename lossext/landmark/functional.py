@@ -43,6 +43,8 @@ def wing_loss(input: Tensor, target: Tensor, width: float = 10.0, curvature: flo
     V.check_positive(fn, "curvature", curvature)
     w = V.prepare_weight(fn, weight, input)
     if torch.jit.is_scripting():
+        if ops.WING_ONE_PASS and pointwise.one_pass_applies(input, red):
+            return torch.ops.lossext.wing_loss_with_grad(input, target, w, width, curvature, red)[0]
         return torch.ops.lossext.wing_loss(input, target, w, width, curvature, red)
     return pointwise.call(fn, input, target, w, (width, curvature), red)
 
@@ -75,5 +77,8 @@ def adaptive_wing_loss(input: Tensor, target: Tensor, alpha: float = 2.1, omega:
     V.check_greater(fn, "alpha", alpha, "theta", theta)
     w = V.prepare_weight(fn, weight, input)
     if torch.jit.is_scripting():
+        if ops.ADAPTIVE_WING_ONE_PASS and pointwise.one_pass_applies(input, red):
+            return torch.ops.lossext.adaptive_wing_loss_with_grad(input, target, w, alpha, omega, epsilon, theta,
+                                                                 red)[0]
         return torch.ops.lossext.adaptive_wing_loss(input, target, w, alpha, omega, epsilon, theta, red)
     return pointwise.call(fn, input, target, w, (alpha, omega, epsilon, theta), red)

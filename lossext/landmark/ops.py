@@ -8,5 +8,9 @@ Half precision always recomputes (see lossext/_core/pointwise.call).
 """
 from .._core import pointwise
 
-pointwise.register("wing_loss", target_grad_is_neg_input_grad=True, one_pass=False)
-pointwise.register("adaptive_wing_loss", target_grad_is_neg_input_grad=False, one_pass=True)
+# module constants: the TorchScript branches of functional.py read them too
+WING_ONE_PASS = False
+ADAPTIVE_WING_ONE_PASS = True
+
+pointwise.register("wing_loss", target_grad_is_neg_input_grad=True, one_pass=WING_ONE_PASS)
+pointwise.register("adaptive_wing_loss", target_grad_is_neg_input_grad=False, one_pass=ADAPTIVE_WING_ONE_PASS)

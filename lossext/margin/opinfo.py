@@ -153,6 +153,21 @@ def _margin_ce_module(sample):
     return LN.MarginCrossEntropyLoss(**kw), sample.args, {"feature_norm": fnorm}
 
 
+def _margin_ce_modules(device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    cos, t = _cosines(6, 9, device, dtype, gen), _labels(6, 9, gen, device)
+    w = make_tensor((9,), device, dtype, 0.5, 2.0, gen)
+    return [(LN.MarginCrossEntropyLoss(m2=0.5, label_smoothing=0.1, weight=w), (cos, t), {})]
+
+
+def _fused_modules(device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x, t = make_tensor((6, 8), device, dtype, -1, 1, gen), _labels(6, 11, gen, device)
+    mods = [LN.CombinedMarginLoss(8, 11, m2=0.3, m3=0.1, chunk_size=4), LN.CosFaceLoss(8, 11),
+            LN.ArcFaceLoss(8, 11, fused=False), LN.SphereFaceLoss(8, 11), LN.SphereFaceLoss(8, 11, feature_norm=True)]
+    return [(m.to(device=device, dtype=dtype), (x, t), {}) for m in mods]
+
+
 def _margin_ce_jit(sample):
     return _jit("margin_cross_entropy", ("x", "t"), 2, _ce_params(sample.kwargs)), sample.args
 
@@ -326,6 +341,7 @@ OP_ROWS = [
         sample_inputs=_margin_ce_samples, edge_inputs=_margin_ce_edges, error_inputs=_margin_ce_errors,
         bench_input=_margin_ce_bench, raw_calls=_margin_ce_raw_calls, module_call=_margin_ce_module,
         jit_source=_margin_ce_jit, raw_error_inputs=_margin_ce_raw_errors, tol=_MARGIN_TOL,
+        module_samples=_margin_ce_modules,
         bench_ref=R.margin_cross_entropy_composite, bench_generic=False,
         # forward reads N x C; backward reads it and writes the gradient
         bench_bytes={"forward": 1, "backward": 2, "full": 3},
@@ -339,6 +355,7 @@ OP_ROWS = [
         sample_inputs=_fused_samples, edge_inputs=_fused_edges, error_inputs=_fused_errors,
         bench_input=_fused_bench, raw_calls=_fused_raw_calls, module_call=_fused_module,
         jit_source=_fused_jit, raw_error_inputs=_fused_raw_errors, tol=_MARGIN_TOL,
+        module_samples=_fused_modules,
         bench_ref=R.fused_linear_margin_cross_entropy_composite, bench_generic=False,
     ),
 ]

@@ -97,6 +97,10 @@ class OpInfo:
     # Tensors the op must read and write in each benchmark mode, as multiples of numel:
     # the memory-copy floor moves the same number of bytes.
     bench_bytes: Dict[str, int] = field(default_factory=lambda: {"forward": 2, "backward": 3, "full": 3})
+    # (device, dtype) -> [(Module, args, kwargs)]: every lossext.nn Module that computes this op,
+    # ready to call on small inputs (the generic training-mode tests: compile once, script,
+    # autocast, repr); the floating args are leaves a training step updates.
+    module_samples: Callable[..., List[Tuple[Callable, Tuple, Dict]]] = None
     family: str = ""                   # set by op_db() from the folder the row is in
 
 

@@ -92,6 +92,15 @@ def module_call(module_cls):
     return call
 
 
+def module_samples(module_cls, lo_x, hi_x, lo_y, hi_y, hyper):
+    def make(device, dtype):
+        gen = torch.Generator().manual_seed(0)
+        x = make_tensor((4, 68, 2), device, dtype, lo_x, hi_x, gen)
+        y = make_tensor((4, 68, 2), device, dtype, lo_y, hi_y, gen)
+        return [(module_cls(**hyper), (x, y), {})]
+    return make
+
+
 def jit_source(name, param_keys):
     def source(sample):
         kw = sample.kwargs
