@@ -190,7 +190,77 @@ def test_cuda_bad_label_gives_nan_not_a_crash():
     assert LF.fused_linear_margin_cross_entropy(x, w, t).isnan()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+def test_cuda_bad_label_with_class_weight_grad_is_nan_not_an_assert():
+    """The class-weight gradient (a PyTorch composite) masks bad labels too: NaN, and the CUDA
+    context survives (an indexing composite would trip a device-side assert)."""
+    cos = _cos(4, 5).cuda()
+    w = torch.rand(5, dtype=torch.float64, device="cuda").requires_grad_(True)
+    t = torch.tensor([0, 7, 2, 1], device="cuda")
+    LF.margin_cross_entropy(cos, t, weight=w).backward()
+    torch.cuda.synchronize()
+    assert w.grad.isnan().all()
+    assert (torch.ones(2, device="cuda") + 1).sum().item() == 4.0  # the context still works
+
+
+def test_bad_label_is_an_index_error_naming_the_function():
+    """As F.cross_entropy: IndexError; the message names the function the user called and
+    carries no C++ source path."""
+    cos = _cos(4, 5)
+    for fn, call in [("arcface_loss", lambda t: LF.arcface_loss(cos, t)),
+                     ("ArcFaceLoss", lambda t: LN.ArcFaceLoss(3, 5)(torch.randn(4, 3), t)),
+                     ("fused_linear_cross_entropy",
+                      lambda t: LF.fused_linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), t))]:
+        with pytest.raises(IndexError, match=f"^{fn}: target has value 9 at index 1") as e:
+            call(torch.tensor([0, 9, 1, 2]))
+        assert ".cpp" not in str(e.value) and "lossext::" not in str(e.value)
+
+
 # ---- wrappers ---------------------------------------------------------------------------
+
+def test_modules_check_every_argument_at_construction():
+    cases = [(lambda: LN.ArcFaceLoss(8, 10, chunk_size=0), ValueError, "^ArcFaceLoss: chunk_size"),
+             (lambda: LN.ArcFaceLoss(8, 10, margin=4), ValueError, "^ArcFaceLoss: margin must be in"),
+             (lambda: LN.CosFaceLoss(8, 10, margin=float("nan")), ValueError, "^CosFaceLoss: margin must be finite"),
+             (lambda: LN.SphereFaceLoss(8, 10, margin=-1), ValueError, "^SphereFaceLoss: margin must be > 0"),
+             (lambda: LN.CombinedMarginLoss(8, 10, ignore_index=2 ** 70), ValueError, "ignore_index must fit in int64"),
+             (lambda: LN.CombinedMarginLoss(8, 10, chunk_size=2 ** 63), ValueError, "chunk_size must"),
+             (lambda: LN.CombinedMarginLoss(8, 10, fused="yes"), TypeError, "fused must be a bool"),
+             (lambda: LN.MarginCrossEntropyLoss(weight=torch.ones(2, 2)), ValueError, "weight must be a 1-D"),
+             (lambda: LN.SphereFaceLoss(8, 10, gamma=-1.0), ValueError, "gamma must be >= 0")]
+    for make, err, match in cases:
+        with pytest.raises(err, match=match):
+            make()
+
+
+@pytest.mark.parametrize("cls,fixed", [(LN.CosFaceLoss, "m2"), (LN.ArcFaceLoss, "m3"), (LN.SphereFaceLoss, "m1"),
+                                       (LN.SphereFaceLoss, "lambda_")])
+def test_wrappers_refuse_the_margins_they_fix(cls, fixed):
+    with pytest.raises(TypeError, match=f"^{cls.__name__}: {fixed} is fixed by"):
+        cls(8, 10, **{fixed: 0.5})
+
+
+def test_numpy_numbers_in_modules_and_functions():
+    np = pytest.importorskip("numpy")
+    m = LN.ArcFaceLoss(8, np.int64(10), scale=np.float32(30))
+    assert m.num_classes == 10 and m.scale == 30.0
+    cos, t = _cos(4, 5), _target(4, 5)
+    torch.testing.assert_close(LF.cosface_loss(cos, t, np.float64(30.0), np.float32(0.25), ignore_index=np.int32(-1)),
+                               LF.cosface_loss(cos, t, 30.0, 0.25, ignore_index=-1))
+
+
+def test_sphereface_weights_only_checkpoint_loads_strictly():
+    m = LN.SphereFaceLoss(8, 6)
+    m.step(7)
+    w = torch.randn(6, 8)
+    m.load_state_dict({"weight": w})  # strict: no missing 'iteration'
+    assert m.iteration == 7 and torch.equal(m.weight.detach(), w)
+    m2 = LN.SphereFaceLoss(8, 6)
+    m2.load_state_dict({"weight": w, "_extra_state": {"iteration": 3}})  # an older lossext checkpoint
+    assert m2.iteration == 3
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        m2.load_state_dict({"weight": w, "bogus": torch.ones(1)})
+
 
 def test_wrappers_are_the_combined_margin():
     cos, t = _cos(5, 8), _target(5, 8)
