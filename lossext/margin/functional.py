@@ -66,8 +66,8 @@ def margin_cross_entropy(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
         raise ValueError(f"{fn}: cos_logits has no classes (shape {tuple(cos_logits.shape)})")
     w = V.check_vector(fn, "weight", weight, c, cos_logits)
     rs = V.check_vector(fn, "feature_norm", feature_norm, n, cos_logits, what="N")
-    return torch.ops.lossext.margin_cross_entropy(cos_logits, target, w, rs, scale, m1, m2, m3, lambda_,
-                                                  easy_margin, ls, ii, red)[0]
+    return torch.ops.lossext.margin_cross_entropy(cos_logits, target, w, rs, scale, m1, m2, m3,
+                                                  ops.lambda_arg(lambda_, cos_logits), easy_margin, ls, ii, red)[0]
 
 
 def cosface_loss(cos_logits, target, scale=64.0, margin=0.35, **kw):
@@ -137,7 +137,8 @@ def fused_linear_margin_cross_entropy(embeddings, weight, target, scale=64.0, m1
         if chunk <= 0:
             raise ValueError(f"{fn}: chunk_size must be > 0, got {chunk}")
     return torch.ops.lossext.fused_linear_margin_cross_entropy(
-        embeddings, weight, target, b, scale, m1, m2, m3, lambda_, bool(easy_margin), bool(normalize),
+        embeddings, weight, target, b, scale, m1, m2, m3, ops.lambda_arg(lambda_, embeddings), bool(easy_margin),
+        bool(normalize),
         ls, ii, red, chunk)[0]
 
 
