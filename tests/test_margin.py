@@ -527,3 +527,30 @@ def test_fused_gradients_write_every_row(device, case):
         for a, r in zip(torch.autograd.grad(ours, leaves), torch.autograd.grad(ref, leaves)):
             assert a.isfinite().all()
             torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_overflowing_logits_are_nan_as_cross_entropy(device, dtype):
+    """scale * cos overflowing the accumulation type (float32 for half inputs): every device
+    and dtype gives what F.cross_entropy gives on those logits: a row with a +inf logit (row 0:
+    a non-target class, row 1: the target) has a NaN loss and gradient; other rows are finite."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    big = 1e307 if dtype == torch.float64 else 1e38
+    cos = torch.tensor([[0.5, 40.0, 0.1, 0.2], [0.2, 40.0, 0.3, 0.1], [0.5, 0.1, 0.2, 0.3]], dtype=dtype)
+    t = torch.tensor([0, 1, 2])
+    expected = F.cross_entropy(big * cos.to(acc), t, reduction="none")
+    assert expected[:2].isnan().all() and expected[2].isfinite()
+    c = cos.to(device).requires_grad_(True)
+    loss = LF.margin_cross_entropy(c, t.to(device), scale=big, reduction="none")
+    torch.testing.assert_close(loss.cpu(), expected.to(dtype), equal_nan=True, rtol=1e-3, atol=0)
+    (g,) = torch.autograd.grad(loss[2] + loss[0] + loss[1], c)
+    assert g[:2].isnan().all() and not g[2].isnan().any()  # row 2: s (p - y) may overflow float16
+    for red in ("mean", "sum"):
+        assert LF.margin_cross_entropy(c, t.to(device), scale=big, reduction=red).isnan().item()
+    # the fused op: a plain linear layer whose logits overflow
+    x = torch.tensor([[1.0], [2.0], [0.5]], dtype=dtype)
+    w = torch.tensor([[40.0], [0.25], [-0.5], [0.1]], dtype=dtype)
+    expected = F.cross_entropy(big * (x.to(acc) @ w.to(acc).T), t, reduction="none")
+    loss = LF.fused_linear_margin_cross_entropy(x.to(device), w.to(device), t.to(device), scale=big, m3=0.0,
+                                                normalize=False, chunk_size=3, reduction="none")
+    torch.testing.assert_close(loss.cpu(), expected.to(dtype), equal_nan=True, rtol=1e-3, atol=0)

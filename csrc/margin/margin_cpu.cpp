@@ -142,11 +142,11 @@ struct MarginCpu {
               const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
               double f, df;
               tm.apply(double(row[t]), f, df);
-              const double z_t = double(r) * f;
+              const double z_t = acc_logit<A>(double(r) * f);
               double m = -std::numeric_limits<double>::infinity(), sum = 0.0, sz = 0.0;
               online_row<kW.value, kSum.value>(row, w, C, t, r, m, sum, sz);
               online_add(z_t, m, sum);
-              lse[i] = m + std::log(sum);
+              lse[i] = row_lse(m, sum);
               zy[i] = z_t;
               wz[i] = sz + (kW.value ? double(w[t]) : 1.0) * z_t;
             }
@@ -239,7 +239,7 @@ struct MarginCpu {
         const int64_t t = tg[i];
         const bool valid = t != s.ignore_index;
         double L = lse[i];
-        if (mx) L = valid ? mx[i] + std::log(lse[i]) : 0.0;
+        if (mx) L = valid ? row_lse(mx[i], lse[i]) : 0.0;
         lo[i] = L;
         const double w_t = valid ? (w ? double(w[t]) : 1.0) : 0.0;
         const double li = valid ? row_loss(s.keep(), s.spread(), wsum, w_t, L, zy[i], wz[i]) : 0.0;
@@ -355,7 +355,7 @@ struct MarginCpu {
           if (here) {  // the target's cosine (or logit) and margin in float64
             double f, df;
             tm.apply(fused_target_cos<A>(row, t, bias), f, df);
-            z_t = double(scale) * f;
+            z_t = acc_logit<A>(double(scale) * f);
           }
           online_row<false, true>(z, static_cast<const A*>(nullptr), k, here ? t : -1, A(1), m, sum, sz);
           if (here) {

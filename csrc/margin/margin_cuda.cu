@@ -192,10 +192,10 @@ __global__ void __launch_bounds__(kRowThreads)
     if (threadIdx.x == 0) {  // the target's logit in float64
       double f, df;
       tm.apply(double(static_cast<A>(row[t])), f, df);
-      const double z_t = double(r) * f;
+      const double z_t = acc_logit<A>(double(r) * f);
       double m = red.m, s = red.s;
       online_add(z_t, m, s);
-      lse[i] = m + log(s);
+      lse[i] = row_lse(m, s);
       zy[i] = z_t;
       wz[i] = red.z + (kW ? double(static_cast<A>(w[t])) : 1.0) * z_t;
     }
@@ -282,7 +282,7 @@ __global__ void __launch_bounds__(kRowThreads)
       L = w_t = li = nan_v<double>();
     } else if (t != ignore) {
       // lse_out may alias lse: element i is read before it is written, by this thread only.
-      L = kMax ? mx[i] + log(lse[i]) : lse[i];
+      L = kMax ? row_lse(mx[i], lse[i]) : lse[i];
       w_t = w ? double(w[t]) : 1.0;
       li = row_loss(keep, spread, wsum, w_t, L, zy[i], wz[i]);
     }
@@ -470,7 +470,7 @@ __global__ void __launch_bounds__(kRowThreads)
       if (here) {  // the target's cosine (or logit) and margin in float64
         double f, df;
         tm.apply(fused_target_cos<A>(row, tl, bias), f, df);
-        const double z_t = double(scale) * f;
+        const double z_t = acc_logit<A>(double(scale) * f);
         online_add(z_t, m, s);
         zy[i] = z_t;
         sz += z_t;

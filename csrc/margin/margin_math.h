@@ -141,6 +141,23 @@ LOSSEXT_HD double target_dlogit(double a, double keep, double spread, double w_y
   return a * std::exp(z_y - lse) - (keep + spread) * w_y;
 }
 
+// Logits that overflow: a row with a +inf logit has a NaN loss and gradient, on every device and
+// dtype, as torch's cross_entropy (log_softmax) gives on such logits. The other logits are formed
+// in the accumulation type A (float32 for half and float32 inputs), where scale * cos may round to
+// +inf; the target's margin logit is formed in float64, so it goes through acc_logit to overflow
+// where A would. row_lse then makes lse NaN for a running max of +inf (it would otherwise be
+// inf + log(0) or inf + log(s), depending on the summation order: NaN on CUDA, inf on the CPU).
+template <class A>
+LOSSEXT_HD double acc_logit(double z) {
+  const A za = static_cast<A>(z);
+  return (za == std::numeric_limits<A>::infinity() || za == -std::numeric_limits<A>::infinity()) ? double(za) : z;
+}
+
+// lse of a row from its online state (m, s); NaN when the max is +inf (see above).
+LOSSEXT_HD double row_lse(double m, double s) {
+  return m == std::numeric_limits<double>::infinity() ? std::numeric_limits<double>::quiet_NaN() : m + std::log(s);
+}
+
 // Adds one logit z to an online softmax state: m the running max, s = sum_j exp(z_j - m)
 // (Milakov & Gimelshein, "Online normalizer calculation for softmax", 2018). NaN propagates.
 LOSSEXT_HD void online_add(double z, double& m, double& s) {

@@ -48,6 +48,9 @@ def margin_cross_entropy(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
       weights of the rows not ignored; all rows ignored gives NaN).
     - At cos = +-1 the gradient is finite: d psi/d cos divides by max(sin theta, 1e-4).
     - float16/bfloat16 compute in float32 (no overflow at s = 64).
+    - A row with a logit of +inf (``scale * cos``, or the target's margin logit, formed in float32 for
+      float16/bfloat16/float32 inputs and in float64 for float64) has a NaN loss and gradient on
+      every device, as ``F.cross_entropy`` gives on logits that contain +inf.
     - Labels outside [0, C) that are not ``ignore_index``: RuntimeError on CPU. On CUDA they are
       never used as an index; that row's loss, and so a reduced loss, is NaN, and its gradient is NaN.
 
