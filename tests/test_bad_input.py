@@ -1,6 +1,7 @@
 """Bad input raises a TypeError/ValueError naming the argument; direct raw-op calls raise too.
 Empty tensors follow torch's conventions; NaN and inf propagate, never zeroed."""
 import math
+import re
 
 import pytest
 import torch
@@ -23,10 +24,15 @@ def test_module_rejects_bad_hyperparameters(info):
 
 
 def test_raw_op_checks(info, device):
-    """torch.ops.lossext.* called directly (bypassing the Python checks) still refuses."""
+    """torch.ops.lossext.* called directly (bypassing the Python checks) still refuses, with a
+    message that is exactly "lossext::<the op called>: argument '<name>' ...": no C++ function,
+    source path or line in front (the Python layer parses that prefix)."""
     for name, args, match in info.raw_error_inputs(device):
-        with pytest.raises(RuntimeError, match=match):
+        with pytest.raises(RuntimeError, match=match) as e:
             getattr(torch.ops.lossext, name)(*args)
+        msg = str(e.value)
+        assert msg.startswith(f"lossext::{name}: argument '"), msg
+        assert not re.search(r"\.(cpp|cu|cuh|h):\d+|csrc/", msg), msg
 
 
 def test_empty(info, device):

@@ -354,8 +354,9 @@ def test_fused_never_stores_the_logits():
     logits = N * C * 4
     extra = peak_memory(call, "cpu") - grads
     assert extra < logits / 8, (extra, logits)
-    # O(N chunk + N D + C): chunk buffer, dX scratch and accumulator, norms and row stats
-    assert extra <= 4 * (N * chunk + 3 * N * D + 2 * C + 8 * N) + (1 << 20), extra
+    # O(N chunk + chunk D + N D + C): chunk buffer, normalized chunk weights, normalized input,
+    # dX accumulator, norms and row stats
+    assert extra <= 4 * (N * chunk + chunk * D + 3 * N * D + 2 * C + 8 * N) + (1 << 20), extra
 
 
 # ---- Modules ----------------------------------------------------------------------------
@@ -427,3 +428,204 @@ def test_margin_cross_entropy_module_and_bad_hyperparameters():
         LN.CosFaceLoss(8, 4, label_smoothing=2.0)
     with pytest.raises(ValueError, match="embedding_dim"):
         LN.CombinedMarginLoss(0, 4)
+
+
+# ---- raw-op messages, lambda_ as a tensor, D = 0 (issue 8) ---------------------------------
+
+def test_bad_label_message_is_exact_on_every_raw_op():
+    """The out-of-range label message is exactly this (the Python layer turns it into an
+    IndexError), and names the op that was called, forward or backward."""
+    cos = _cos(4, 5, dtype=torch.float32)
+    t = torch.tensor([0, 1, 5, 2])
+    p = (64.0, 1.0, 0.5, 0.0, None, False, 0.0, -100, 1)
+    lse = torch.zeros(4, dtype=torch.float64)
+    x, w = torch.randn(4, 3), torch.randn(5, 3)
+    fp = p[:6] + (True,) + p[6:] + (0,)
+    calls = {
+        "margin_cross_entropy": (cos, t, None, None, *p),
+        "margin_cross_entropy_backward": (torch.ones(()), cos, t, None, None, lse, *p),
+        "fused_linear_margin_cross_entropy": (x, w, t, None, *fp),
+        "fused_linear_margin_cross_entropy_backward": (torch.ones(()), x, w, t, None, lse, *fp),
+    }
+    for name, args in calls.items():
+        with pytest.raises(RuntimeError) as e:
+            getattr(torch.ops.lossext, name)(*args)
+        assert str(e.value) == (f"lossext::{name}: argument 'target' has value 5 at index 2, "
+                                "outside [0, 5) and not ignore_index (-100)")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_lambda_is_a_tensor_argument(device, fused):
+    """lambda_ is a 0-dim float64 tensor (None = 0) in the raw ops: the same results as the
+    reference for several values, read from the tensor (also on CUDA, from device memory)."""
+    g = torch.Generator().manual_seed(0)
+    n, d, c = 6, 5, 9
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    t = torch.randint(0, c, (n,), generator=g)
+    cos = F.normalize(x) @ F.normalize(w).T
+    for lam in [0.0, 0.5, 5.0, 1000.0]:
+        lam_t = None if lam == 0.0 else torch.full((), lam, dtype=torch.float64, device=device)
+        if fused:
+            xd, wd = x.to(device).requires_grad_(True), w.to(device).requires_grad_(True)
+            loss, _ = torch.ops.lossext.fused_linear_margin_cross_entropy(
+                xd, wd, t.to(device), None, 64.0, 4.0, 0.0, 0.0, lam_t, False, True, 0.0, -100, 1, 4)
+            inputs = (xd, wd)
+            xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            ref = R.fused_linear_margin_cross_entropy(xr, wr, t, 64.0, 4.0, 0.0, 0.0, lambda_=lam)
+            ref_inputs = (xr, wr)
+        else:
+            cd = cos.to(device).requires_grad_(True)
+            loss, _ = torch.ops.lossext.margin_cross_entropy(cd, t.to(device), None, None, 64.0, 4.0, 0.0, 0.0,
+                                                             lam_t, False, 0.0, -100, 1)
+            inputs = (cd,)
+            cr = cos.clone().requires_grad_(True)
+            ref = R.margin_cross_entropy(cr, t, 64.0, 4.0, 0.0, 0.0, lambda_=lam)
+            ref_inputs = (cr,)
+        torch.testing.assert_close(loss.cpu(), ref)
+        for a, b in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(ref, ref_inputs)):
+            torch.testing.assert_close(a.cpu(), b)
+
+
+def test_lambda_tensor_compiles_once():
+    """A changing lambda_ tensor is a graph input, not a constant: one compilation."""
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    cnt = torch._dynamo.testing.CompileCounter()
+    cos = _cos(4, 6, dtype=torch.float32)
+    t = _target(4, 6)
+
+    @torch.compile(backend=cnt, fullgraph=True)
+    def f(cos, lam):
+        return torch.ops.lossext.margin_cross_entropy(cos, t, None, None, 64.0, 4.0, 0.0, 0.0, lam, False,
+                                                      0.0, -100, 1)[0]
+    for lam in [1000.0, 500.0, 250.0, 5.0]:
+        lam_t = torch.full((), lam, dtype=torch.float64)
+        torch.testing.assert_close(f(cos, lam_t), LF.margin_cross_entropy(cos, t, 64.0, 4.0, lambda_=lam))
+    assert cnt.frame_count == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+def test_cuda_bad_lambda_gives_nan():
+    """On CUDA lambda_ is read on the device (no host sync): a negative or NaN value is not
+    refused but makes the loss NaN."""
+    cos = _cos(4, 5).cuda()
+    t = torch.tensor([0, 1, 2, 3], device="cuda")
+    for bad in [-1.0, float("nan"), float("inf")]:
+        lam = torch.full((), bad, dtype=torch.float64, device="cuda")
+        loss, _ = torch.ops.lossext.margin_cross_entropy(cos, t, None, None, 64.0, 4.0, 0.0, 0.0, lam, False,
+                                                         0.0, -100, 1)
+        assert loss.isnan().item()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_fused_with_no_features(device, normalize):
+    """D = 0: the logits are the bias alone (or 0): the loss and the bias gradient as
+    F.cross_entropy's (the backward returned a zero bias gradient for D = 0)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 0, dtype=torch.float64).to(device).requires_grad_(True)
+    w = torch.randn(5, 0, dtype=torch.float64).to(device).requires_grad_(True)
+    t = torch.randint(0, 5, (7,), generator=g).to(device)
+    t[2] = -100
+    if normalize:
+        ours = LF.fused_linear_margin_cross_entropy(x, w, t, scale=10.0, m3=0.2, chunk_size=2)
+        theirs = R.fused_linear_margin_cross_entropy(x.cpu(), w.cpu(), t.cpu(), 10.0, 1.0, 0.0, 0.2)
+        torch.testing.assert_close(ours.cpu(), theirs)
+        return
+    b = torch.randn(5, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    for kw in [dict(), dict(label_smoothing=0.1, reduction="sum")]:
+        ours = LF.fused_linear_cross_entropy(x, w, t, b, chunk_size=2, **kw)
+        theirs = F.cross_entropy(x @ w.T + b, t, **kw)
+        torch.testing.assert_close(ours, theirs)
+        ga = torch.autograd.grad(ours, (x, w, b))
+        gb = torch.autograd.grad(theirs, (x, w, b))
+        assert ga[2].abs().sum() > 0
+        for a, c in zip(ga, gb):
+            torch.testing.assert_close(a, c)
+
+
+@pytest.mark.parametrize("norm", [200.0, 300.0])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_half_with_large_norms(device, dtype, norm):
+    """Embeddings and class weights with norms ~300 in float16: x W^T (~9e4) overflowed float16
+    before the norms were divided out (NaN loss), and (norms ~200: no overflow) the backward's
+    G s rx rw (p - y) (~1e-6) underflowed before the matmul with x. Now: finite, and close to
+    float32 on the same values."""
+    g = torch.Generator().manual_seed(0)
+    N, D, C = 256, 32, 50
+    t = torch.randint(0, C, (N,), generator=g)
+    w = F.normalize(torch.randn(C, D, generator=g, dtype=torch.float64))
+    x = F.normalize(w[t] + 0.3 * torch.randn(N, D, generator=g, dtype=torch.float64))  # cos ~ 0.95 with its class
+    x = (x * norm).to(dtype)
+    w = (w * torch.linspace(0.85 * norm, 1.15 * norm, C, dtype=torch.float64)[:, None]).to(dtype)
+    kw = dict(scale=16.0, m2=0.5, chunk_size=16)
+    xs = [x.to(device).requires_grad_(True), x.float().requires_grad_(True)]
+    ws = [w.to(device).requires_grad_(True), w.float().requires_grad_(True)]
+    half, full = (LF.fused_linear_margin_cross_entropy(a, b, t.to(a.device), **kw) for a, b in zip(xs, ws))
+    assert half.isfinite().all()
+    torch.testing.assert_close(half.float().cpu(), full, rtol=2e-2, atol=1e-3)
+    (gx, gw), (fx, fw) = (torch.autograd.grad(l, (a, b)) for l, a, b in zip((half, full), xs, ws))
+    for ours, ref in [(gx, fx), (gw, fw)]:
+        ours = ours.float().cpu()
+        assert ours.isfinite().all()
+        # relative error of the whole gradient, and no entries flushed to zero where float32 has them
+        assert (ours - ref).norm() <= 1e-2 * ref.norm(), ((ours - ref).norm(), ref.norm())
+        assert ((ours == 0) & (ref.abs() > 1e-3 * ref.abs().max())).sum() == 0
+
+
+@pytest.mark.parametrize("case", ["all-ignored", "ragged-chunks", "no-rows", "one-chunk"])
+def test_fused_gradients_write_every_row(device, case):
+    """grad_weight and grad_bias start uninitialized (every chunk writes its rows): every row is
+    written. Memory of the same size filled with NaN is freed just before, so that an unwritten
+    row would likely show up as NaN."""
+    g = torch.Generator().manual_seed(0)
+    N, D, C, chunk = {"all-ignored": (5, 4, 11, 4), "ragged-chunks": (6, 3, 10, 4), "no-rows": (0, 4, 9, 4),
+                      "one-chunk": (3, 5, 7, 64)}[case]
+    t = torch.randint(0, C, (N,), generator=g)
+    if case == "all-ignored":
+        t[:] = -100
+    for normalize in (True, False):
+        x = torch.randn(N, D, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+        w = torch.randn(C, D, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+        b = None if normalize else torch.randn(C, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+        leaves = (x, w) if normalize else (x, w, b)
+        for _ in range(3):
+            poison = torch.full((C * D + C,), float("nan"), dtype=torch.float64, device=device)
+            del poison
+        ours = LF.fused_linear_margin_cross_entropy(x, w, t.to(device), scale=8.0, m3=0.1, chunk_size=chunk,
+                                                    normalize=normalize, bias=b, reduction="sum")
+        logits = F.normalize(x) @ F.normalize(w).T if normalize else x @ w.T + b
+        ref = R.margin_cross_entropy(logits, t.to(device), 8.0, 1.0, 0.0, 0.1, reduction="sum") if normalize \
+            else F.cross_entropy(8.0 * (logits - 0.1 * F.one_hot(t.clamp(min=0), C).to(device)), t.to(device),
+                                 reduction="sum")
+        for a, r in zip(torch.autograd.grad(ours, leaves), torch.autograd.grad(ref, leaves)):
+            assert a.isfinite().all()
+            torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_overflowing_logits_are_nan_as_cross_entropy(device, dtype):
+    """scale * cos overflowing the accumulation type (float32 for half inputs): every device
+    and dtype gives what F.cross_entropy gives on those logits: a row with a +inf logit (row 0:
+    a non-target class, row 1: the target) has a NaN loss and gradient; other rows are finite."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    big = 1e307 if dtype == torch.float64 else 1e38
+    cos = torch.tensor([[0.5, 40.0, 0.1, 0.2], [0.2, 40.0, 0.3, 0.1], [0.5, 0.1, 0.2, 0.3]], dtype=dtype)
+    t = torch.tensor([0, 1, 2])
+    expected = F.cross_entropy(big * cos.to(acc), t, reduction="none")
+    assert expected[:2].isnan().all() and expected[2].isfinite()
+    c = cos.to(device).requires_grad_(True)
+    loss = LF.margin_cross_entropy(c, t.to(device), scale=big, reduction="none")
+    torch.testing.assert_close(loss.cpu(), expected.to(dtype), equal_nan=True, rtol=1e-3, atol=0)
+    (g,) = torch.autograd.grad(loss[2] + loss[0] + loss[1], c)
+    assert g[:2].isnan().all() and not g[2].isnan().any()  # row 2: s (p - y) may overflow float16
+    for red in ("mean", "sum"):
+        assert LF.margin_cross_entropy(c, t.to(device), scale=big, reduction=red).isnan().item()
+    # the fused op: a plain linear layer whose logits overflow
+    x = torch.tensor([[1.0], [2.0], [0.5]], dtype=dtype)
+    w = torch.tensor([[40.0], [0.25], [-0.5], [0.1]], dtype=dtype)
+    expected = F.cross_entropy(big * (x.to(acc) @ w.to(acc).T), t, reduction="none")
+    loss = LF.fused_linear_margin_cross_entropy(x.to(device), w.to(device), t.to(device), scale=big, m3=0.0,
+                                                normalize=False, chunk_size=3, reduction="none")
+    torch.testing.assert_close(loss.cpu(), expected.to(dtype), equal_nan=True, rtol=1e-3, atol=0)

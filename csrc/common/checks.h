@@ -1,10 +1,17 @@
 // Argument checks shared by every op (host code, stable ABI only).
 // Messages name the argument and the value; the Python layer raises ValueError/TypeError
 // before reaching here, these guard direct torch.ops.lossext.* calls.
+//
+// Every argument check uses LOSSEXT_CHECK: its message is exactly
+//   "lossext::<op>: argument '<name>' ..."
+// with no C++ function or file:line in front (STD_TORCH_CHECK adds both), so that the Python
+// layer can read the op and the argument from that prefix and re-raise as the user's function
+// and argument. Internal invariants (launch failures, the dispatcher) keep STD_TORCH_CHECK.
 #pragma once
 
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -15,6 +22,24 @@
 #include "config.h"
 
 namespace lossext {
+namespace detail {
+
+// The message of a failed argument check: its pieces streamed in order, nothing added.
+template <class... Args>
+[[noreturn]] inline void throw_argument_error(const Args&... args) {
+  std::ostringstream s;
+  (s << ... << args);
+  throw std::runtime_error(s.str());
+}
+
+}  // namespace detail
+
+// Argument check: throws std::runtime_error whose message is the pieces alone (torch raises
+// it as RuntimeError). Use it for every check of an op's arguments.
+#define LOSSEXT_CHECK(cond, ...)                                     \
+  do {                                                               \
+    if (!(cond)) ::lossext::detail::throw_argument_error(__VA_ARGS__); \
+  } while (0)
 
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
@@ -33,34 +58,34 @@ inline bool is_supported_float(ScalarType st) {
 }
 
 inline void check_float_tensor(const char* op, const char* name, const Tensor& t) {
-  STD_TORCH_CHECK(is_supported_float(t.scalar_type()), op, ": argument '", name,
+  LOSSEXT_CHECK(is_supported_float(t.scalar_type()), op, ": argument '", name,
                   "' must be float16, bfloat16, float32 or float64, got ",
                   torch::headeronly::toString(t.scalar_type()));
 }
 
 inline void check_like(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
-  STD_TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": argument '", name, "' has dtype ",
+  LOSSEXT_CHECK(t.scalar_type() == ref.scalar_type(), op, ": argument '", name, "' has dtype ",
                   torch::headeronly::toString(t.scalar_type()), " but input has dtype ",
                   torch::headeronly::toString(ref.scalar_type()));
-  STD_TORCH_CHECK(t.device() == ref.device(), op, ": argument '", name,
+  LOSSEXT_CHECK(t.device() == ref.device(), op, ": argument '", name,
                   "' is on a different device than input");
 }
 
 inline void check_same_shape(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
   bool same = t.dim() == ref.dim();
   for (int64_t i = 0; same && i < t.dim(); ++i) same = t.size(i) == ref.size(i);
-  STD_TORCH_CHECK(same, op, ": argument '", name, "' has shape ", shape_str(t),
+  LOSSEXT_CHECK(same, op, ": argument '", name, "' has shape ", shape_str(t),
                   " but input has shape ", shape_str(ref));
 }
 
 inline Reduction check_reduction(const char* op, int64_t reduction) {
-  STD_TORCH_CHECK(reduction >= 0 && reduction <= 2, op,
+  LOSSEXT_CHECK(reduction >= 0 && reduction <= 2, op,
                   ": argument 'reduction' must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
   return static_cast<Reduction>(reduction);
 }
 
 inline void check_positive(const char* op, const char* name, double v) {
-  STD_TORCH_CHECK(v > 0.0 && v < INFINITY, op, ": argument '", name,
+  LOSSEXT_CHECK(v > 0.0 && v < INFINITY, op, ": argument '", name,
                   "' must be positive and finite, got ", v);
 }
 

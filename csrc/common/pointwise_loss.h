@@ -59,7 +59,7 @@ inline PointwiseProblem prepare_pointwise(const char* op, const Tensor& input, c
     if (p.reduction == Reduction::None) {
       check_same_shape(op, "grad_output", *grad_output, input);
     } else {
-      STD_TORCH_CHECK(grad_output->dim() == 0, op,
+      LOSSEXT_CHECK(grad_output->dim() == 0, op,
                       ": argument 'grad_output' must be 0-dim for a reduced loss, got shape ",
                       shape_str(*grad_output));
     }

@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -31,10 +32,11 @@ template <class T> T* ptr(const std::optional<Tensor>& t) { return t ? static_ca
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(cols, 1)); }
 
-void check_targets(const char* op, const LossSpec& s, const Tensor& target) {
+void check_targets(const LossSpec& s, const Tensor& target) {
+  const char* op = s.op;
   const int64_t* t = ptr<const int64_t>(target);
   for (int64_t i = 0; i < s.N; ++i) {
-    STD_TORCH_CHECK(t[i] == s.ignore_index || (t[i] >= 0 && t[i] < s.C), op, ": argument 'target' has value ",
+    LOSSEXT_CHECK(t[i] == s.ignore_index || (t[i] >= 0 && t[i] < s.C), op, ": argument 'target' has value ",
                     t[i], " at index ", i, ", outside [0, ", s.C, ") and not ignore_index (", s.ignore_index, ")");
   }
 }
@@ -114,7 +116,7 @@ struct MarginCpu {
   // ---- margin_cross_entropy --------------------------------------------------------------
   static void ce_forward(const CeProblem& p, RowStats& st) {
     const LossSpec& s = p.spec;
-    check_targets("lossext::margin_cross_entropy", s, p.target);
+    check_targets(s, p.target);
     dispatch_floating(p.cos.scalar_type(), "lossext::margin_cross_entropy", [&](auto tag) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
@@ -140,11 +142,11 @@ struct MarginCpu {
               const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
               double f, df;
               tm.apply(double(row[t]), f, df);
-              const double z_t = double(r) * f;
+              const double z_t = acc_logit<A>(double(r) * f);
               double m = -std::numeric_limits<double>::infinity(), sum = 0.0, sz = 0.0;
               online_row<kW.value, kSum.value>(row, w, C, t, r, m, sum, sz);
               online_add(z_t, m, sum);
-              lse[i] = m + std::log(sum);
+              lse[i] = row_lse(m, sum);
               zy[i] = z_t;
               wz[i] = sz + (kW.value ? double(w[t]) : 1.0) * z_t;
             }
@@ -237,7 +239,7 @@ struct MarginCpu {
         const int64_t t = tg[i];
         const bool valid = t != s.ignore_index;
         double L = lse[i];
-        if (mx) L = valid ? mx[i] + std::log(lse[i]) : 0.0;
+        if (mx) L = valid ? row_lse(mx[i], lse[i]) : 0.0;
         lo[i] = L;
         const double w_t = valid ? (w ? double(w[t]) : 1.0) : 0.0;
         const double li = valid ? row_loss(s.keep(), s.spread(), wsum, w_t, L, zy[i], wz[i]) : 0.0;
@@ -252,8 +254,8 @@ struct MarginCpu {
 
   static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
                              const Tensor* class_weight, Tensor& G) {
-    check_targets("lossext::margin backward", s, target);
-    dispatch_floating(grad_output.scalar_type(), "lossext::margin backward", [&](auto tag) {
+    check_targets(s, target);
+    dispatch_floating(grad_output.scalar_type(), s.op, [&](auto tag) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       const int64_t* tg = ptr<const int64_t>(target);
@@ -293,19 +295,35 @@ struct MarginCpu {
     });
   }
 
+  static void scale_rows(const Tensor& v, const Tensor& sc, Tensor& out) {
+    dispatch_floating(v.scalar_type(), "lossext::margin scale_rows", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      const scalar_t* x = ptr<const scalar_t>(v);
+      const A* r = ptr<const A>(sc);
+      scalar_t* o = ptr<scalar_t>(out);
+      const int64_t R = v.size(0), D = v.size(1);
+      parallel_rows(R, D, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const A ri = r[i];
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) o[i * D + j] = static_cast<scalar_t>(ri * static_cast<A>(x[i * D + j]));
+        }
+      });
+    });
+  }
+
   // ---- fused linear ------------------------------------------------------------------------
-  // The chunk's "cosine" (normalize) or logit before scale: P_ij * rx_i * rw_j, or P_ij + b_j.
+  // The chunk's logit before scale: P_ij (the cosine, normalize) or P_ij + b_j.
   static void fused_forward_chunk(const FusedProblem& p, const Tensor& P, int64_t c0, RowStats& st) {
     const LossSpec& s = p.spec;
-    if (c0 == 0) check_targets("lossext::fused_linear_margin_cross_entropy", s, p.target);
+    if (c0 == 0) check_targets(s, p.target);
     dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy", [&](auto tag) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       const int64_t k = P.size(1);
       const scalar_t* Pp = ptr<const scalar_t>(P);
       const int64_t* tg = ptr<const int64_t>(p.target);
-      const A* rx = ptr<const A>(p.inv_norm_x);
-      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
       const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
       double* ssum = ptr<double>(st.lse);
       double* smax = ptr<double>(*st.max);
@@ -324,22 +342,20 @@ struct MarginCpu {
           }
           const scalar_t* __restrict row = Pp + i * k;
           const int64_t t = tg[i] - c0;  // target column in this chunk, if in [0, k)
-          if (rw) {
-            const A sx = scale * rx[i];
+          if (bias) {
 #pragma omp simd
-            for (int64_t j = 0; j < k; ++j) z[j] = sx * static_cast<A>(row[j]) * rw[j];
+            for (int64_t j = 0; j < k; ++j) z[j] = scale * (static_cast<A>(row[j]) + static_cast<A>(bias[j]));
           } else {
 #pragma omp simd
-            for (int64_t j = 0; j < k; ++j)
-              z[j] = scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
+            for (int64_t j = 0; j < k; ++j) z[j] = scale * static_cast<A>(row[j]);
           }
           const bool here = tg[i] != s.ignore_index && t >= 0 && t < k;
           double m = smax[i], sum = ssum[i], sz = 0.0;
           double z_t = 0.0;
           if (here) {  // the target's cosine (or logit) and margin in float64
             double f, df;
-            tm.apply(fused_target_cos(row, t, rw ? rx[i] : A(0), rw, bias), f, df);
-            z_t = double(scale) * f;
+            tm.apply(fused_target_cos<A>(row, t, bias), f, df);
+            z_t = acc_logit<A>(double(scale) * f);
           }
           online_row<false, true>(z, static_cast<const A*>(nullptr), k, here ? t : -1, A(1), m, sum, sz);
           if (here) {
@@ -364,8 +380,6 @@ struct MarginCpu {
       const int64_t k = P.size(1);
       scalar_t* Pp = ptr<scalar_t>(P);
       const int64_t* tg = ptr<const int64_t>(p.target);
-      const A* rx = ptr<const A>(p.inv_norm_x);
-      const A* rw = p.inv_norm_w ? ptr<const A>(*p.inv_norm_w) + c0 : nullptr;
       const scalar_t* bias = p.bias ? ptr<const scalar_t>(*p.bias) + c0 : nullptr;
       const double* lse = ptr<const double>(*p.lse);
       const A* g = ptr<const A>(G);
@@ -385,26 +399,17 @@ struct MarginCpu {
           const A Ll = static_cast<A>(lse[i] - double(Lh));
           const A gs = g[i] * scale;
           // read before the loop below overwrites the row
-          const double c_t = here ? fused_target_cos(row, t, rw ? rx[i] : A(0), rw, bias) : 0.0;
-          if (rw) {
-            const A sx = scale * rx[i], gx = gs * rx[i];
+          const double c_t = here ? fused_target_cos<A>(row, t, bias) : 0.0;
 #pragma omp simd
-            for (int64_t j = 0; j < k; ++j) {
-              const A z = std::fma(sx * static_cast<A>(row[j]), rw[j], -Lh) - Ll;
-              row[j] = static_cast<scalar_t>(gx * rw[j] * (a * math::exp_softmax(z) - spread));
-            }
-          } else {
-#pragma omp simd
-            for (int64_t j = 0; j < k; ++j) {
-              const A z = std::fma(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
-              row[j] = static_cast<scalar_t>(gs * (a * math::exp_softmax(z) - spread));
-            }
+          for (int64_t j = 0; j < k; ++j) {
+            const A z = std::fma(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
+            row[j] = static_cast<scalar_t>(gs * (a * math::exp_softmax(z) - spread));
           }  // the target column (exp may overflow there: its margin logit is lower) is rewritten below
           if (here) {
             double f, df;
             tm.apply(c_t, f, df);
             const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, lse[i]);
-            row[t] = static_cast<scalar_t>(double(gs) * d_t * df * (rw ? double(rx[i]) * double(rw[t]) : 1.0));
+            row[t] = static_cast<scalar_t>(double(gs) * d_t * df);
           }
         }
       });
@@ -439,21 +444,27 @@ struct MarginCpu {
             const gscalar_t* gr = gp + r * D;
             const scalar_t* vr = vp + r * D;
             scalar_t* orow = op + r * D;
-            A coef = A(0);
+            A coef = A(0), post = A(1);
             if (rn) {
               A dot = A(0);
 #pragma omp simd reduction(+ : dot)
               for (int64_t j = 0; j < D; ++j) dot += static_cast<A>(gr[j]) * static_cast<A>(vr[j]);
               coef = rn[r] * rn[r] * dot;
+              post = rn[r];
             }
 #pragma omp simd
             for (int64_t j = 0; j < D; ++j)
-              orow[j] = static_cast<scalar_t>(static_cast<A>(gr[j]) - coef * static_cast<A>(vr[j]));
+              orow[j] = static_cast<scalar_t>(post * (static_cast<A>(gr[j]) - coef * static_cast<A>(vr[j])));
           }
         });
       };
       if (g.scalar_type() == out.scalar_type()) run(scalar_t{}); else run(A{});
     });
+  }
+
+  static void addmm_into(Tensor& acc, const Tensor& a, const Tensor& b) {
+    STD_TORCH_CHECK(aoti_torch_cpu_addmm_out(acc.get(), acc.get(), a.get(), b.get(), 1.0, 1.0) == AOTI_TORCH_SUCCESS,
+                    "lossext: aten::addmm.out failed");
   }
 
   static void add_into(Tensor& acc, const Tensor& t) {
@@ -492,38 +503,38 @@ struct ChunkMatmuls<MarginCpu> {
     });
   }
 
-  static void logits(const FusedProblem& p, Tensor& P, int64_t c0) {
-    const int64_t N = P.size(0), k = P.size(1);
-    const Tensor x = window(p.x, 0, N, 0, p.D);
+  static void logits(const FusedProblem& p, Tensor& P, const Tensor& wc) {
+    const int64_t k = P.size(1);
     tasks((k + kCols - 1) / kCols, [&](int64_t t) {
       const int64_t j0 = t * kCols, len = std::min(kCols, k - j0);
-      Tensor out = window(P, 0, N, j0, len);
-      mm_out(out, x, torch::stable::transpose(window(p.w, c0 + j0, len, 0, p.D), 0, 1));
+      Tensor out = window(P, 0, P.size(0), j0, len);
+      mm_out(out, p.xn, torch::stable::transpose(window(wc, j0, len, 0, p.D), 0, 1));
     });
   }
 
-  static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, Tensor& gw, Tensor& acc_x, Tensor& tmp) {
+  static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, const Tensor& wc, Tensor& gw,
+                    Tensor& acc_x, Tensor* tmp) {
     const int64_t N = P.size(0), k = P.size(1), D = p.D;
-    const Tensor x = window(p.x, 0, N, 0, D);
     tasks((k + kCols - 1) / kCols, [&](int64_t t) {
       const int64_t j0 = t * kCols, len = std::min(kCols, k - j0);
       Tensor g = window(gw, j0, len, 0, D);
-      mm_out(g, torch::stable::transpose(window(P, 0, N, j0, len), 0, 1), x);
+      mm_out(g, torch::stable::transpose(window(P, 0, N, j0, len), 0, 1), p.xn);
       if (p.normalize) {
         const Tensor rw = segment(*p.inv_norm_w, c0 + j0, len);
         MarginCpu::project_rows(g, window(p.w, c0 + j0, len, 0, D), &rw, g);
       }
     });
     // dX: row blocks; within one, the classes in blocks of kCols added in order (inner
-    // dimension of each call at most kCols)
+    // dimension of each call at most kCols): one addmm each (float32, float64), or a product
+    // into tmp and an add (half types)
     tasks((N + kRows - 1) / kRows, [&](int64_t t) {
       const int64_t i0 = t * kRows, len = std::min(kRows, N - i0);
-      Tensor tt = window(tmp, i0, len, 0, D);
       Tensor a = window(acc_x, i0, len, 0, D);
+      std::optional<Tensor> tt;
+      if (tmp) tt = window(*tmp, i0, len, 0, D);
       for (int64_t j0 = 0; j0 < k; j0 += kCols) {
         const int64_t cols = std::min(kCols, k - j0);
-        mm_out(tt, window(P, i0, len, j0, cols), window(p.w, c0 + j0, cols, 0, D));
-        MarginCpu::add_into(a, tt);
+        accumulate_product<MarginCpu>(a, window(P, i0, len, j0, cols), window(wc, j0, cols, 0, D), tt ? &*tt : nullptr);
       }
     });
   }

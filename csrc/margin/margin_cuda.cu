@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <utility>
 
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cuda.h>
 #include <torch/csrc/stable/library.h>
 
 #include "../common/math.h"
@@ -191,10 +192,10 @@ __global__ void __launch_bounds__(kRowThreads)
     if (threadIdx.x == 0) {  // the target's logit in float64
       double f, df;
       tm.apply(double(static_cast<A>(row[t])), f, df);
-      const double z_t = double(r) * f;
+      const double z_t = acc_logit<A>(double(r) * f);
       double m = red.m, s = red.s;
       online_add(z_t, m, s);
-      lse[i] = m + log(s);
+      lse[i] = row_lse(m, s);
       zy[i] = z_t;
       wz[i] = red.z + (kW ? double(static_cast<A>(w[t])) : 1.0) * z_t;
     }
@@ -281,7 +282,7 @@ __global__ void __launch_bounds__(kRowThreads)
       L = w_t = li = nan_v<double>();
     } else if (t != ignore) {
       // lse_out may alias lse: element i is read before it is written, by this thread only.
-      L = kMax ? mx[i] + log(lse[i]) : lse[i];
+      L = kMax ? row_lse(mx[i], lse[i]) : lse[i];
       w_t = w ? double(w[t]) : 1.0;
       li = row_loss(keep, spread, wsum, w_t, L, zy[i], wz[i]);
     }
@@ -372,7 +373,7 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// out_r = g_r - inv_norm_r^2 (v_r . g_r) v_r; g and out may be the same memory (no __restrict__):
+// out_r = inv_norm_r (g_r - inv_norm_r^2 (v_r . g_r) v_r); g and out may be the same memory (no __restrict__):
 // each element is read and then written by the same thread, after the row's dot product.
 template <bool kNorm, class gscalar_t, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
@@ -384,7 +385,7 @@ __global__ void __launch_bounds__(kRowThreads)
     const gscalar_t* gr = g + r * D;
     const scalar_t* vr = v + r * D;
     scalar_t* orow = out + r * D;
-    A coef = A(0);
+    A coef = A(0), post = A(1);
     if constexpr (kNorm) {
       A dot = A(0);
       for (int64_t j = threadIdx.x; j < D; j += blockDim.x) dot += static_cast<A>(gr[j]) * static_cast<A>(vr[j]);
@@ -392,10 +393,22 @@ __global__ void __launch_bounds__(kRowThreads)
       if (threadIdx.x == 0) coef_s = rn[r] * rn[r] * dot;
       __syncthreads();
       coef = coef_s;  // rewritten only after the next row's block_reduce barriers
+      post = rn[r];
     }
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-      orow[j] = to_s<scalar_t>(static_cast<A>(gr[j]) - coef * static_cast<A>(vr[j]));
+      orow[j] = to_s<scalar_t>(post * (static_cast<A>(gr[j]) - coef * static_cast<A>(vr[j])));
   }
+}
+
+// out_r = s_r v_r (rows of D), element-wise over R x D.
+template <class scalar_t>
+__global__ void __launch_bounds__(cuda_detail::kThreads)
+    scale_rows_kernel(const scalar_t* __restrict__ v, const acc_t<scalar_t>* __restrict__ sc, int64_t n, int64_t D,
+                      scalar_t* __restrict__ out) {
+  using A = acc_t<scalar_t>;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride)
+    out[j] = to_s<scalar_t>(sc[j / D] * static_cast<A>(v[j]));
 }
 
 template <class scalar_t>
@@ -409,37 +422,27 @@ __global__ void __launch_bounds__(cuda_detail::kThreads)
 
 // ---- fused linear --------------------------------------------------------------------------
 
-// The chunk's logit z_ij: scale * rx_i * P_ij * rw_j (normalize), or scale * (P_ij + b_j).
-template <bool kNorm, class A, class scalar_t>
-__device__ __forceinline__ A chunk_logit(const scalar_t* row, int64_t j, A scale, A sx, const A* rw,
-                                         const scalar_t* bias) {
-  if constexpr (kNorm) {
-    return sx * static_cast<A>(row[j]) * rw[j];
-  } else {
-    return scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
-  }
+// The chunk's logit z_ij = scale * (P_ij + b_j) (P_ij the cosine itself with normalize, no bias).
+template <class A, class scalar_t>
+__device__ __forceinline__ A chunk_logit(const scalar_t* row, int64_t j, A scale, const scalar_t* bias) {
+  return scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
 }
 
-// z_ij - lse_i = fma(sx P_ij, rw_j, -Lh) - Ll (normalize) or fma(scale, P_ij + b_j, -Lh) - Ll.
-template <bool kNorm, class A, class scalar_t>
-__device__ __forceinline__ A chunk_logit_minus(const scalar_t* row, int64_t j, A scale, A sx, const A* rw,
-                                               const scalar_t* bias, A Lh, A Ll) {
-  if constexpr (kNorm) {
-    return fma_a(sx * static_cast<A>(row[j]), rw[j], -Lh) - Ll;
-  } else {
-    return fma_a(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
-  }
+// z_ij - lse_i = fma(scale, P_ij + b_j, -Lh) - Ll.
+template <class A, class scalar_t>
+__device__ __forceinline__ A chunk_logit_minus(const scalar_t* row, int64_t j, A scale, const scalar_t* bias,
+                                               A Lh, A Ll) {
+  return fma_a(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
 }
 
 
 // Folds the chunk's columns [c0, c0 + k) into the running (max, sum) of each row; the target
 // column (if in the chunk) gets its margin. State is initialized when c0 == 0. Ignored and bad
 // rows are left at the initial state (finalize gives them 0 / NaN).
-template <bool kNorm, bool kSum, class scalar_t>
+template <bool kSum, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     fused_forward_kernel(const scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
-                         int64_t N, int64_t C, int64_t ignore, const acc_t<scalar_t>* __restrict__ rx,
-                         const acc_t<scalar_t>* __restrict__ rw, const scalar_t* __restrict__ bias,
+                         int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
                          acc_t<scalar_t> scale, TargetMargin<double> tm, double* __restrict__ ssum,
                          double* __restrict__ smax, double* __restrict__ zy, double* __restrict__ wz) {
   using A = acc_t<scalar_t>;
@@ -453,11 +456,10 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t tl = t - c0;  // target column in this chunk, if in [0, k)
     const bool here = tl >= 0 && tl < k;
     const scalar_t* row = P + i * k;
-    const A sx = kNorm ? scale * rx[i] : A(0);
     ThreadOnline<A> o;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
       if (j == tl) continue;
-      const A z = chunk_logit<kNorm>(row, j, scale, sx, rw, bias);
+      const A z = chunk_logit(row, j, scale, bias);
       o.add(A(1), z);  // exp(fma(1, z, -m)) = exp(z - m), as the CPU's online_row with r = 1
       if constexpr (kSum) o.z += z;
     }
@@ -467,8 +469,8 @@ __global__ void __launch_bounds__(kRowThreads)
       double m = cur.m, s = cur.s, sz = red.z;
       if (here) {  // the target's cosine (or logit) and margin in float64
         double f, df;
-        tm.apply(fused_target_cos(row, tl, kNorm ? rx[i] : A(0), kNorm ? rw : nullptr, bias), f, df);
-        const double z_t = double(scale) * f;
+        tm.apply(fused_target_cos<A>(row, tl, bias), f, df);
+        const double z_t = acc_logit<A>(double(scale) * f);
         online_add(z_t, m, s);
         zy[i] = z_t;
         sz += z_t;
@@ -481,11 +483,10 @@ __global__ void __launch_bounds__(kRowThreads)
 }
 
 // P (in: x W_c^T) becomes dLoss/dP in place; each element is read then written by one thread.
-template <bool kNorm, class scalar_t>
+template <class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     fused_backward_kernel(scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
-                          int64_t N, int64_t C, int64_t ignore, const acc_t<scalar_t>* __restrict__ rx,
-                          const acc_t<scalar_t>* __restrict__ rw, const scalar_t* __restrict__ bias,
+                          int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
                           const double* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
                           acc_t<scalar_t> scale, acc_t<scalar_t> keep, acc_t<scalar_t> spread, acc_t<scalar_t> a,
                           TargetMargin<double> tm) {
@@ -504,19 +505,17 @@ __global__ void __launch_bounds__(kRowThreads)
     A Lh, Ll;  // z - lse = fma(., ., -Lh) - Ll, exact to one rounding of A
     split_lse(L, Lh, Ll);
     const A gs = g[i] * scale;
-    const A sx = kNorm ? scale * rx[i] : A(0);
-    const A gx = kNorm ? gs * rx[i] : gs;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
       if (j == tl) continue;  // written by thread 0 below, by no other thread
-      const A e = a * math::exp(chunk_logit_minus<kNorm>(row, j, scale, sx, rw, bias, Lh, Ll)) - spread;
-      row[j] = to_s<scalar_t>(kNorm ? gx * rw[j] * e : gs * e);
+      const A e = a * math::exp(chunk_logit_minus(row, j, scale, bias, Lh, Ll)) - spread;
+      row[j] = to_s<scalar_t>(gs * e);
     }
     if (here && threadIdx.x == 0) {  // the target column in float64
-      const double c_t = fused_target_cos(row, tl, kNorm ? rx[i] : A(0), kNorm ? rw : nullptr, bias);
+      const double c_t = fused_target_cos<A>(row, tl, bias);
       double f, df;
       tm.apply(c_t, f, df);
       const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, L);
-      row[tl] = to_s<scalar_t>(double(gs) * d_t * df * (kNorm ? double(rx[i]) * double(rw[tl]) : 1.0));
+      row[tl] = to_s<scalar_t>(double(gs) * d_t * df);
     }
   }
 }
@@ -588,15 +587,15 @@ void on_ce(const CeProblem& p, const char* op, F&& f) {
   });
 }
 
-// A fused chunk (columns [c0, c0 + k)) in x's dtype on x's device: calls f(scalar_t{}, stream, rw,
-// bias) with rw and bias the chunk's slices of inv_norm_w and bias (nullptr when absent). Nothing
-// for no rows or no columns.
+// A fused chunk (columns [c0, c0 + k)) in x's dtype on x's device: calls f(scalar_t{}, stream,
+// bias) with bias the chunk's slice of bias (nullptr when absent). Nothing for no rows or no
+// columns.
 template <class F>
 void on_chunk(const FusedProblem& p, int64_t k, int64_t c0, const char* op, F&& f) {
   if (p.spec.N == 0 || k == 0) return;
   on_device(p.x, op, [&](auto tag, cudaStream_t stream) {
     using scalar_t = decltype(tag);
-    f(tag, stream, ptr<const acc_t<scalar_t>>(p.inv_norm_w, c0), ptr<const scalar_t>(p.bias, c0));
+    f(tag, stream, ptr<const scalar_t>(p.bias, c0));
   });
 }
 
@@ -679,7 +678,7 @@ struct MarginCuda {
   static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
                              const Tensor* class_weight, Tensor& G) {
     if (s.N == 0) return;
-    on_device(G, grad_output.scalar_type(), "lossext::margin backward", [&](auto tag, cudaStream_t stream) {
+    on_device(G, grad_output.scalar_type(), s.op, [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       const scalar_t* w = ptr<const scalar_t>(class_weight);
@@ -713,18 +712,15 @@ struct MarginCuda {
   static void fused_forward_chunk(const FusedProblem& p, const Tensor& P, int64_t c0, RowStats& st) {
     const LossSpec& s = p.spec;
     const int64_t k = P.size(1);
-    on_chunk(p, k, c0, "lossext::fused_linear_margin_cross_entropy",
-             [&](auto tag, cudaStream_t stream, auto rw, auto bias) {
+    on_chunk(p, k, c0, "lossext::fused_linear_margin_cross_entropy", [&](auto tag, cudaStream_t stream, auto bias) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
-      with_bool(rw != nullptr, [&](auto kNorm) {
-        with_bool(s.smoothing > 0.0, [&](auto kSum) {
-          fused_forward_kernel<kNorm.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
-              ptr<const scalar_t>(P), k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index,
-              ptr<const A>(p.inv_norm_x), rw, bias, static_cast<A>(s.scale), s.target_margin<double>(),
-              ptr<double>(st.lse), ptr<double>(*st.max), ptr<double>(st.zy), ptr<double>(st.wz));
-          check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
-        });
+      with_bool(s.smoothing > 0.0, [&](auto kSum) {
+        fused_forward_kernel<kSum.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
+            ptr<const scalar_t>(P), k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, bias,
+            static_cast<A>(s.scale), s.target_margin<double>(), ptr<double>(st.lse), ptr<double>(*st.max),
+            ptr<double>(st.zy), ptr<double>(st.wz));
+        check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
       });
     });
   }
@@ -734,19 +730,16 @@ struct MarginCuda {
     const LossSpec& s = p.spec;
     const int64_t k = P.size(1);
     on_chunk(p, k, c0, "lossext::fused_linear_margin_cross_entropy_backward",
-             [&](auto tag, cudaStream_t stream, auto rw, auto bias) {
+             [&](auto tag, cudaStream_t stream, auto bias) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       const A keep = A(s.keep()), spread = A(s.spread());
       const A a = keep + spread * A(s.C);
       scalar_t* Pp = ptr<scalar_t>(P);
-      with_bool(rw != nullptr, [&](auto kNorm) {
-        fused_backward_kernel<kNorm.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
-            Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, ptr<const A>(p.inv_norm_x), rw,
-            bias, ptr<const double>(*p.lse), ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a,
-            s.target_margin<double>());
-        check_launch("lossext::fused_linear_margin_cross_entropy_backward chunk kernel");
-      });
+      fused_backward_kernel<scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
+          Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, bias, ptr<const double>(*p.lse),
+          ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a, s.target_margin<double>());
+      check_launch("lossext::fused_linear_margin_cross_entropy_backward chunk kernel");
       if (grad_bias) {
         // column sums in a fixed row order: segments of kBiasSeg rows, then segments in order
         const int64_t nseg = (s.N + kBiasSeg - 1) / kBiasSeg;
@@ -779,6 +772,26 @@ struct MarginCuda {
       };
       if (g.scalar_type() == out.scalar_type()) run(scalar_t{}); else run(A{});
     });
+  }
+
+  static void scale_rows(const Tensor& v, const Tensor& sc, Tensor& out) {
+    const int64_t n = v.numel(), D = v.size(1);
+    if (n == 0) return;
+    on_device(v, "lossext::margin scale_rows", [&](auto tag, cudaStream_t stream) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      scale_rows_kernel<scalar_t><<<flat_grid(n, cuda_detail::kThreads), cuda_detail::kThreads, 0, stream>>>(
+          ptr<const scalar_t>(v), ptr<const A>(sc), n, D, ptr<scalar_t>(out));
+      check_launch("lossext::margin scale_rows kernel");
+    });
+  }
+
+  // acc += a b by cuBLAS on the current stream (aten::addmm.out; deterministic for fixed shapes).
+  static void addmm_into(Tensor& acc, const Tensor& a, const Tensor& b) {
+    if (acc.numel() == 0) return;
+    torch::stable::accelerator::DeviceGuard guard(acc.get_device_index());
+    STD_TORCH_CHECK(aoti_torch_cuda_addmm_out(acc.get(), acc.get(), a.get(), b.get(), 1.0, 1.0) == AOTI_TORCH_SUCCESS,
+                    "lossext: aten::addmm.out failed");
   }
 
   static void add_into(Tensor& acc, const Tensor& t) {

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include "../common/config.h"
 
@@ -30,9 +31,14 @@ struct TargetMargin {
   T m1, m2, m3, lambda;
   T cos_m2, sin_m2, th, mm;  // ArcFace constants: th = cos(pi - m2), mm = sin(pi - m2) * m2
   int m_int;                 // PsiChebyshev: the integer m1
+  // lambda in device memory (CUDA kernels; read by apply, not copied to the host), or nullptr:
+  // use lambda. A value there that is not finite and >= 0 gives a NaN target logit.
+  const double* lambda_p;
 
-  static TargetMargin make(double m1, double m2, double m3, double lambda, bool easy_margin) {
+  static TargetMargin make(double m1, double m2, double m3, double lambda, bool easy_margin,
+                           const double* lambda_p = nullptr) {
     TargetMargin t;
+    t.lambda_p = lambda_p;
     const double pi = 3.14159265358979323846;
     t.m1 = T(m1); t.m2 = T(m2); t.m3 = T(m3); t.lambda = T(lambda);
     t.cos_m2 = T(std::cos(m2)); t.sin_m2 = T(std::sin(m2));
@@ -105,9 +111,14 @@ struct TargetMargin {
   LOSSEXT_HD void apply(T c, T& f, T& df) const {
     T p, dp;
     psi(c, p, dp);
-    const T inv = T(1) / (T(1) + lambda);
-    f = (lambda * c + p) * inv - m3;
-    df = (lambda + dp) * inv;
+    T lam = lambda;
+    if (lambda_p != nullptr) {
+      const double v = *lambda_p;
+      lam = (v >= 0.0 && v <= 1.7976931348623157e308) ? T(v) : std::numeric_limits<T>::quiet_NaN();
+    }
+    const T inv = T(1) / (T(1) + lam);
+    f = (lam * c + p) * inv - m3;
+    df = (lam + dp) * inv;
   }
 };
 
@@ -130,6 +141,23 @@ LOSSEXT_HD double target_dlogit(double a, double keep, double spread, double w_y
   return a * std::exp(z_y - lse) - (keep + spread) * w_y;
 }
 
+// Logits that overflow: a row with a +inf logit has a NaN loss and gradient, on every device and
+// dtype, as torch's cross_entropy (log_softmax) gives on such logits. The other logits are formed
+// in the accumulation type A (float32 for half and float32 inputs), where scale * cos may round to
+// +inf; the target's margin logit is formed in float64, so it goes through acc_logit to overflow
+// where A would. row_lse then makes lse NaN for a running max of +inf (it would otherwise be
+// inf + log(0) or inf + log(s), depending on the summation order: NaN on CUDA, inf on the CPU).
+template <class A>
+LOSSEXT_HD double acc_logit(double z) {
+  const A za = static_cast<A>(z);
+  return (za == std::numeric_limits<A>::infinity() || za == -std::numeric_limits<A>::infinity()) ? double(za) : z;
+}
+
+// lse of a row from its online state (m, s); NaN when the max is +inf (see above).
+LOSSEXT_HD double row_lse(double m, double s) {
+  return m == std::numeric_limits<double>::infinity() ? std::numeric_limits<double>::quiet_NaN() : m + std::log(s);
+}
+
 // Adds one logit z to an online softmax state: m the running max, s = sum_j exp(z_j - m)
 // (Milakov & Gimelshein, "Online normalizer calculation for softmax", 2018). NaN propagates.
 LOSSEXT_HD void online_add(double z, double& m, double& s) {
@@ -139,12 +167,11 @@ LOSSEXT_HD void online_add(double z, double& m, double& s) {
   if (z != z) s = z;
 }
 
-// The fused op's target cosine from its chunk product P_yt: P rx rw (normalize, rw given) or
-// the plain logit before scale P + b, in float64.
+// The fused op's target cosine (normalize: the chunk product of normalized rows) or plain logit
+// before scale P + b, in float64, from its chunk product P_yt.
 template <class A, class S>
-LOSSEXT_HD double fused_target_cos(const S* row, int64_t t, A rx_i, const A* rw, const S* bias) {
+LOSSEXT_HD double fused_target_cos(const S* row, int64_t t, const S* bias) {
   const double p = double(static_cast<A>(row[t]));
-  if (rw != nullptr) return p * double(rx_i) * double(rw[t]);
   return p + (bias != nullptr ? double(static_cast<A>(bias[t])) : 0.0);
 }
 

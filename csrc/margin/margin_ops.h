@@ -12,12 +12,21 @@
 //   row_grad_scale(const LossSpec&, const Tensor& grad_output, const Tensor& target,
 //                  const Tensor* class_weight, Tensor& G)  G_i = dReducedLoss/dloss_i (0 if ignored)
 //   inv_norms(const Tensor& v [R, D], Tensor& out acc [R])  1 / max(|v_r|, 1e-12)
+//   scale_rows(const Tensor& v [R, D], const Tensor& s acc [R], Tensor& out [R, D])  out_r = s_r v_r
 //   fused_forward_chunk(const FusedProblem&, const Tensor& P [N, k], int64_t c0, RowStats&)
-//   fused_backward_chunk(const FusedProblem&, Tensor& P [N, k] (in: x W_c^T, out: dLoss/dP),
-//                        int64_t c0, const Tensor& G, Tensor* grad_bias [C])
+//   fused_backward_chunk(const FusedProblem&, Tensor& P [N, k] (in: the chunk's logits before
+//                        scale, out: dLoss/dP), int64_t c0, const Tensor& G, Tensor* grad_bias [C])
 //   project_rows(const Tensor& g [R, D], const Tensor& v [R, D], const Tensor* inv_norm [R],
-//                Tensor& out [R, D])   out_r = g_r - inv_norm_r^2 (v_r . g_r) v_r (g_r if no norm)
+//                Tensor& out [R, D])   out_r = r_r (g_r - r_r^2 (v_r . g_r) v_r), r = inv_norm:
+//                                      the gradient wrt v_r of g_r = dL/d(v_r / |v_r|) (g_r if no norm)
 //   add_into(Tensor& acc [N, D], const Tensor& t [N, D])     acc += t
+//   addmm_into(Tensor& acc [N, D], const Tensor& a [N, k], const Tensor& b [k, D])  acc += a b
+//                                      (same dtype: float32 and float64 inputs)
+//
+// The fused op with normalize multiplies normalized rows: P = (x_i / |x_i|) . (w_j / |w_j|) is the
+// cosine itself, in [-1, 1] for every dtype (x W^T first and the norms after overflowed float16
+// for norms ~ 300), and the backward's dLoss/dP = G s (p - y) carries no 1 / (|x| |w|) factor
+// (which underflowed in float16): the norms enter in float32 in project_rows.
 #pragma once
 
 #include <array>
@@ -40,7 +49,11 @@ constexpr double kNormEps = 1e-12;  // as torch.nn.functional.normalize
 
 // The loss part shared by both ops: label smoothing, ignore_index, reduction, margin.
 struct LossSpec {
+  const char* op;  // the op's name, "lossext::<op>", for the messages
   double scale, m1, m2, m3, lambda, smoothing;
+  // lambda_ on a CUDA device: the kernels read it from device memory (no host sync); then
+  // lambda above is unused. Empty on the CPU (lambda holds the value) and for lambda_ = None.
+  std::optional<Tensor> lambda_dev;
   bool easy_margin;
   int64_t ignore_index;
   Reduction reduction;
@@ -49,7 +62,8 @@ struct LossSpec {
   double spread() const { return C > 0 ? smoothing / double(C) : 0.0; }
   template <class T>
   TargetMargin<T> target_margin() const {
-    return TargetMargin<T>::make(m1, m2, m3, lambda, easy_margin);
+    return TargetMargin<T>::make(m1, m2, m3, lambda, easy_margin,
+                                 lambda_dev ? static_cast<const double*>(lambda_dev->data_ptr()) : nullptr);
   }
 };
 
@@ -74,6 +88,8 @@ struct FusedProblem {
   LossSpec spec;
   Tensor x;                        // [N, D]
   Tensor w;                        // [C, D]
+  Tensor xn;                       // [N, D]: x / |x| row by row (normalize), else x
+  std::optional<Tensor> wn;        // [chunk, D] scratch: the chunk's w / |w| rows (normalize)
   Tensor target;                   // [N] int64
   std::optional<Tensor> bias;      // [C] (normalize = false only)
   bool normalize;
@@ -121,70 +137,93 @@ inline Tensor segment(const Tensor& base, int64_t start, int64_t len) {
 
 // ---- checks -------------------------------------------------------------------------------
 
+// lambda_: None (0), or a 0-dim float64 tensor on ref's device. On the CPU its value is checked
+// (finite, >= 0) and copied; on CUDA the kernels read it (a bad value there makes the loss NaN).
+inline void check_lambda(const char* op, const std::optional<Tensor>& lam, const Tensor& ref,
+                         const char* ref_name, LossSpec& s) {
+  s.lambda = 0.0;
+  s.lambda_dev = std::nullopt;
+  if (!lam.has_value()) return;
+  LOSSEXT_CHECK(lam->scalar_type() == ScalarType::Double, op, ": argument 'lambda_' must be float64, got ",
+                torch::headeronly::toString(lam->scalar_type()));
+  LOSSEXT_CHECK(lam->dim() == 0, op, ": argument 'lambda_' must be a 0-dim tensor, got shape ", shape_str(*lam));
+  LOSSEXT_CHECK(lam->device() == ref.device(), op, ": argument 'lambda_' is on a different device than the ",
+                ref_name);
+  if (lam->is_cpu()) {
+    const double v = *static_cast<const double*>(lam->data_ptr());
+    LOSSEXT_CHECK(std::isfinite(v) && v >= 0.0, op, ": argument 'lambda_' must be finite and >= 0, got ", v);
+    s.lambda = v;
+  } else {
+    s.lambda_dev = *lam;
+  }
+}
+
 inline LossSpec check_spec(const char* op, double scale, double m1, double m2, double m3,
-                           double lambda, bool easy_margin, double smoothing, int64_t ignore_index,
+                           bool easy_margin, double smoothing, int64_t ignore_index,
                            int64_t reduction, int64_t N, int64_t C) {
   LossSpec s;
+  s.op = op;
   check_positive(op, "scale", scale);
   check_positive(op, "m1", m1);
-  STD_TORCH_CHECK(std::isfinite(m2) && m2 >= 0.0 && m2 < 3.14159265358979323846, op,
+  LOSSEXT_CHECK(std::isfinite(m2) && m2 >= 0.0 && m2 < 3.14159265358979323846, op,
                   ": argument 'm2' must be in [0, pi), got ", m2);
-  STD_TORCH_CHECK(std::isfinite(m3), op, ": argument 'm3' must be finite, got ", m3);
-  STD_TORCH_CHECK(std::isfinite(lambda) && lambda >= 0.0, op,
-                  ": argument 'lambda_' must be finite and >= 0, got ", lambda);
-  STD_TORCH_CHECK(smoothing >= 0.0 && smoothing <= 1.0, op,
+  LOSSEXT_CHECK(std::isfinite(m3), op, ": argument 'm3' must be finite, got ", m3);
+  LOSSEXT_CHECK(smoothing >= 0.0 && smoothing <= 1.0, op,
                   ": argument 'label_smoothing' must be in [0, 1], got ", smoothing);
   s.reduction = check_reduction(op, reduction);
-  s.scale = scale; s.m1 = m1; s.m2 = m2; s.m3 = m3; s.lambda = lambda; s.smoothing = smoothing;
+  s.scale = scale; s.m1 = m1; s.m2 = m2; s.m3 = m3; s.lambda = 0.0; s.smoothing = smoothing;
   s.easy_margin = easy_margin; s.ignore_index = ignore_index; s.N = N; s.C = C;
   return s;
 }
 
 inline void check_target(const char* op, const Tensor& target, const Tensor& ref, int64_t N) {
-  STD_TORCH_CHECK(target.scalar_type() == ScalarType::Long, op,
+  LOSSEXT_CHECK(target.scalar_type() == ScalarType::Long, op,
                   ": argument 'target' must be int64 class indices, got ",
                   torch::headeronly::toString(target.scalar_type()));
-  STD_TORCH_CHECK(target.dim() == 1 && target.size(0) == N, op, ": argument 'target' must have shape [",
+  LOSSEXT_CHECK(target.dim() == 1 && target.size(0) == N, op, ": argument 'target' must have shape [",
                   N, "], got ", shape_str(target));
-  STD_TORCH_CHECK(target.device() == ref.device(), op,
+  LOSSEXT_CHECK(target.device() == ref.device(), op,
                   ": argument 'target' is on a different device than the logits");
 }
 
 inline void check_vector(const char* op, const char* name, const Tensor& t, const Tensor& ref,
                          int64_t n) {
   check_like(op, name, t, ref);
-  STD_TORCH_CHECK(t.dim() == 1 && t.size(0) == n, op, ": argument '", name, "' must have shape [", n,
+  LOSSEXT_CHECK(t.dim() == 1 && t.size(0) == n, op, ": argument '", name, "' must have shape [", n,
                   "], got ", shape_str(t));
 }
 
 inline void check_grad_output(const char* op, const Tensor& g, const Tensor& ref, const LossSpec& s) {
   check_like(op, "grad_output", g, ref);
   if (s.reduction == Reduction::None) {
-    STD_TORCH_CHECK(g.dim() == 1 && g.size(0) == s.N, op, ": argument 'grad_output' must have shape [",
+    LOSSEXT_CHECK(g.dim() == 1 && g.size(0) == s.N, op, ": argument 'grad_output' must have shape [",
                     s.N, "], got ", shape_str(g));
   } else {
-    STD_TORCH_CHECK(g.dim() == 0, op, ": argument 'grad_output' must be 0-dim for a reduced loss, got shape ",
+    LOSSEXT_CHECK(g.dim() == 0, op, ": argument 'grad_output' must be 0-dim for a reduced loss, got shape ",
                     shape_str(g));
   }
 }
 
 inline void check_lse(const char* op, const Tensor& lse, const Tensor& ref, int64_t N) {
-  STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Double && lse.dim() == 1 &&
-                      lse.size(0) == N && lse.device() == ref.device(),
-                  op, ": argument 'lse' must be the forward's second output, got shape ", shape_str(lse));
+  LOSSEXT_CHECK(lse.scalar_type() == ScalarType::Double, op, ": argument 'lse' must be float64, got ",
+                torch::headeronly::toString(lse.scalar_type()), " (lse is the forward's second output)");
+  LOSSEXT_CHECK(lse.dim() == 1 && lse.size(0) == N, op, ": argument 'lse' must have shape [", N,
+                "] (the forward's second output), got shape ", shape_str(lse));
+  LOSSEXT_CHECK(lse.device() == ref.device(), op, ": argument 'lse' is on a different device than the input");
 }
 
 inline CeProblem prepare_ce(const char* op, const Tensor& cos, const Tensor& target,
                             const std::optional<Tensor>& weight, const std::optional<Tensor>& row_scale,
-                            double scale, double m1, double m2, double m3, double lambda,
+                            double scale, double m1, double m2, double m3, const std::optional<Tensor>& lambda,
                             bool easy_margin, double smoothing, int64_t ignore_index, int64_t reduction) {
   check_float_tensor(op, "cos_logits", cos);
-  STD_TORCH_CHECK(cos.dim() == 2, op, ": argument 'cos_logits' must be 2-D [N, C], got shape ",
+  LOSSEXT_CHECK(cos.dim() == 2, op, ": argument 'cos_logits' must be 2-D [N, C], got shape ",
                   shape_str(cos));
   const int64_t N = cos.size(0), C = cos.size(1);
-  STD_TORCH_CHECK(C > 0 || N == 0, op, ": argument 'cos_logits' has no classes (shape ", shape_str(cos), ")");
+  LOSSEXT_CHECK(C > 0 || N == 0, op, ": argument 'cos_logits' has no classes (shape ", shape_str(cos), ")");
   CeProblem p;
-  p.spec = check_spec(op, scale, m1, m2, m3, lambda, easy_margin, smoothing, ignore_index, reduction, N, C);
+  p.spec = check_spec(op, scale, m1, m2, m3, easy_margin, smoothing, ignore_index, reduction, N, C);
+  check_lambda(op, lambda, cos, "logits", p.spec);
   check_target(op, target, cos, N);
   p.cos = torch::stable::contiguous(cos);
   p.target = torch::stable::contiguous(target);
@@ -218,7 +257,7 @@ template <class Device>
 struct MarginCeKernels {
   static std::tuple<Tensor, Tensor> forward(Tensor cos, Tensor target, std::optional<Tensor> weight,
                                             std::optional<Tensor> row_scale, double scale, double m1,
-                                            double m2, double m3, double lambda, bool easy_margin,
+                                            double m2, double m3, std::optional<Tensor> lambda, bool easy_margin,
                                             double smoothing, int64_t ignore_index, int64_t reduction) {
     const char* op = "lossext::margin_cross_entropy";
     CeProblem p = prepare_ce(op, cos, target, weight, row_scale, scale, m1, m2, m3, lambda, easy_margin,
@@ -234,7 +273,7 @@ struct MarginCeKernels {
   static std::tuple<Tensor, Tensor> backward(Tensor grad_output, Tensor cos, Tensor target,
                                              std::optional<Tensor> weight, std::optional<Tensor> row_scale,
                                              Tensor lse, double scale, double m1, double m2, double m3,
-                                             double lambda, bool easy_margin, double smoothing,
+                                             std::optional<Tensor> lambda, bool easy_margin, double smoothing,
                                              int64_t ignore_index, int64_t reduction) {
     const char* op = "lossext::margin_cross_entropy_backward";
     CeProblem p = prepare_ce(op, cos, target, weight, row_scale, scale, m1, m2, m3, lambda, easy_margin,
@@ -254,32 +293,34 @@ struct MarginCeKernels {
 
 // ---- fused_linear_margin_cross_entropy ---------------------------------------------------
 
-inline int64_t default_chunk(int64_t N, int64_t C) {
-  // about 16 MiB of float32 logits per chunk, at least 256 and at most C classes
-  int64_t k = (int64_t(4) << 20) / std::max<int64_t>(N, 1);
+inline int64_t default_chunk(int64_t N, int64_t C, int64_t D) {
+  // about 16 MiB of float32 logits per chunk (and of normalized weight rows), at least 256 and
+  // at most C classes
+  int64_t k = (int64_t(4) << 20) / std::max<int64_t>(std::max(N, D), 1);
   k = std::max<int64_t>(256, (k / 256) * 256);
   return std::max<int64_t>(1, std::min<int64_t>(k, C));
 }
 
 inline FusedProblem prepare_fused(const char* op, const Tensor& x, const Tensor& w, const Tensor& target,
                                   const std::optional<Tensor>& bias, double scale, double m1, double m2,
-                                  double m3, double lambda, bool easy_margin, bool normalize, double smoothing,
+                                  double m3, const std::optional<Tensor>& lambda, bool easy_margin, bool normalize, double smoothing,
                                   int64_t ignore_index, int64_t reduction, int64_t chunk) {
   check_float_tensor(op, "input", x);
-  STD_TORCH_CHECK(x.dim() == 2, op, ": argument 'input' must be 2-D [N, D], got shape ", shape_str(x));
+  LOSSEXT_CHECK(x.dim() == 2, op, ": argument 'input' must be 2-D [N, D], got shape ", shape_str(x));
   check_like(op, "weight", w, x);
-  STD_TORCH_CHECK(w.dim() == 2, op, ": argument 'weight' must be 2-D [C, D], got shape ", shape_str(w));
-  STD_TORCH_CHECK(w.size(1) == x.size(1), op, ": argument 'weight' has D = ", w.size(1),
+  LOSSEXT_CHECK(w.dim() == 2, op, ": argument 'weight' must be 2-D [C, D], got shape ", shape_str(w));
+  LOSSEXT_CHECK(w.size(1) == x.size(1), op, ": argument 'weight' has D = ", w.size(1),
                   " but input has D = ", x.size(1));
   const int64_t N = x.size(0), C = w.size(0);
-  STD_TORCH_CHECK(C > 0 || N == 0, op, ": argument 'weight' has no classes (shape ", shape_str(w), ")");
+  LOSSEXT_CHECK(C > 0 || N == 0, op, ": argument 'weight' has no classes (shape ", shape_str(w), ")");
   FusedProblem p;
-  p.spec = check_spec(op, scale, m1, m2, m3, lambda, easy_margin, smoothing, ignore_index, reduction, N, C);
-  STD_TORCH_CHECK(normalize || (m1 == 1.0 && m2 == 0.0), op,
-                  ": normalize=False takes only an additive margin m3 (m1 = 1, m2 = 0), got m1 = ", m1,
-                  ", m2 = ", m2);
-  STD_TORCH_CHECK(!(normalize && bias.has_value()), op, ": argument 'bias' needs normalize=False");
-  STD_TORCH_CHECK(chunk >= 0, op, ": argument 'chunk_size' must be >= 0 (0: automatic), got ", chunk);
+  p.spec = check_spec(op, scale, m1, m2, m3, easy_margin, smoothing, ignore_index, reduction, N, C);
+  check_lambda(op, lambda, x, "embeddings", p.spec);
+  LOSSEXT_CHECK(normalize || (m1 == 1.0 && m2 == 0.0), op, ": argument '", (m1 != 1.0 ? "m1" : "m2"),
+                "' must be ", (m1 != 1.0 ? "1" : "0"),
+                ": normalize=False takes only an additive margin m3 (m1 = 1, m2 = 0), got m1 = ", m1, ", m2 = ", m2);
+  LOSSEXT_CHECK(!(normalize && bias.has_value()), op, ": argument 'bias' needs normalize=False");
+  LOSSEXT_CHECK(chunk >= 0, op, ": argument 'chunk_size' must be >= 0 (0: automatic), got ", chunk);
   check_target(op, target, x, N);
   p.x = torch::stable::contiguous(x);
   p.w = torch::stable::contiguous(w);
@@ -290,19 +331,35 @@ inline FusedProblem prepare_fused(const char* op, const Tensor& x, const Tensor&
   }
   p.normalize = normalize;
   p.D = x.size(1);
-  p.chunk = chunk > 0 ? std::min<int64_t>(chunk, std::max<int64_t>(C, 1)) : default_chunk(N, C);
+  p.chunk = chunk > 0 ? std::min<int64_t>(chunk, std::max<int64_t>(C, 1)) : default_chunk(N, C, p.D);
+  p.xn = p.x;
   return p;
 }
 
+// normalize: the inverse norms, x / |x| and the chunk scratch for w / |w|.
 template <class Device>
-inline void compute_inv_norms(FusedProblem& p) {
+inline void prepare_norms(FusedProblem& p) {
   if (!p.normalize) return;
-  const ScalarType acc = acc_scalar_type(p.x.scalar_type());
+  const ScalarType st = p.x.scalar_type(), acc = acc_scalar_type(st);
   Tensor rx = new_tensor({p.spec.N}, acc, p.x), rw = new_tensor({p.spec.C}, acc, p.x);
   Device::inv_norms(p.x, rx);
   Device::inv_norms(p.w, rw);
   p.inv_norm_x = rx;
   p.inv_norm_w = rw;
+  p.xn = new_tensor({p.spec.N, p.D}, st, p.x);
+  Device::scale_rows(p.x, rx, p.xn);
+  p.wn = new_tensor({p.chunk, p.D}, st, p.x);
+}
+
+// The chunk's class rows [k, D] as the matmuls take them: w_j / |w_j| (normalize; written into
+// the scratch) or a window of w.
+template <class Device>
+inline Tensor chunk_weights(const FusedProblem& p, int64_t c0, int64_t k) {
+  const Tensor wc = window(p.w, c0, k, 0, p.D);
+  if (!p.normalize) return wc;
+  Tensor out = window(*p.wn, 0, k, 0, p.D);
+  Device::scale_rows(wc, segment(*p.inv_norm_w, c0, k), out);
+  return out;
 }
 
 // A [N, k] view of the first N * k elements of a flat chunk buffer.
@@ -310,41 +367,63 @@ inline Tensor chunk_view(Tensor flat, int64_t N, int64_t k) {
   return torch::stable::view(torch::stable::narrow(flat, 0, 0, N * k), {N, k});
 }
 
-// The chunk's matrix products. The default issues one aten::mm per product (cuBLAS gives the
-// same bits on every run). A device may specialize this (the CPU does, to stay bitwise equal
-// across thread counts: margin_cpu.cpp).
+// acc += a b in acc's dtype: one addmm where a and b have it too (float32, float64), else a
+// product into tmp (a's dtype, acc's shape) and an add.
+template <class Device>
+inline void accumulate_product(Tensor& acc, const Tensor& a, const Tensor& b, Tensor* tmp) {
+  if (tmp == nullptr) {
+    Device::addmm_into(acc, a, b);
+    return;
+  }
+  Tensor t = window(*tmp, 0, acc.size(0), 0, acc.size(1));
+  mm_out(t, a, b);
+  Device::add_into(acc, t);
+}
+
+// The chunk's matrix products, with wc = chunk_weights(p, c0, k). The default issues one aten
+// call per product (cuBLAS gives the same bits on every run). A device may specialize this (the
+// CPU does, to stay bitwise equal across thread counts: margin_cpu.cpp).
 template <class Device>
 struct ChunkMatmuls {
-  // P [N, k] = x W_c^T
-  static void logits(const FusedProblem& p, Tensor& P, int64_t c0) {
+  // P [N, k] = xn wc^T
+  static void logits(const FusedProblem& p, Tensor& P, const Tensor& wc) {
     const int64_t N = P.size(0), k = P.size(1);
     Tensor out = window(P, 0, N, 0, k);
-    mm_out(out, window(p.x, 0, N, 0, p.D), torch::stable::transpose(window(p.w, c0, k, 0, p.D), 0, 1));
+    mm_out(out, p.xn, torch::stable::transpose(wc, 0, 1));
   }
-  // With B = dLoss/dP in P: gw [k, D] = B^T x, projected onto the tangent of the normalized
-  // rows (dW_c is owned by this chunk: written once, never accumulated); acc_x += B W_c, in
-  // chunk order, in the acc dtype. tmp is [N, D] scratch in the input dtype.
-  static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, Tensor& gw, Tensor& acc_x, Tensor& tmp) {
+  // With B = dLoss/dP in P: gw [k, D] = B^T xn, through the normalization of the class rows
+  // (dW_c is owned by this chunk: every row written once, never accumulated); acc_x += B wc,
+  // in chunk order, in the acc dtype. tmp: [N, D] scratch in the input dtype for float16 and
+  // bfloat16 (nullptr otherwise: one addmm into acc_x).
+  static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, const Tensor& wc, Tensor& gw,
+                    Tensor& acc_x, Tensor* tmp) {
     const int64_t N = P.size(0), k = P.size(1);
-    Tensor wc = window(p.w, c0, k, 0, p.D);
     Tensor B = window(P, 0, N, 0, k);
     Tensor gwv = window(gw, 0, k, 0, p.D);
-    mm_out(gwv, torch::stable::transpose(B, 0, 1), window(p.x, 0, N, 0, p.D));
+    mm_out(gwv, torch::stable::transpose(B, 0, 1), p.xn);
     if (p.normalize) {
       Tensor rw = segment(*p.inv_norm_w, c0, k);
-      Device::project_rows(gw, wc, &rw, gw);
+      Device::project_rows(gwv, window(p.w, c0, k, 0, p.D), &rw, gwv);
     }
-    Tensor t = window(tmp, 0, N, 0, p.D);
-    mm_out(t, B, wc);
-    Device::add_into(acc_x, tmp);
+    accumulate_product<Device>(acc_x, B, wc, tmp);
   }
 };
+
+// P = xn wc^T, or zeros for D = 0 (no matmul over an empty inner dimension).
+template <class Device>
+inline void chunk_logits(const FusedProblem& p, Tensor& P, const Tensor& wc) {
+  if (p.D == 0) {
+    torch::stable::zero_(P);
+    return;
+  }
+  ChunkMatmuls<Device>::logits(p, P, wc);
+}
 
 template <class Device>
 struct FusedKernels {
   static std::tuple<Tensor, Tensor> forward(Tensor x, Tensor w, Tensor target, std::optional<Tensor> bias,
-                                            double scale, double m1, double m2, double m3, double lambda,
-                                            bool easy_margin, bool normalize, double smoothing, int64_t ignore_index,
+                                            double scale, double m1, double m2, double m3,
+                                            std::optional<Tensor> lambda, bool easy_margin, bool normalize, double smoothing, int64_t ignore_index,
                                             int64_t reduction, int64_t chunk) {
     const char* op = "lossext::fused_linear_margin_cross_entropy";
     FusedProblem p = prepare_fused(op, x, w, target, bias, scale, m1, m2, m3, lambda, easy_margin, normalize,
@@ -353,12 +432,12 @@ struct FusedKernels {
     RowStats st = new_row_stats(p.spec, p.x, true);
     Tensor loss = new_loss(p.spec, p.x);
     if (N > 0) {
-      compute_inv_norms<Device>(p);
+      prepare_norms<Device>(p);
       Tensor flat = new_tensor({N * K}, p.x.scalar_type(), p.x);
       for (int64_t c0 = 0; c0 < C; c0 += K) {
         const int64_t k = std::min(K, C - c0);
         Tensor P = chunk_view(flat, N, k);
-        ChunkMatmuls<Device>::logits(p, P, c0);
+        chunk_logits<Device>(p, P, chunk_weights<Device>(p, c0, k));
         Device::fused_forward_chunk(p, P, c0, st);
       }
     }
@@ -369,7 +448,7 @@ struct FusedKernels {
 
   static std::tuple<Tensor, Tensor, Tensor> backward(Tensor grad_output, Tensor x, Tensor w, Tensor target,
                                                      std::optional<Tensor> bias, Tensor lse, double scale,
-                                                     double m1, double m2, double m3, double lambda,
+                                                     double m1, double m2, double m3, std::optional<Tensor> lambda,
                                                      bool easy_margin,
                                                      bool normalize, double smoothing, int64_t ignore_index,
                                                      int64_t reduction, int64_t chunk) {
@@ -381,26 +460,35 @@ struct FusedKernels {
     p.lse = torch::stable::contiguous(lse);
     const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk, D = p.D;
     const ScalarType st = p.x.scalar_type(), acc = acc_scalar_type(st);
+    // grad_w and grad_b: empty, since with N > 0 the chunks [c0, c0 + k) cover [0, C) and each
+    // writes all its rows (grads: gw = B^T xn by a matmul that overwrites, ignored rows of B
+    // being zeros; fused_backward_chunk: every db_j of its columns); N = 0 zeroes them below.
     Tensor grad_x = new_tensor({N, D}, st, p.x);
-    Tensor grad_w = zeros({C, D}, st, p.x);
-    Tensor grad_b = zeros({p.bias ? C : 0}, st, p.x);
-    if (N == 0 || D == 0) {
+    Tensor grad_w = new_tensor({C, D}, st, p.x);
+    Tensor grad_b = new_tensor({p.bias ? C : 0}, st, p.x);
+    if (N == 0) {
       torch::stable::zero_(grad_x);
+      torch::stable::zero_(grad_w);
+      torch::stable::zero_(grad_b);
       return {grad_x, grad_w, grad_b};
     }
-    compute_inv_norms<Device>(p);
+    // D = 0 still runs the chunks: the logits are the bias alone, and grad_bias depends on them.
+    prepare_norms<Device>(p);
     Tensor G = new_tensor({N}, acc, p.x);
     Device::row_grad_scale(p.spec, torch::stable::contiguous(grad_output), p.target, nullptr, G);
     Tensor flat = new_tensor({N * K}, st, p.x);
     Tensor acc_x = zeros({N, D}, acc, p.x);
-    Tensor tmp = new_tensor({N, D}, st, p.x);
+    std::optional<Tensor> tmp;  // half inputs: B wc in the input dtype before the float32 add
+    if (st != acc) tmp = new_tensor({N, D}, st, p.x);
     for (int64_t c0 = 0; c0 < C; c0 += K) {
       const int64_t k = std::min(K, C - c0);
       Tensor P = chunk_view(flat, N, k);
-      ChunkMatmuls<Device>::logits(p, P, c0);
+      const Tensor wc = chunk_weights<Device>(p, c0, k);
+      chunk_logits<Device>(p, P, wc);
       Device::fused_backward_chunk(p, P, c0, G, p.bias ? &grad_b : nullptr);
+      if (D == 0) continue;  // grad_input and grad_weight are empty
       Tensor gw = torch::stable::narrow(grad_w, 0, c0, k);
-      ChunkMatmuls<Device>::grads(p, P, c0, gw, acc_x, tmp);
+      ChunkMatmuls<Device>::grads(p, P, c0, wc, gw, acc_x, tmp ? &*tmp : nullptr);
     }
     Device::project_rows(acc_x, p.x, p.normalize ? &*p.inv_norm_x : nullptr, grad_x);
     return {grad_x, grad_w, grad_b};

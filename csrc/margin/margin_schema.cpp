@@ -2,21 +2,25 @@
 // The forwards return (loss, lse): lse [N] is log-sum-exp of each row's logits, in float64 for
 // every input dtype (N values; float32 rounding of lse ~ 64 would cost 4e-6 in every softmax
 // probability of the backward), saved for the backward; it is not differentiable.
+// lambda_ (SphereFace's annealing, changed every step) is a tensor so that torch.compile does
+// not bake it into the graph: None means 0, else a 0-dim float64 tensor on the logits' (or
+// embeddings') device, finite and >= 0 (checked on the CPU; on CUDA the kernels read it from
+// device memory without a host sync, and a bad value gives a NaN loss).
 #include <torch/csrc/stable/library.h>
 
 STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
   m.def("margin_cross_entropy(Tensor cos_logits, Tensor target, Tensor? weight, Tensor? row_scale, "
-        "float scale, float m1, float m2, float m3, float lambda_, bool easy_margin, "
+        "float scale, float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, "
         "float label_smoothing, int ignore_index, int reduction) -> (Tensor, Tensor)");
   m.def("margin_cross_entropy_backward(Tensor grad_output, Tensor cos_logits, Tensor target, "
         "Tensor? weight, Tensor? row_scale, Tensor lse, float scale, float m1, float m2, float m3, "
-        "float lambda_, bool easy_margin, float label_smoothing, int ignore_index, int reduction) "
+        "Tensor? lambda_, bool easy_margin, float label_smoothing, int ignore_index, int reduction) "
         "-> (Tensor, Tensor)");
   m.def("fused_linear_margin_cross_entropy(Tensor input, Tensor weight, Tensor target, Tensor? bias, "
-        "float scale, float m1, float m2, float m3, float lambda_, bool easy_margin, bool normalize, "
+        "float scale, float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, bool normalize, "
         "float label_smoothing, int ignore_index, int reduction, int chunk_size) -> (Tensor, Tensor)");
   m.def("fused_linear_margin_cross_entropy_backward(Tensor grad_output, Tensor input, Tensor weight, "
         "Tensor target, Tensor? bias, Tensor lse, float scale, float m1, float m2, float m3, "
-        "float lambda_, bool easy_margin, bool normalize, float label_smoothing, int ignore_index, int reduction, "
+        "Tensor? lambda_, bool easy_margin, bool normalize, float label_smoothing, int ignore_index, int reduction, "
         "int chunk_size) -> (Tensor, Tensor, Tensor)");
 }

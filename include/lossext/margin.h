@@ -72,19 +72,21 @@ inline int64_t check_margin_options(const char* fn, const MarginOptions& o) {
 // The operators of the margin family, found once (on first use) in the dispatcher, called with
 // MarginOptions (margin_schema.cpp's argument order).
 struct MarginOps {
+  // lambda_ is Tensor? in the schemas (None: 0; else a 0-dim float64 tensor on the input's device)
   using Ce = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                                const OptTensor&, double, double, double, double, double, bool,
-                                                double, int64_t, int64_t);
+                                                const OptTensor&, double, double, double, double, const OptTensor&,
+                                                bool, double, int64_t, int64_t);
   using CeBackward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                         const OptTensor&, const OptTensor&, const at::Tensor&,
-                                                        double, double, double, double, double, bool, double,
-                                                        int64_t, int64_t);
+                                                        double, double, double, double, const OptTensor&, bool,
+                                                        double, int64_t, int64_t);
   using Fused = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                   const OptTensor&, double, double, double, double, double, bool,
-                                                   bool, double, int64_t, int64_t, int64_t);
+                                                   const OptTensor&, double, double, double, double, const OptTensor&,
+                                                   bool, bool, double, int64_t, int64_t, int64_t);
   using FusedBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
-      const at::Tensor&, double, double, double, double, double, bool, bool, double, int64_t, int64_t, int64_t);
+      const at::Tensor&, double, double, double, double, const OptTensor&, bool, bool, double, int64_t, int64_t,
+      int64_t);
 
   c10::TypedOperatorHandle<Ce> ce = find_op<Ce>("lossext::margin_cross_entropy");
   c10::TypedOperatorHandle<CeBackward> ce_bwd = find_op<CeBackward>("lossext::margin_cross_entropy_backward");
@@ -97,11 +99,18 @@ struct MarginOps {
     return o;
   }
 
+  // The ops' lambda_ argument from MarginOptions::lambda: None for 0, else a 0-dim float64
+  // tensor on like's device (a fill, no host sync).
+  static OptTensor lambda_arg(const MarginOptions& o, const at::Tensor& like) {
+    if (o.lambda == 0.0) return std::nullopt;
+    return at::full({}, o.lambda, at::TensorOptions().dtype(at::kDouble).device(like.device()));
+  }
+
   // -> (loss, lse)
   std::tuple<at::Tensor, at::Tensor> margin_ce(const at::Tensor& cos, const at::Tensor& target,
                                                const OptTensor& weight, const OptTensor& row_scale,
                                                const MarginOptions& o) const {
-    return ce.call(cos, target, weight, row_scale, o.scale, o.m1, o.m2, o.m3, o.lambda, o.easy_margin,
+    return ce.call(cos, target, weight, row_scale, o.scale, o.m1, o.m2, o.m3, lambda_arg(o, cos), o.easy_margin,
                    o.label_smoothing, o.ignore_index, static_cast<int64_t>(o.reduction));
   }
   // -> (grad_cos, grad_row_scale); grad_row_scale is empty without row_scale
@@ -109,21 +118,21 @@ struct MarginOps {
                                                         const at::Tensor& target, const OptTensor& weight,
                                                         const OptTensor& row_scale, const at::Tensor& lse,
                                                         const MarginOptions& o) const {
-    return ce_bwd.call(grad, cos, target, weight, row_scale, lse, o.scale, o.m1, o.m2, o.m3, o.lambda,
+    return ce_bwd.call(grad, cos, target, weight, row_scale, lse, o.scale, o.m1, o.m2, o.m3, lambda_arg(o, cos),
                        o.easy_margin, o.label_smoothing, o.ignore_index, static_cast<int64_t>(o.reduction));
   }
   // -> (loss, lse)
   std::tuple<at::Tensor, at::Tensor> fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& target,
                                                   const OptTensor& bias, const MarginOptions& o, bool normalize,
                                                   int64_t chunk) const {
-    return fused.call(x, w, target, bias, o.scale, o.m1, o.m2, o.m3, o.lambda, o.easy_margin, normalize,
+    return fused.call(x, w, target, bias, o.scale, o.m1, o.m2, o.m3, lambda_arg(o, x), o.easy_margin, normalize,
                       o.label_smoothing, o.ignore_index, static_cast<int64_t>(o.reduction), chunk);
   }
   // -> (grad_input, grad_weight, grad_bias); grad_bias is empty without bias
   std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward(
       const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w, const at::Tensor& target,
       const OptTensor& bias, const at::Tensor& lse, const MarginOptions& o, bool normalize, int64_t chunk) const {
-    return fused_bwd.call(grad, x, w, target, bias, lse, o.scale, o.m1, o.m2, o.m3, o.lambda, o.easy_margin,
+    return fused_bwd.call(grad, x, w, target, bias, lse, o.scale, o.m1, o.m2, o.m3, lambda_arg(o, x), o.easy_margin,
                           normalize, o.label_smoothing, o.ignore_index, static_cast<int64_t>(o.reduction), chunk);
   }
 };

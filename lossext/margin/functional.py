@@ -56,10 +56,6 @@ def lambda_tensor(lambda_: float, like: Tensor) -> Optional[Tensor]:
     return torch.full((), lambda_, dtype=torch.float64, device=like.device)
 
 
-def _op_lambda(lam: Optional[Tensor]) -> float:
-    return 0.0 if lam is None else float(lam.item())
-
-
 def _eager_call(fn, names, op_name, *args):
     """The op's loss; its kernel's errors re-raised as fn's (eager only: TorchScript has no try)."""
     try:
@@ -92,11 +88,11 @@ def margin_ce(fn: str, names: List[str], cos_logits: Tensor, target: Tensor, sca
     w = V.check_vector(fn, "weight", weight, c, cos_logits, "C")
     rs = V.check_vector(fn, "feature_norm", feature_norm, n, cos_logits, "N")
     if torch.jit.is_scripting():
-        return torch.ops.lossext.margin_cross_entropy(cos_logits, target, w, rs, scale, m1, m2, m3, _op_lambda(lam),
+        return torch.ops.lossext.margin_cross_entropy(cos_logits, target, w, rs, scale, m1, m2, m3, lam,
                                                       easy_margin, label_smoothing, ignore_index, red)[0]
     else:
         return _eager_call(fn, _CE_NAMES, "margin_cross_entropy", cos_logits, target, w, rs, scale, m1, m2, m3,
-                           _op_lambda(lam), easy_margin, label_smoothing, ignore_index, red)
+                           lam, easy_margin, label_smoothing, ignore_index, red)
 
 
 def _margin_entry(fn: str, names: List[str], cos_logits: Tensor, target: Tensor, scale: float, m1: float, m2: float,
@@ -134,6 +130,9 @@ def margin_cross_entropy(cos_logits: Tensor, target: Tensor, scale: float = 64.0
       weights of the rows not ignored; all rows ignored gives NaN).
     - At cos = +-1 the gradient is finite: d psi/d cos divides by max(sin theta, 1e-4).
     - float16/bfloat16 compute in float32 (no overflow at s = 64).
+    - A row with a logit of +inf (``scale * cos``, or the target's margin logit, formed in float32 for
+      float16/bfloat16/float32 inputs and in float64 for float64) has a NaN loss and gradient on
+      every device, as ``F.cross_entropy`` gives on logits that contain +inf.
     - Labels outside [0, C) that are not ``ignore_index``: IndexError on CPU (as F.cross_entropy).
       On CUDA they are never used as an index; that row's loss, and so a reduced loss, is NaN, and
       its gradient is NaN (the class weight's too).
@@ -217,11 +216,11 @@ def fused_margin(fn: str, names: List[str], embeddings: Tensor, weight: Tensor, 
     chunk = check_chunk_size(fn, chunk_size)
     if torch.jit.is_scripting():
         return torch.ops.lossext.fused_linear_margin_cross_entropy(
-            embeddings, weight, target, b, scale, m1, m2, m3, _op_lambda(lam), easy_margin, normalize,
+            embeddings, weight, target, b, scale, m1, m2, m3, lam, easy_margin, normalize,
             label_smoothing, ignore_index, red, chunk)[0]
     else:
         return _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy", embeddings, weight, target, b,
-                           scale, m1, m2, m3, _op_lambda(lam), easy_margin, normalize, label_smoothing, ignore_index,
+                           scale, m1, m2, m3, lam, easy_margin, normalize, label_smoothing, ignore_index,
                            red, chunk)
 
 

@@ -116,11 +116,16 @@ def _margin_ce_bench(numel, device, dtype):
                        grad_keys=("weight", "feature_norm"))
 
 
-def _ce_params(kw):
+def _lambda(value, device):
+    """The raw ops' lambda_: None for 0, else a 0-dim float64 tensor on the device."""
+    return None if value == 0.0 else torch.full((), float(value), dtype=torch.float64, device=device)
+
+
+def _ce_params(kw, device="cpu"):
     return (float(kw.get("scale", 64.0)), float(kw.get("m1", 1.0)), float(kw.get("m2", 0.0)),
-            float(kw.get("m3", 0.0)), float(kw.get("lambda_", 0.0)), bool(kw.get("easy_margin", False)),
-            float(kw.get("label_smoothing", 0.0)), int(kw.get("ignore_index", -100)),
-            REDUCTION[kw.get("reduction", "mean")])
+            float(kw.get("m3", 0.0)), _lambda(float(kw.get("lambda_", 0.0)), device),
+            bool(kw.get("easy_margin", False)), float(kw.get("label_smoothing", 0.0)),
+            int(kw.get("ignore_index", -100)), REDUCTION[kw.get("reduction", "mean")])
 
 
 def _raw_calls(name, inputs, params):
@@ -133,8 +138,13 @@ def _raw_calls(name, inputs, params):
 
 
 def _jit(name, arg_names, n_optional, params):
-    """TorchScript source calling the raw op NAME(*args, None x n_optional, *params)[0]."""
-    p = ", ".join(repr(v) for v in params)
+    """TorchScript source calling the raw op NAME(*args, None x n_optional, *params)[0] (a 0-dim
+    tensor parameter, lambda_, is made in the script on the first argument's device)."""
+    def src(v):
+        if isinstance(v, torch.Tensor):
+            return f"torch.full([], {v.item()!r}, dtype=torch.float64, device={arg_names[0]}.device)"
+        return repr(v)
+    p = ", ".join(src(v) for v in params)
     args = ", ".join(arg_names)
     src = (f"def f({', '.join(a + ': Tensor' for a in arg_names)}) -> Tensor:\n"
            f"    return torch.ops.lossext.{name}({args}, {', '.join(['None'] * n_optional)}, {p})[0]\n")
@@ -144,7 +154,7 @@ def _jit(name, arg_names, n_optional, params):
 def _margin_ce_raw_calls(sample):
     kw = sample.kwargs
     return _raw_calls("margin_cross_entropy", (*sample.args, kw.get("weight"), kw.get("feature_norm")),
-                      _ce_params(kw))
+                      _ce_params(kw, sample.args[0].device))
 
 
 def _margin_ce_module(sample):
@@ -175,12 +185,23 @@ def _margin_ce_jit(sample):
 def _margin_ce_raw_errors(device):
     cos = torch.rand(4, 5, device=device)
     t = torch.tensor([0, 1, 4, 2], device=device)
-    p = list(_ce_params({}))
+    p = list(_ce_params({}, device))
     bad_scale = [-1.0] + p[1:]
     go = torch.ones((), device=device)
     lse = torch.zeros(4, device=device, dtype=torch.float64)
     name = "margin_cross_entropy"
-    return [
+
+    def lam(value, **kw):  # the parameters with lambda_ = value
+        return p[:4] + [torch.full((), value, **dict(dict(dtype=torch.float64, device=device), **kw))] + p[5:]
+    rows = [(name, (cos, t, None, None, *lam(1.0, dtype=torch.float32)), "'lambda_' must be float64, got Float"),
+            (name, (cos, t, None, None, *lam(1.0)[:4], torch.ones(1, dtype=torch.float64, device=device), *p[5:]),
+             "'lambda_' must be a 0-dim tensor"),
+            (f"{name}_backward", (go, cos, t, None, None, lse, *lam(1.0, dtype=torch.float32)),
+             "'lambda_' must be float64")]
+    if device == "cpu":  # CUDA reads lambda_ on the device (a bad value: NaN loss)
+        rows += [(name, (cos, t, None, None, *lam(-1.0)), "'lambda_' must be finite and >= 0, got -1"),
+                 (name, (cos, t, None, None, *lam(float("nan"))), "'lambda_' must be finite and >= 0")]
+    return rows + [
         (name, (cos[0], t, None, None, *p), "'cos_logits' must be 2-D"),
         (name, (cos, t.int(), None, None, *p), "'target' must be int64"),
         (name, (cos, t[:2], None, None, *p), "'target' must have shape"),
@@ -189,7 +210,8 @@ def _margin_ce_raw_errors(device):
         (name, (cos, t, None, None, *bad_scale), "'scale' must be positive"),
         (name, (cos, t, None, None, *p[:-1], 5), "'reduction' must be"),
         (f"{name}_backward", (torch.ones(4, device=device), cos, t, None, None, lse, *p), "'grad_output' must be 0-dim"),
-        (f"{name}_backward", (go, cos, t, None, None, lse[:2], *p), "'lse' must be"),
+        (f"{name}_backward", (go, cos, t, None, None, lse[:2], *p), "'lse' must have shape"),
+        (f"{name}_backward", (go, cos, t, None, None, lse.float(), *p), "'lse' must be float64, got Float"),
     ]
 
 
@@ -273,15 +295,15 @@ def _fused_bench(numel, device, dtype):
                        grad_keys=("bias",))
 
 
-def _fused_params(kw):
+def _fused_params(kw, device="cpu"):
     # the margin CE's parameters with normalize after easy_margin, and chunk_size last
-    p = _ce_params(kw)
+    p = _ce_params(kw, device)
     return p[:6] + (bool(kw.get("normalize", True)),) + p[6:] + (int(kw.get("chunk_size") or 0),)
 
 
 def _fused_raw_calls(sample):
     return _raw_calls("fused_linear_margin_cross_entropy", (*sample.args, sample.kwargs.get("bias")),
-                      _fused_params(sample.kwargs))
+                      _fused_params(sample.kwargs, sample.args[0].device))
 
 
 def _fused_module(sample):
@@ -305,10 +327,16 @@ def _fused_raw_errors(device):
     x = torch.rand(4, 3, device=device)
     w = torch.rand(5, 3, device=device)
     t = torch.tensor([0, 1, 4, 2], device=device)
-    p = list(_fused_params({}))
+    p = list(_fused_params({}, device))
     name = "fused_linear_margin_cross_entropy"
     plain = p[:5] + [False, False] + p[7:]
+    lam32 = p[:4] + [torch.ones((), device=device)] + p[5:]
+    lse = torch.zeros(4, device=device, dtype=torch.float64)
+    go = torch.ones((), device=device)
     return [
+        (name, (x, w, t, None, *lam32), "'lambda_' must be float64, got Float"),
+        (f"{name}_backward", (go, x, w, t, None, lse, *lam32), "'lambda_' must be float64, got Float"),
+        (f"{name}_backward", (go, x, w, t, None, lse.float(), *p), "'lse' must be float64, got Float"),
         (name, (x, w[:, :2], t, None, *p), "'weight' has D = 2"),
         (name, (x, w.double(), t, None, *p), "'weight' has dtype"),
         (name, (x, w, t.int(), None, *p), "'target' must be int64"),

@@ -1,15 +1,19 @@
 """Fake kernels and autograd of the margin-softmax ops (csrc/margin).
 
 Ops (reduction: 0 none, 1 mean, 2 sum):
-  margin_cross_entropy(cos_logits, target, weight?, row_scale?, scale, m1, m2, m3, lambda_,
+  margin_cross_entropy(cos_logits, target, weight?, row_scale?, scale, m1, m2, m3, lambda_?,
                        easy_margin, label_smoothing, ignore_index, reduction) -> (loss, lse)
   margin_cross_entropy_backward(grad_output, cos_logits, target, weight?, row_scale?, lse, ...)
       -> (grad_cos_logits, grad_row_scale)   (grad_row_scale is empty without row_scale)
-  fused_linear_margin_cross_entropy(input, weight, target, bias?, scale, m1, m2, m3, lambda_,
+  fused_linear_margin_cross_entropy(input, weight, target, bias?, scale, m1, m2, m3, lambda_?,
                        easy_margin, normalize, label_smoothing, ignore_index, reduction,
                        chunk_size) -> (loss, lse)
   fused_linear_margin_cross_entropy_backward(grad_output, input, weight, target, bias?, lse, ...)
       -> (grad_input, grad_weight, grad_bias)  (grad_bias is empty without bias)
+
+lambda_ is a Tensor? (SphereFace's annealing changes every step; a float argument would be a
+compile-time constant under torch.compile): None means 0, else a 0-dim float64 tensor on the
+logits' device (lossext.margin.functional.lambda_tensor makes it from a Python number).
 
 lse [N] (float64 for every input dtype) is saved for the backward and is not
 differentiable. A class weight that requires grad gets its gradient from the PyTorch composite
@@ -82,6 +86,7 @@ def _class_weight_grad(grad, cos, target, weight, row_scale, params):
     the gradient is NaN, as their rows' loss is."""
     from . import reference
     scale, m1, m2, m3, lambda_, easy, ls, ii, red = params
+    lambda_ = 0.0 if lambda_ is None else lambda_
     c = cos.shape[1]
     bad = (target != ii) & ((target < 0) | (target >= c))
     safe = torch.where(bad, torch.full_like(target, ii), target)
