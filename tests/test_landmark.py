@@ -143,3 +143,21 @@ def test_half_gradients_survive_loss_scaling(name):
         assert got.isfinite().all()
         rel_l1 = (got.double() - want).abs().sum() / want.abs().sum()
         assert rel_l1 < 2e-3, rel_l1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+def test_cuda_sum_error_does_not_grow_with_n():
+    """The CUDA reduction sums each thread's elements in float32 in runs of 64, flushed into
+    double: n = 2^29 identical terms (2048 per thread) then err by at most the bound of a run of
+    64 terms, 63 * 2^-24 (one float accumulator per thread gave about 3e-5 here)."""
+    n = 1 << 29
+    if torch.cuda.get_device_properties(0).total_memory < 16 * 2**30:
+        pytest.skip("needs 16 GiB of GPU memory")
+    x = torch.full((n,), 2.2086466, device="cuda")
+    y = torch.zeros(n, device="cuda")
+    one = LF.wing_loss(x[:1], y[:1], reduction="sum").double().item()  # each term as the kernel forms it
+    total = LF.wing_loss(x, y, reduction="sum").double().item()
+    expected = one * n
+    assert abs(total - expected) <= (63 * 2.0**-24 + 2.0**-24) * expected, (total, expected)
+    del x, y
+    torch.cuda.empty_cache()

@@ -2,10 +2,13 @@
 //
 // - Grid-stride loop; 16-byte vector loads/stores when every pointer is aligned.
 // - Runs on the current stream of the input's device; every launch is checked.
-// - Reductions use no atomics: each block writes its partial (fixed-order tree in the
-//   accumulation type, stored as double), then one block adds the partials in double in a fixed
-//   order. The grid size and the element-to-thread mapping depend on the element count only
-//   (not on the GPU or on pointer alignment), so the same values always give the same bits.
+// - Reductions use no atomics: each thread sums its elements in the accumulation type in runs of
+//   kRun elements, each run flushed into a double in order (as the CPU's blocks of kBlock: the
+//   float error does not grow with n, which gave each thread n / 262144 terms in one float);
+//   each block adds its threads' doubles by a fixed-order tree and writes its partial, then one
+//   block adds the partials in double in a fixed order. The grid size, the element-to-thread
+//   mapping and the run boundaries depend on the element count only (not on the GPU or on
+//   pointer alignment), so the same values always give the same bits.
 // - Bounds: the vector loop covers [0, n/VEC*VEC), the scalar tail the rest; no other indexing.
 #pragma once
 
@@ -25,6 +28,7 @@ namespace cuda_detail {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;
 constexpr int kFinalThreads = 1024;
+constexpr int kRun = 64;  // elements per thread summed in the accumulation type before a double flush
 static_assert(kThreads % 32 == 0 && kFinalThreads % 32 == 0, "block_sum needs whole warps");
 
 inline void check_launch(const char* what) {
@@ -95,7 +99,21 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kWriteO0 = !(kForward && kReduce);
   constexpr bool kReadGo = !kForward && !kGoScalar;
   const A go_scaled = (!kForward && kGoScalar) ? static_cast<A>(P.go[0]) * scale : A(0);
-  A acc = A(0);
+  constexpr bool kSum = kForward && kReduce;
+  static_assert(kRun % VEC == 0, "a run is whole packets");
+  A acc = A(0);         // the current run: at most kRun elements
+  double total = 0.0;   // the thread's runs, added in order
+  int run = 0;          // elements in acc
+  auto flush_if_full = [&](int added) {
+    if constexpr (kSum) {
+      run += added;
+      if (run >= kRun) {
+        total += static_cast<double>(acc);
+        acc = A(0);
+        run = 0;
+      }
+    }
+  };
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t nvec = n / VEC;
@@ -135,6 +153,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     if constexpr (kWriteO0) store(P.o0, v, o0v);
     if constexpr (mode == PointwiseMode::ForwardWithGrad) store(P.o1, v, o1v);
+    flush_if_full(VEC);
   }
   for (int64_t k = nvec * VEC + tid; k < n; k += stride) {
     A o0 = A(0), o1 = A(0);
@@ -144,10 +163,11 @@ __global__ void __launch_bounds__(kThreads)
                                       scale, o0, o1);
     if constexpr (kWriteO0) P.o0[k] = static_cast<scalar_t>(o0);
     if constexpr (mode == PointwiseMode::ForwardWithGrad) P.o1[k] = static_cast<scalar_t>(o1);
+    flush_if_full(1);
   }
-  if constexpr (kForward && kReduce) {
-    acc = block_sum(acc);
-    if (threadIdx.x == 0) partials[blockIdx.x] = static_cast<double>(acc);
+  if constexpr (kSum) {
+    total = block_sum(total + static_cast<double>(acc));
+    if (threadIdx.x == 0) partials[blockIdx.x] = total;
   }
 }
 

@@ -191,8 +191,8 @@ def _margin_ce_raw_errors(device):
     lse = torch.zeros(4, device=device, dtype=torch.float64)
     name = "margin_cross_entropy"
 
-    def lam(value, **kw):  # the parameters with lambda_ = value
-        return p[:4] + [torch.full((), value, **dict(dict(dtype=torch.float64, device=device), **kw))] + p[5:]
+    def lam(value, dtype=torch.float64):  # the parameters with lambda_ = a 0-dim tensor of value
+        return p[:4] + [torch.full((), value, dtype=dtype, device=device)] + p[5:]
     rows = [(name, (cos, t, None, None, *lam(1.0, dtype=torch.float32)), "'lambda_' must be float64, got Float"),
             (name, (cos, t, None, None, *lam(1.0)[:4], torch.ones(1, dtype=torch.float64, device=device), *p[5:]),
              "'lambda_' must be a 0-dim tensor"),
