@@ -116,7 +116,7 @@ def fixed_cost_ms(info, device, dtype, mode, B):
 BASELINES = (("torch", "eager"), ("compile", "torch.compile"))
 
 
-def slower_reasons(row, fixed_ms=math.nan, family_suite=False, noisy_pct=10.0):
+def slower_reasons(row, fixed_ms=math.nan, family_suite=False, noisy_pct=10.0, note=None):
     """For each baseline (eager, torch.compile) that beat lossext in this row, (label, ratio,
     reason): what the harness measured about the gap, not a guess. Known in order:
     - "within noise" when the p20-p80 ranges of lossext and the baseline overlap;
@@ -124,7 +124,8 @@ def slower_reasons(row, fixed_ms=math.nan, family_suite=False, noisy_pct=10.0):
       the baseline's whole call;
     - other processes' share of the CPUs while the row was timed, when over ``noisy_pct``;
     otherwise what is known: the times against the copy floor and the peak memory, and that no
-    cause is recorded."""
+    cause is recorded. ``note``: the op's recorded cause for this mode (OpInfo.bench_notes),
+    said first when the gap is not noise."""
     out = []
     lo, hi = row.get("lossext_p20"), row.get("lossext_p80")
     for p, label in BASELINES:
@@ -144,6 +145,8 @@ def slower_reasons(row, fixed_ms=math.nan, family_suite=False, noisy_pct=10.0):
             noise = row.get("other_cpu_pct")
             if not _nan(noise) and noise > noisy_pct:
                 parts.append(f"other processes took {noise:g}% of the CPUs while it was timed")
+            if note:
+                parts.insert(0, f"known cause: {note}")
             if not parts:
                 known = []
                 if not _nan(fixed_ms):
@@ -270,7 +273,8 @@ def main(argv=None):
                 continue
             op = by_name[r["op"]]
             fixed = fixed_cost_ms(op, device, dtype, r["mode"], B)
-            for label, ratio, reason in slower_reasons(r, fixed, family_suite=not op.bench_generic):
+            for label, ratio, reason in slower_reasons(r, fixed, family_suite=not op.bench_generic,
+                                                       note=(op.bench_notes or {}).get(r["mode"])):
                 slower.append(f"  {r['op']} {r['mode']} ({shapes[r['op']]}): {ratio:.2f}x vs {label}: {reason}")
         if slower:
             print("\nWhere lossext is slower than a baseline, and why (what was measured):")

@@ -137,3 +137,7 @@ def test_within_noise_and_unknown_reasons():
     got = {label: reason for label, _, reason in slower_reasons(row, fixed_ms=0.01)}
     assert "40% of the CPUs" in got["torch.compile"]
     assert slower_reasons(dict(row, speedup_vs_torch=2.0, speedup_vs_compile=1.5)) == []
+    # a recorded cause (OpInfo.bench_notes) is said first where the gap is not noise
+    got = {label: reason for label, _, reason in slower_reasons(row, fixed_ms=0.01, note="it recomputes X")}
+    assert got["torch.compile"].startswith("known cause: it recomputes X")
+    assert got["eager"].startswith("within noise")

@@ -384,6 +384,9 @@ OP_ROWS = [
         bench_input=_fused_bench, raw_calls=_fused_raw_calls, module_call=_fused_module,
         jit_source=_fused_jit, raw_error_inputs=_fused_raw_errors, tol=_MARGIN_TOL,
         module_samples=_fused_modules,
+        bench_notes={m: "it recomputes each chunk's N x C logits in the backward instead of storing them (4 "
+                        "matmuls against the composite's 3, README, Benchmarks), so that memory does not grow "
+                        "with N x C" for m in ("backward", "full")},
         bench_ref=R.fused_linear_margin_cross_entropy_composite, bench_generic=False,
     ),
 ]

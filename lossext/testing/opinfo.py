@@ -97,6 +97,9 @@ class OpInfo:
     # Tensors the op must read and write in each benchmark mode, as multiples of numel:
     # the memory-copy floor moves the same number of bytes.
     bench_bytes: Dict[str, int] = field(default_factory=lambda: {"forward": 2, "backward": 3, "full": 3})
+    # benchmark mode -> a measured cause, said where lossext is slower than a baseline
+    # (python -m lossext), e.g. work the op does on purpose that the baseline does not
+    bench_notes: Dict[str, str] = field(default_factory=dict)
     # (device, dtype) -> [(Module, args, kwargs)]: every lossext.nn Module that computes this op,
     # ready to call on small inputs (the generic training-mode tests: compile once, script,
     # autocast, repr); the floating args are leaves a training step updates.
