@@ -643,6 +643,7 @@ struct MarginCuda {
   // ---- shared -------------------------------------------------------------------------------
   static void finalize(const LossSpec& s, const RowStats& st, const Tensor& target, const Tensor* class_weight,
                        Tensor& loss, Tensor& lse_out) {
+    check_weight_type(class_weight, loss, "finalize");
     on_device(loss, "lossext::margin finalize", [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       const scalar_t* w = ptr<const scalar_t>(class_weight);
@@ -677,6 +678,7 @@ struct MarginCuda {
 
   static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
                              const Tensor* class_weight, Tensor& G) {
+    check_weight_type(class_weight, grad_output, "row_grad_scale");
     if (s.N == 0) return;
     on_device(G, grad_output.scalar_type(), s.op, [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
