@@ -629,3 +629,21 @@ def test_overflowing_logits_are_nan_as_cross_entropy(device, dtype):
     loss = LF.fused_linear_margin_cross_entropy(x.to(device), w.to(device), t.to(device), scale=big, m3=0.0,
                                                 normalize=False, chunk_size=3, reduction="none")
     torch.testing.assert_close(loss.cpu(), expected.to(dtype), equal_nan=True, rtol=1e-3, atol=0)
+
+
+def test_fused_plain_linear_with_threads_and_input_grad():
+    """normalize=False multiplies the input itself; on the CPU the chunk matmuls run as
+    parallel tasks, some on worker threads (grad mode on there). With an input that requires
+    grad and more than one 512-class task, the forward raised 'aten::mm.out failed' (mm.out
+    refuses an out= call whose input requires grad) on every multi-threaded CPU."""
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1500, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1500, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 1500, (4,), generator=g)
+    ours = LF.fused_linear_cross_entropy(x, w, t, bias=b)
+    ref = F.cross_entropy(x @ w.T + b, t)
+    torch.testing.assert_close(ours, ref)
+    for a, r in zip(torch.autograd.grad(ours, (x, w, b)), torch.autograd.grad(ref, (x, w, b))):
+        torch.testing.assert_close(a, r)

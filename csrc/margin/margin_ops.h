@@ -358,7 +358,10 @@ inline FusedProblem prepare_fused(const char* op, const Tensor& x, const Tensor&
   p.normalize = normalize;
   p.D = x.size(1);
   p.chunk = chunk > 0 ? std::min<int64_t>(chunk, std::max<int64_t>(C, 1)) : default_chunk(N, C, p.D);
-  p.xn = p.x;
+  // normalize = false multiplies x itself: as a plain alias, since x may require grad and the CPU
+  // matmul tasks call aten::mm.out from worker threads, where grad mode is on (mm.out refuses an
+  // out= call with an input that requires grad)
+  p.xn = N > 0 && p.D > 0 ? window(p.x, 0, N, 0, p.D) : p.x;
   return p;
 }
 
