@@ -629,3 +629,150 @@ def test_overflowing_logits_are_nan_as_cross_entropy(device, dtype):
     loss = LF.fused_linear_margin_cross_entropy(x.to(device), w.to(device), t.to(device), scale=big, m3=0.0,
                                                 normalize=False, chunk_size=3, reduction="none")
     torch.testing.assert_close(loss.cpu(), expected.to(dtype), equal_nan=True, rtol=1e-3, atol=0)
+
+
+def test_fused_plain_linear_with_threads_and_input_grad():
+    """normalize=False multiplies the input itself; on the CPU the chunk matmuls run as
+    parallel tasks, some on worker threads (grad mode on there). With an input that requires
+    grad and more than one 512-class task, the forward raised 'aten::mm.out failed' (mm.out
+    refuses an out= call whose input requires grad) on every multi-threaded CPU."""
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1500, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1500, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 1500, (4,), generator=g)
+    ours = LF.fused_linear_cross_entropy(x, w, t, bias=b)
+    ref = F.cross_entropy(x @ w.T + b, t)
+    torch.testing.assert_close(ours, ref)
+    for a, r in zip(torch.autograd.grad(ours, (x, w, b)), torch.autograd.grad(ref, (x, w, b))):
+        torch.testing.assert_close(a, r)
+
+
+# ---- CUDA: long rows of few-row problems split across blocks (issue 8, item 6) -------------
+
+_HALF = (torch.float16, torch.bfloat16)
+_ALL_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _unsplit_rows():
+    """Rows enough that the CUDA row kernels keep one block per row (row_split in
+    csrc/margin/margin_cuda.cu: N >= 4 blocks per SM); fewer rows of >= 4096 columns split."""
+    return 4 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
+def _split_tol(dtype):
+    """Relative tolerance of a split row against the float64 reference or the unsplit row: the
+    output rounding for half dtypes, float32 exponent rounding (z ~ 64, 2^-24 absolute) otherwise."""
+    return 1e-9 if dtype == torch.float64 else max(2 * torch.finfo(dtype).eps, 2e-5)
+
+
+def _close(a, b, dtype, msg):
+    tol = _split_tol(dtype)
+    b = b.detach().to("cpu", torch.float64)
+    torch.testing.assert_close(a.detach().to("cpu", torch.float64), b, rtol=tol,
+                               atol=tol * max(1.0, b.abs().max().item()), equal_nan=True,
+                               msg=lambda m: f"{msg}\n{m}")
+
+
+def _run_twice(fn, leaves, go):
+    """fn's output and the gradients of its leaves, twice: the second run must equal the first bit for bit."""
+    runs = []
+    for _ in range(2):
+        ls = [t.detach().clone().requires_grad_(True) for t in leaves]
+        out = fn(*ls)
+        runs.append((out.detach(), torch.autograd.grad(out, ls, go.to(out.device, out.dtype))))
+    (o1, g1), (o2, g2) = runs
+    assert torch.equal(o1, o2) and all(torch.equal(a, b) for a, b in zip(g1, g2)), "not bitwise repeatable"
+    return o1, g1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+@pytest.mark.parametrize("C", [300001, 65536])  # odd rows: unaligned, element loads; 65536: 16-byte loads
+@pytest.mark.parametrize("dtype", _ALL_DTYPES)
+def test_cuda_split_rows_margin_ce(dtype, C):
+    """N = 3 rows of C classes: each row is split across blocks (forward partials merged in split
+    order; backward segments; the row_scale partial sums). Bitwise repeatable, equal to the
+    float64 reference and to the same rows in a batch large enough for one block per row, to
+    rounding. Row 2 is ignored; class weights, label smoothing and feature_norm are on."""
+    n = 3
+    g = torch.Generator().manual_seed(7)
+    cos = _cos(n, C, seed=3).to(dtype)
+    t = _target(n, C, seed=4)
+    t[2] = -1
+    w = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    fn = (torch.rand(n, generator=g, dtype=torch.float64) * 30 + 30).to(dtype)
+    go = torch.randn(n, generator=g, dtype=torch.float64)
+    kw = dict(m2=0.5, label_smoothing=0.1, ignore_index=-1, reduction="none")
+
+    def ours(c, f, y=t.cuda(), wc=w.cuda()):
+        return LF.margin_cross_entropy(c, y, weight=wc, feature_norm=f, **kw)
+
+    loss, (gc, gf) = _run_twice(ours, [cos.cuda(), fn.cuda()], go)
+    c64, f64 = cos.double().requires_grad_(True), fn.double().requires_grad_(True)
+    ref = R.margin_cross_entropy(c64, t, weight=w.double(), feature_norm=f64, **kw)
+    rc, rf = torch.autograd.grad(ref, (c64, f64), go)
+    for a, b, what in ((loss, ref, "loss"), (gc, rc, "grad cos"), (gf, rf, "grad feature_norm")):
+        _close(a, b, dtype, f"{what} vs float64 reference")
+    # the same rows among enough others that every row has one block
+    big = _unsplit_rows() + n
+    cb = torch.cat([cos, _cos(big - n, C, seed=5).to(dtype)]).cuda()
+    fb = torch.cat([fn, (torch.rand(big - n, generator=g, dtype=torch.float64) * 30 + 30).to(dtype)]).cuda()
+    yb = torch.cat([t, _target(big - n, C, seed=6)]).cuda()
+    gob = torch.cat([go, torch.zeros(big - n, dtype=torch.float64)])
+    lb, (gcb, gfb) = _run_twice(lambda c, f: ours(c, f, yb), [cb, fb], gob)
+    for a, b, what in ((loss, lb[:n], "loss"), (gc, gcb[:n], "grad cos"), (gf, gfb[:n], "grad feature_norm")):
+        _close(a, b, dtype, f"split {what} vs one block per row")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("dtype", _ALL_DTYPES)
+def test_cuda_split_rows_fused(dtype, normalize):
+    """The fused op with N = 3 rows and C = 300001 classes (two chunks, 262144 + 37857 columns,
+    both split across blocks): bitwise repeatable; against the float64 reference (float32,
+    float64; and the same rows among enough others for one block per row) or within 2x the
+    error of PyTorch's composite in the same dtype (float16, bfloat16: the chunk products are
+    rounded to that dtype)."""
+    n, C, D = 3, 300001, 16
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(n, D, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(C, D, generator=g, dtype=torch.float64).to(dtype)
+    b = None if normalize else (torch.randn(C, generator=g, dtype=torch.float64) * 0.1).to(dtype)
+    t = _target(n, C, seed=12)
+    t[1] = -1
+    go = torch.randn(n, generator=g, dtype=torch.float64)
+    kw = dict(scale=30.0, m2=0.5) if normalize else dict(scale=1.0, m3=0.1)
+    kw.update(label_smoothing=0.1, ignore_index=-1, reduction="none", normalize=normalize)
+    leaves = [x, w] if normalize else [x, w, b]
+
+    def run(f, y, *ls):
+        return f(ls[0], ls[1], y, bias=None if normalize else ls[2], **kw)
+
+    loss, grads = _run_twice(lambda *ls: run(LF.fused_linear_margin_cross_entropy, t.cuda(), *ls),
+                             [v.cuda() for v in leaves], go)
+    l64 = [v.double().requires_grad_(True) for v in leaves]
+    ref = run(R.fused_linear_margin_cross_entropy, t, *l64)
+    rgrads = torch.autograd.grad(ref, l64, go)
+    if dtype in _HALF:
+        lh = [v.cuda().requires_grad_(True) for v in leaves]
+        theirs = run(R.fused_linear_margin_cross_entropy_composite, t.cuda(), *lh)
+        tgrads = torch.autograd.grad(theirs, lh, go.to("cuda", theirs.dtype))
+        for a, th, r in zip((loss, *grads), (theirs, *tgrads), (ref, *rgrads)):
+            r = r.detach()
+            err = lambda v: (v.detach().double().cpu() - r).abs().max().item()  # noqa: E731
+            floor = torch.finfo(dtype).eps * max(1.0, r.abs().max().item())
+            assert err(a) <= 2 * max(err(th), floor)
+        return
+    for a, r, what in zip((loss, *grads), (ref, *rgrads), ("loss", "grad x", "grad w", "grad bias")):
+        _close(a, r, dtype, f"{what} vs float64 reference")
+    big = _unsplit_rows() + n
+    xb = torch.cat([x, torch.randn(big - n, D, generator=g, dtype=torch.float64).to(dtype)])
+    yb = torch.cat([t, _target(big - n, C, seed=13)]).cuda()
+    lb, gb = _run_twice(lambda *ls: run(LF.fused_linear_margin_cross_entropy, yb, *ls),
+                        [xb.cuda()] + [v.cuda() for v in leaves[1:]],
+                        torch.cat([go, torch.zeros(big - n, dtype=torch.float64)]))
+    pairs = [(loss, lb[:n], "loss"), (grads[0], gb[0][:n], "grad x")] + \
+        [(a, r, what) for a, r, what in zip(grads[1:], gb[1:], ("grad w", "grad bias"))]
+    for a, r, what in pairs:
+        _close(a, r, dtype, f"split {what} vs one block per row")

@@ -223,6 +223,7 @@ struct MarginCpu {
   // ---- shared -------------------------------------------------------------------------------
   static void finalize(const LossSpec& s, const RowStats& st, const Tensor& target, const Tensor* class_weight,
                        Tensor& loss, Tensor& lse_out) {
+    check_weight_type(class_weight, loss, "finalize");
     dispatch_floating(loss.scalar_type(), "lossext::margin finalize", [&](auto tag) {
       using scalar_t = decltype(tag);
       const int64_t* tg = ptr<const int64_t>(target);
@@ -254,6 +255,7 @@ struct MarginCpu {
 
   static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
                              const Tensor* class_weight, Tensor& G) {
+    check_weight_type(class_weight, grad_output, "row_grad_scale");
     check_targets(s, target);
     dispatch_floating(grad_output.scalar_type(), s.op, [&](auto tag) {
       using scalar_t = decltype(tag);

@@ -1,16 +1,20 @@
 // CUDA kernels of the margin-softmax family (Device = MarginCuda, see margin_ops.h).
 //
-// - One block per row (grid-stride over rows). Each thread folds its classes (stride blockDim)
-//   into an online (max, sum of exp) pair, as Milakov & Gimelshein, "Online normalizer
-//   calculation for softmax" (2018), Alg. 3; the pairs are combined in double by a fixed-order
-//   block reduction (warp shuffles, then shared memory). Per-row finishing is in double as on CPU.
+// - Row kernels: blocks over rows (grid-stride), and long rows of few-row problems split across
+//   several blocks (row_split: the rule, from N, the row length and the SM count). Each thread
+//   folds its classes (16-byte packets, fold_row) into an online (max, sum of exp) pair, as
+//   Milakov & Gimelshein, "Online normalizer calculation for softmax" (2018), Alg. 3; the pairs
+//   are combined in double by a fixed-order block reduction (warp shuffles, then shared memory),
+//   and a split row's block partials by one thread in split order. Per-row finishing is in double
+//   as on CPU. The backward row kernels split the same way (each block writes its segment).
 // - RowStats (lse, z_y, wz, max) and the lse output / backward input are float64 for every input
 //   dtype. The target column's margin (one thread per row) is computed in double from a double
 //   cosine. The per-element exponents are formed as on CPU: exp(fma(r, x, -m)) in the forward,
 //   exp(fma(r, x, -Lh) - Ll) in the backward with lse = Lh + Ll split into two acc-type values,
 //   so that exp(z - lse) is exact to one rounding of the acc type.
 // - Deterministic: no atomics; every reduction order depends on the sizes only (block and grid
-//   sizes are functions of N, C, k, D), never on timing.
+//   sizes are functions of N, C, k, D, and for split rows the SM count), never on timing or on
+//   pointer alignment.
 // - No host synchronization: the 'mean' divisor and the class-weight sum stay on the device.
 // - Bad labels: targets are not validated here (that would need a host sync). A row whose target
 //   is neither ignore_index nor in [0, C) never indexes with it: its loss and lse are NaN (so a
@@ -20,6 +24,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -100,6 +107,7 @@ __device__ __forceinline__ bool is_bad(int64_t t, int64_t ignore, int64_t C) {
 struct Online {
   double m, s, z;
 };
+static_assert(sizeof(Online) == 3 * sizeof(double), "split partials are stored as 3 doubles");
 
 __device__ __forceinline__ double shfl_down(double v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
 __device__ __forceinline__ float shfl_down(float v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
@@ -164,90 +172,333 @@ struct ThreadOnline {
 __device__ __forceinline__ Online online_identity() { return {ninf_v<double>(), 0.0, 0.0}; }
 
 
+// ---- row columns: 16-byte packets, and long rows split across blocks ------------------------
+
+// Elements per 16-byte packet.
+template <class scalar_t>
+constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
+
+__device__ __forceinline__ bool aligned16_dev(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <class scalar_t>
+using RowPacket = cuda_detail::Packet<scalar_t, kVec<scalar_t>>;
+
+// Packet q of base: one 16-byte load (aligned) or kVec element loads.
+template <class scalar_t>
+__device__ __forceinline__ RowPacket<scalar_t> load_packet(const scalar_t* base, int64_t q, bool aligned) {
+  constexpr int V = kVec<scalar_t>;
+  if (aligned) return reinterpret_cast<const RowPacket<scalar_t>*>(base)[q];
+  RowPacket<scalar_t> pk;
+#pragma unroll
+  for (int e = 0; e < V; ++e) pk.v[e] = base[q * V + e];
+  return pk;
+}
+
+// The columns [j0, j1) of a row that this thread of the block owns: packets of kVec consecutive
+// columns from j0, packet p to thread p mod blockDim (in increasing p), then the ragged tail
+// [j0 + npk kVec, j1) column by column, stride blockDim. The mapping depends on j0, j1 and
+// blockDim only; `aligned` (block-uniform) picks one 16-byte load (store) per packet over kVec
+// element ones, so the reduction order and the bits never depend on pointer alignment.
+// fold_row calls f(j, x) for each owned column j, x = row[j].
+template <class scalar_t, class F>
+__device__ __forceinline__ void fold_row(const scalar_t* row, int64_t j0, int64_t j1, F&& f) {
+  constexpr int V = kVec<scalar_t>;
+  const scalar_t* base = row + j0;
+  const int64_t npk = (j1 - j0) / V;
+  const bool aligned = aligned16_dev(base);
+  for (int64_t q = threadIdx.x; q < npk; q += blockDim.x) {
+    const RowPacket<scalar_t> pk = load_packet(base, q, aligned);
+#pragma unroll
+    for (int e = 0; e < V; ++e) f(j0 + q * V + e, pk.v[e]);
+  }
+  for (int64_t j = j0 + npk * V + threadIdx.x; j < j1; j += blockDim.x) f(j, row[j]);
+}
+
+// out[j] = f(j, in[j]) for each owned column j (fold_row's mapping). in and out may be the same
+// row: each element is read and then written by the thread that owns it.
+template <class scalar_t, class F>
+__device__ __forceinline__ void map_row(const scalar_t* in, scalar_t* out, int64_t j0, int64_t j1, F&& f) {
+  constexpr int V = kVec<scalar_t>;
+  const scalar_t* ib = in + j0;
+  scalar_t* ob = out + j0;
+  const int64_t npk = (j1 - j0) / V;
+  const bool aligned = aligned16_dev(ib) && aligned16_dev(ob);
+  for (int64_t q = threadIdx.x; q < npk; q += blockDim.x) {
+    const RowPacket<scalar_t> pk = load_packet(ib, q, aligned);
+    RowPacket<scalar_t> po;
+#pragma unroll
+    for (int e = 0; e < V; ++e) po.v[e] = f(j0 + q * V + e, pk.v[e]);
+    if (aligned) {
+      reinterpret_cast<RowPacket<scalar_t>*>(ob)[q] = po;
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) ob[q * V + e] = po.v[e];
+    }
+  }
+  for (int64_t j = j0 + npk * V + threadIdx.x; j < j1; j += blockDim.x) out[j] = f(j, in[j]);
+}
+
+// out[j0, j1) = v (ignored and bad rows).
+template <class scalar_t>
+__device__ __forceinline__ void fill_row(scalar_t* out, int64_t j0, int64_t j1, scalar_t v) {
+  for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) out[j] = v;
+}
+
+// How a row's columns are cut across the blocks of a row kernel: split s = blockIdx.y owns the
+// columns [s seg, min(n, (s + 1) seg)); splits = 1 is one block per row (seg = n).
+struct RowSplit {
+  int64_t seg;
+  int splits;
+  __device__ __forceinline__ int64_t begin() const { return int64_t(blockIdx.y) * seg; }
+  __device__ __forceinline__ int64_t end(int64_t n) const { return std::min<int64_t>(n, begin() + seg); }
+};
+
+constexpr int64_t kBlocksPerSm = 4;   // blocks (of kRowThreads) per SM that a split aims for
+constexpr int64_t kSplitCols = 2048;  // fewest columns per split block: 8 per thread
+
+// Streaming multiprocessors of a device, asked once per device (cudaDeviceGetAttribute makes no
+// stream work, so it is safe during graph capture too).
+inline int64_t sm_count(int32_t dev) {
+  static std::array<std::atomic<int>, 64> cache{};  // 0: not asked yet
+  const bool cached = dev >= 0 && dev < static_cast<int32_t>(cache.size());
+  if (cached) {
+    const int v = cache[dev].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int v = 0;
+  STD_TORCH_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0,
+                  "lossext: could not read the multiprocessor count of CUDA device ", dev);
+  if (cached) cache[dev].store(v, std::memory_order_relaxed);
+  return v;
+}
+
+// The split of rows of n columns (issue 8, item 6). With T = kBlocksPerSm * SMs blocks to fill
+// the GPU: one block per row when the rows alone fill it (N >= T) or a row is short
+// (n < 2 kSplitCols); otherwise S = min(ceil(T / N), n / kSplitCols) blocks per row, each a
+// contiguous segment of ceil(n / S) columns rounded up to whole 16-byte packets (so that every
+// segment starts on the row's packet grid), and S recounted from that segment. A split row's
+// (max, sum) partials are merged by one thread in split order (merge_parts): no atomics, and
+// the bits depend on N, n and the SM count only, so they repeat on one GPU model (as cuBLAS's
+// do; another SM count may cut the rows elsewhere).
+template <class scalar_t>
+RowSplit row_split(int64_t N, int64_t n, int32_t dev) {
+  const int64_t target = kBlocksPerSm * sm_count(dev);
+  if (N >= target || n < 2 * kSplitCols) return {std::max<int64_t>(n, 1), 1};
+  int64_t S = std::min<int64_t>({(target + N - 1) / N, n / kSplitCols, kMaxGrid});
+  constexpr int64_t V = kVec<scalar_t>;
+  int64_t seg = (n + S - 1) / S;
+  seg = (seg + V - 1) / V * V;
+  S = (n + seg - 1) / seg;
+  return {seg, static_cast<int>(S)};
+}
+
+// Scratch for the partials of split rows, [N, splits] of `per` doubles each; none for one block per row.
+inline std::optional<Tensor> split_parts(const RowSplit& sp, int64_t N, int64_t per, const Tensor& like) {
+  if (sp.splits <= 1) return std::nullopt;
+  return new_tensor({N * sp.splits * per}, ScalarType::Double, like);
+}
+
+inline dim3 split_grid(int64_t N, const RowSplit& sp) {
+  return dim3(static_cast<unsigned>(row_grid(N)), static_cast<unsigned>(sp.splits));
+}
+inline int split_threads(int64_t n, const RowSplit& sp) { return sp.splits > 1 ? kRowThreads : row_threads(n); }
+
+// A split row's partial states [splits], merged in split order.
+__device__ __forceinline__ Online merge_parts(const Online* part, int splits) {
+  Online acc = part[0];
+  for (int q = 1; q < splits; ++q) acc = online_merge(acc, part[q]);
+  return acc;
+}
+
 // ---- margin_cross_entropy ------------------------------------------------------------------
 
+// The block's online state over the columns [j0, j1) of a row (its target column t excluded),
+// logits z = r x; valid in thread 0. Every thread of the block calls it.
 template <bool kW, bool kSum, class scalar_t>
+__device__ __forceinline__ Online ce_row_state(const scalar_t* row, const scalar_t* w, int64_t t,
+                                               acc_t<scalar_t> r, int64_t j0, int64_t j1) {
+  using A = acc_t<scalar_t>;
+  ThreadOnline<A> o;
+  fold_row(row, j0, j1, [&](int64_t j, scalar_t v) {
+    if (j == t) return;
+    const A x = static_cast<A>(v);
+    o.add(r, x);
+    if constexpr (kSum) o.z += (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
+  });
+  return block_reduce(o.to_online(), online_identity(), MergeOp{});
+}
+
+// Row i's stats from the online state of its other columns: the target's logit joins it, in float64.
+template <bool kW, class scalar_t>
+__device__ __forceinline__ void ce_finish_row(const scalar_t* row, const scalar_t* w, int64_t i, int64_t t,
+                                              acc_t<scalar_t> r, const TargetMargin<double>& tm, const Online& red,
+                                              double* lse, double* zy, double* wz) {
+  using A = acc_t<scalar_t>;
+  double f, df;
+  tm.apply(double(static_cast<A>(row[t])), f, df);
+  const double z_t = acc_logit<A>(double(r) * f);
+  double m = red.m, s = red.s;
+  online_add(z_t, m, s);
+  lse[i] = row_lse(m, s);
+  zy[i] = z_t;
+  wz[i] = red.z + (kW ? double(static_cast<A>(w[t])) : 1.0) * z_t;
+}
+
+// An ignored row's stats (0), or those of a row whose target is bad (NaN).
+__device__ __forceinline__ void ce_skip_row(int64_t i, bool ignored, double* lse, double* zy, double* wz) {
+  lse[i] = zy[i] = wz[i] = ignored ? 0.0 : nan_v<double>();
+}
+
+// kSplit = false: one block per row, thread 0 finishes it. kSplit: block (i, s) writes the
+// partial state of its segment to part[i * splits + s]; ce_forward_merge_kernel finishes the row.
+template <bool kW, bool kSum, bool kSplit, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     ce_forward_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
                       const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
-                      TargetMargin<double> tm, int64_t N, int64_t C, int64_t ignore, double* __restrict__ lse,
-                      double* __restrict__ zy, double* __restrict__ wz) {
+                      TargetMargin<double> tm, int64_t N, int64_t C, int64_t ignore, RowSplit split,
+                      Online* __restrict__ part, double* __restrict__ lse, double* __restrict__ zy,
+                      double* __restrict__ wz) {
   using A = acc_t<scalar_t>;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t t = tg[i];
-    if (t == ignore || t < 0 || t >= C) {  // block-uniform
-      if (threadIdx.x == 0) lse[i] = zy[i] = wz[i] = t == ignore ? 0.0 : nan_v<double>();
+    if (t == ignore || t < 0 || t >= C) {  // block-uniform; split rows: the merge kernel writes them
+      if (!kSplit && threadIdx.x == 0) ce_skip_row(i, t == ignore, lse, zy, wz);
       continue;
     }
     const scalar_t* row = cos + i * C;
     const A r = rs ? static_cast<A>(rs[i]) : scale;
-    ThreadOnline<A> o;
-    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      if (j == t) continue;
-      const A x = static_cast<A>(row[j]);
-      o.add(r, x);
-      if constexpr (kSum) o.z += (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
-    }
-    const Online red = block_reduce(o.to_online(), online_identity(), MergeOp{});
-    if (threadIdx.x == 0) {  // the target's logit in float64
-      double f, df;
-      tm.apply(double(static_cast<A>(row[t])), f, df);
-      const double z_t = acc_logit<A>(double(r) * f);
-      double m = red.m, s = red.s;
-      online_add(z_t, m, s);
-      lse[i] = row_lse(m, s);
-      zy[i] = z_t;
-      wz[i] = red.z + (kW ? double(static_cast<A>(w[t])) : 1.0) * z_t;
+    const Online red = ce_row_state<kW, kSum>(row, w, t, r, split.begin(), split.end(C));
+    if (threadIdx.x == 0) {
+      if constexpr (kSplit) {
+        part[i * split.splits + blockIdx.y] = red;
+      } else {
+        ce_finish_row<kW>(row, w, i, t, r, tm, red, lse, zy, wz);
+      }
     }
   }
 }
 
+// Split rows: one thread per row merges its partials in split order and finishes the row.
+template <bool kW, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    ce_forward_merge_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
+                            const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
+                            TargetMargin<double> tm, int64_t N, int64_t C, int64_t ignore, int splits,
+                            const Online* __restrict__ part, double* __restrict__ lse, double* __restrict__ zy,
+                            double* __restrict__ wz) {
+  using A = acc_t<scalar_t>;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
+    const int64_t t = tg[i];
+    if (t == ignore || t < 0 || t >= C) {
+      ce_skip_row(i, t == ignore, lse, zy, wz);
+      continue;
+    }
+    const A r = rs ? static_cast<A>(rs[i]) : scale;
+    ce_finish_row<kW>(cos + i * C, w, i, t, r, tm, merge_parts(part + i * splits, splits), lse, zy, wz);
+  }
+}
+
+// The backward's per-row constants: r (scale or row_scale), w_y, a = keep w_y + spread sum_j w_j.
+template <bool kW, class scalar_t>
+struct CeRowGrad {
+  using A = acc_t<scalar_t>;
+  A r, w_t, a;
+  __device__ __forceinline__ CeRowGrad(const scalar_t* w, const scalar_t* rs, A scale, int64_t i, int64_t t, A keep,
+                                       A spread, A wsum)
+      : r(rs ? static_cast<A>(rs[i]) : scale), w_t(kW ? static_cast<A>(w[t]) : A(1)), a(keep * w_t + spread * wsum) {}
+  // The target column's dL/dz_y, with f = its margin function of x_t = cos_iy and df = f'(x_t), in float64.
+  __device__ __forceinline__ double target_d(A x_t, A keep, A spread, double L, const TargetMargin<double>& tm,
+                                             double& f, double& df) const {
+    tm.apply(double(x_t), f, df);
+    return target_dlogit(a, keep, spread, w_t, double(r) * f, L);
+  }
+};
+
 // dL/dcos_ij = G_i r (a p_ij - spread w_j) (j != y), G_i r (a p_iy - keep w_y - spread w_y) f'(cos_iy);
-// d row_scale_i = G_i (sum_{j != y} d_j cos_ij + d_y f(cos_iy)).
-template <bool kW, bool kRS, class scalar_t>
+// d row_scale_i = G_i (sum_{j != y} d_j cos_ij + d_y f(cos_iy)). Block (i, s) writes the columns
+// of its segment (the target column by the thread that owns it); with kRS its sum_{j != y} d_j
+// cos_ij goes to out_rs directly (one block per row) or to part_dr[i * splits + s] (kSplit;
+// ce_backward_rs_kernel finishes out_rs).
+template <bool kW, bool kRS, bool kSplit, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     ce_backward_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
                        const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
                        TargetMargin<double> tm, int64_t N, int64_t C, int64_t ignore,
                        acc_t<scalar_t> keep, acc_t<scalar_t> spread, const double* __restrict__ wsum_p,
                        const double* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
-                       scalar_t* __restrict__ out, scalar_t* __restrict__ out_rs) {
+                       scalar_t* __restrict__ out, scalar_t* __restrict__ out_rs, RowSplit split,
+                       double* __restrict__ part_dr) {
   using A = acc_t<scalar_t>;
   const A wsum = wsum_p ? static_cast<A>(*wsum_p) : static_cast<A>(double(C));
+  const int64_t j0 = split.begin(), j1 = split.end(C);
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const int64_t t = tg[i];
     scalar_t* o = out + i * C;
     if (t == ignore || t < 0 || t >= C) {  // block-uniform
       const scalar_t v = t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>());
-      for (int64_t j = threadIdx.x; j < C; j += blockDim.x) o[j] = v;
-      if (kRS && threadIdx.x == 0) out_rs[i] = v;
+      fill_row(o, j0, j1, v);
+      if (kRS && !kSplit && threadIdx.x == 0) out_rs[i] = v;
       continue;
     }
     const scalar_t* row = cos + i * C;
-    const A r = rs ? static_cast<A>(rs[i]) : scale;
-    const A w_t = kW ? static_cast<A>(w[t]) : A(1);
-    const A a = keep * w_t + spread * wsum;
+    const CeRowGrad<kW, scalar_t> rg(w, rs, scale, i, t, keep, spread, wsum);
+    const A r = rg.r, a = rg.a;
     const double L = lse[i];
     A Lh, Ll;  // r x - lse = fma(r, x, -Lh) - Ll, exact to one rounding of A
     split_lse(L, Lh, Ll);
     const A gr = g[i] * r;
     A dr = A(0);
-    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      if (j == t) continue;  // written by thread 0 below, by no other thread
-      const A x = static_cast<A>(row[j]);
+    map_row(row, o, j0, j1, [&](int64_t j, scalar_t v) -> scalar_t {
+      const A x = static_cast<A>(v);
+      if (j == t) {  // the target column in float64
+        double f, df;
+        const double d_t = rg.target_d(x, keep, spread, L, tm, f, df);
+        return to_s<scalar_t>(double(gr) * d_t * df);
+      }
       const A d = a * math::exp(fma_a(r, x, -Lh) - Ll) - spread * (kW ? static_cast<A>(w[j]) : A(1));
-      o[j] = to_s<scalar_t>(gr * d);
       if constexpr (kRS) dr += d * x;
+      return to_s<scalar_t>(gr * d);
+    });
+    if constexpr (kRS) {
+      const double dsum = block_reduce(double(dr), 0.0, AddOp{});
+      if (threadIdx.x == 0) {
+        if constexpr (kSplit) {
+          part_dr[i * split.splits + blockIdx.y] = dsum;
+        } else {
+          double f, df;
+          const double d_t = rg.target_d(static_cast<A>(row[t]), keep, spread, L, tm, f, df);
+          out_rs[i] = to_s<scalar_t>(double(g[i]) * (dsum + d_t * f));
+        }
+      }
     }
+  }
+}
+
+// Split rows with row_scale: one thread per row adds its partial sums in split order.
+template <bool kW, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    ce_backward_rs_kernel(const scalar_t* __restrict__ cos, const int64_t* __restrict__ tg,
+                          const scalar_t* __restrict__ w, const scalar_t* __restrict__ rs, acc_t<scalar_t> scale,
+                          TargetMargin<double> tm, int64_t N, int64_t C, int64_t ignore, acc_t<scalar_t> keep,
+                          acc_t<scalar_t> spread, const double* __restrict__ wsum_p, const double* __restrict__ lse,
+                          const acc_t<scalar_t>* __restrict__ g, int splits, const double* __restrict__ part_dr,
+                          scalar_t* __restrict__ out_rs) {
+  using A = acc_t<scalar_t>;
+  const A wsum = wsum_p ? static_cast<A>(*wsum_p) : static_cast<A>(double(C));
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
+    const int64_t t = tg[i];
+    if (t == ignore || t < 0 || t >= C) {
+      out_rs[i] = t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>());
+      continue;
+    }
+    const CeRowGrad<kW, scalar_t> rg(w, rs, scale, i, t, keep, spread, wsum);
     double dsum = 0.0;
-    if constexpr (kRS) dsum = block_reduce(double(dr), 0.0, AddOp{});
-    if (threadIdx.x == 0) {  // the target column in float64
-      double f, df;
-      tm.apply(double(static_cast<A>(row[t])), f, df);
-      const double d_t = target_dlogit(a, keep, spread, w_t, double(r) * f, L);
-      o[t] = to_s<scalar_t>(double(gr) * d_t * df);
-      if constexpr (kRS) out_rs[i] = to_s<scalar_t>(double(g[i]) * (dsum + d_t * f));
-    }
+    for (int q = 0; q < splits; ++q) dsum += part_dr[i * splits + q];
+    double f, df;
+    const double d_t = rg.target_d(static_cast<A>(cos[i * C + t]), keep, spread, lse[i], tm, f, df);
+    out_rs[i] = to_s<scalar_t>(double(g[i]) * (dsum + d_t * f));
   }
 }
 
@@ -422,101 +673,138 @@ __global__ void __launch_bounds__(cuda_detail::kThreads)
 
 // ---- fused linear --------------------------------------------------------------------------
 
-// The chunk's logit z_ij = scale * (P_ij + b_j) (P_ij the cosine itself with normalize, no bias).
+// The chunk's logit before scale, P_ij + b_j (P_ij the cosine itself with normalize, no bias),
+// from p = P_ij.
 template <class A, class scalar_t>
-__device__ __forceinline__ A chunk_logit(const scalar_t* row, int64_t j, A scale, const scalar_t* bias) {
-  return scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)));
+__device__ __forceinline__ A chunk_value(scalar_t p, int64_t j, const scalar_t* bias) {
+  return static_cast<A>(p) + (bias ? static_cast<A>(bias[j]) : A(0));
 }
 
-// z_ij - lse_i = fma(scale, P_ij + b_j, -Lh) - Ll.
-template <class A, class scalar_t>
-__device__ __forceinline__ A chunk_logit_minus(const scalar_t* row, int64_t j, A scale, const scalar_t* bias,
-                                               A Lh, A Ll) {
-  return fma_a(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
+// The block's online state over the columns [j0, j1) of a chunk row (the target column tl
+// excluded), logits z = scale (P_ij + b_j); valid in thread 0. Every thread of the block calls it.
+template <bool kSum, class scalar_t>
+__device__ __forceinline__ Online fused_row_state(const scalar_t* row, const scalar_t* bias, int64_t tl,
+                                                  acc_t<scalar_t> scale, int64_t j0, int64_t j1) {
+  using A = acc_t<scalar_t>;
+  ThreadOnline<A> o;
+  fold_row(row, j0, j1, [&](int64_t j, scalar_t v) {
+    if (j == tl) return;
+    const A z = scale * chunk_value<A>(v, j, bias);
+    o.add(A(1), z);  // exp(fma(1, z, -m)) = exp(z - m), as the CPU's online_row with r = 1
+    if constexpr (kSum) o.z += z;
+  });
+  return block_reduce(o.to_online(), online_identity(), MergeOp{});
 }
 
+__device__ __forceinline__ void fused_init_row(int64_t i, double* ssum, double* smax, double* zy, double* wz) {
+  smax[i] = ninf_v<double>();
+  ssum[i] = zy[i] = wz[i] = 0.0;
+}
+
+// Folds the chunk's state red of row i (its other columns) into the running (max, sum); the
+// target column, when in the chunk (here), joins with its margin logit in float64.
+template <bool kSum, class scalar_t>
+__device__ __forceinline__ void fused_finish_row(const scalar_t* row, const scalar_t* bias, int64_t i, int64_t tl,
+                                                 bool here, acc_t<scalar_t> scale, const TargetMargin<double>& tm,
+                                                 const Online& red, double* ssum, double* smax, double* zy,
+                                                 double* wz) {
+  using A = acc_t<scalar_t>;
+  const Online cur = online_merge({smax[i], ssum[i], 0.0}, red);
+  double m = cur.m, s = cur.s, sz = red.z;
+  if (here) {  // the target's cosine (or logit) and margin in float64
+    double f, df;
+    tm.apply(fused_target_cos<A>(row, tl, bias), f, df);
+    const double z_t = acc_logit<A>(double(scale) * f);
+    online_add(z_t, m, s);
+    zy[i] = z_t;
+    sz += z_t;
+  }
+  smax[i] = m;
+  ssum[i] = s;
+  if (kSum) wz[i] += sz;
+}
 
 // Folds the chunk's columns [c0, c0 + k) into the running (max, sum) of each row; the target
 // column (if in the chunk) gets its margin. State is initialized when c0 == 0. Ignored and bad
-// rows are left at the initial state (finalize gives them 0 / NaN).
-template <bool kSum, class scalar_t>
+// rows are left at the initial state (finalize gives them 0 / NaN). kSplit = false: one block
+// per row, whose thread 0 initializes and updates the state. kSplit: block (i, s) writes its
+// segment's partial state to part[i * splits + s] and fused_forward_merge_kernel updates the row.
+template <bool kSum, bool kSplit, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     fused_forward_kernel(const scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
                          int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
-                         acc_t<scalar_t> scale, TargetMargin<double> tm, double* __restrict__ ssum,
-                         double* __restrict__ smax, double* __restrict__ zy, double* __restrict__ wz) {
-  using A = acc_t<scalar_t>;
+                         acc_t<scalar_t> scale, TargetMargin<double> tm, RowSplit split, Online* __restrict__ part,
+                         double* __restrict__ ssum, double* __restrict__ smax, double* __restrict__ zy,
+                         double* __restrict__ wz) {
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
-    if (c0 == 0 && threadIdx.x == 0) {
-      smax[i] = ninf_v<double>();
-      ssum[i] = zy[i] = wz[i] = 0.0;
-    }
+    if (!kSplit && c0 == 0 && threadIdx.x == 0) fused_init_row(i, ssum, smax, zy, wz);
     const int64_t t = tg[i];
     if (t == ignore || t < 0 || t >= C) continue;  // block-uniform
     const int64_t tl = t - c0;  // target column in this chunk, if in [0, k)
-    const bool here = tl >= 0 && tl < k;
     const scalar_t* row = P + i * k;
-    ThreadOnline<A> o;
-    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-      if (j == tl) continue;
-      const A z = chunk_logit(row, j, scale, bias);
-      o.add(A(1), z);  // exp(fma(1, z, -m)) = exp(z - m), as the CPU's online_row with r = 1
-      if constexpr (kSum) o.z += z;
-    }
-    const Online red = block_reduce(o.to_online(), online_identity(), MergeOp{});
-    if (threadIdx.x == 0) {  // the same thread that initialized the state
-      const Online cur = online_merge({smax[i], ssum[i], 0.0}, red);
-      double m = cur.m, s = cur.s, sz = red.z;
-      if (here) {  // the target's cosine (or logit) and margin in float64
-        double f, df;
-        tm.apply(fused_target_cos<A>(row, tl, bias), f, df);
-        const double z_t = acc_logit<A>(double(scale) * f);
-        online_add(z_t, m, s);
-        zy[i] = z_t;
-        sz += z_t;
+    const Online red = fused_row_state<kSum>(row, bias, tl, scale, split.begin(), split.end(k));
+    if (threadIdx.x == 0) {  // (unsplit: the same thread that initialized the state)
+      if constexpr (kSplit) {
+        part[i * split.splits + blockIdx.y] = red;
+      } else {
+        fused_finish_row<kSum>(row, bias, i, tl, tl >= 0 && tl < k, scale, tm, red, ssum, smax, zy, wz);
       }
-      smax[i] = m;
-      ssum[i] = s;
-      if (kSum) wz[i] += sz;
     }
   }
 }
 
-// P (in: x W_c^T) becomes dLoss/dP in place; each element is read then written by one thread.
+// Split rows: one thread per row merges the chunk's partials in split order into the row's state.
+template <bool kSum, class scalar_t>
+__global__ void __launch_bounds__(kRowThreads)
+    fused_forward_merge_kernel(const scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
+                               int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
+                               acc_t<scalar_t> scale, TargetMargin<double> tm, int splits,
+                               const Online* __restrict__ part, double* __restrict__ ssum, double* __restrict__ smax,
+                               double* __restrict__ zy, double* __restrict__ wz) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
+    if (c0 == 0) fused_init_row(i, ssum, smax, zy, wz);
+    const int64_t t = tg[i];
+    if (t == ignore || t < 0 || t >= C) continue;
+    const int64_t tl = t - c0;
+    fused_finish_row<kSum>(P + i * k, bias, i, tl, tl >= 0 && tl < k, scale, tm, merge_parts(part + i * splits, splits),
+                           ssum, smax, zy, wz);
+  }
+}
+
+// P (in: x W_c^T) becomes dLoss/dP in place; each element is read then written by one thread
+// (the target column by the thread that owns it). Block (i, s) takes the columns of its segment.
 template <class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     fused_backward_kernel(scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
                           int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
                           const double* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
                           acc_t<scalar_t> scale, acc_t<scalar_t> keep, acc_t<scalar_t> spread, acc_t<scalar_t> a,
-                          TargetMargin<double> tm) {
+                          TargetMargin<double> tm, RowSplit split) {
   using A = acc_t<scalar_t>;
+  const int64_t j0 = split.begin(), j1 = split.end(k);
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     scalar_t* row = P + i * k;
     const int64_t t = tg[i];
     if (t == ignore || t < 0 || t >= C) {
-      const scalar_t v = t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>());
-      for (int64_t j = threadIdx.x; j < k; j += blockDim.x) row[j] = v;
+      fill_row(row, j0, j1, t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>()));
       continue;
     }
-    const int64_t tl = t - c0;
-    const bool here = tl >= 0 && tl < k;
+    const int64_t tl = t - c0;  // matches a column only when the target is in the chunk
     const double L = lse[i];
-    A Lh, Ll;  // z - lse = fma(., ., -Lh) - Ll, exact to one rounding of A
+    A Lh, Ll;  // z - lse = fma(scale, P + b, -Lh) - Ll, exact to one rounding of A
     split_lse(L, Lh, Ll);
     const A gs = g[i] * scale;
-    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-      if (j == tl) continue;  // written by thread 0 below, by no other thread
-      const A e = a * math::exp(chunk_logit_minus(row, j, scale, bias, Lh, Ll)) - spread;
-      row[j] = to_s<scalar_t>(gs * e);
-    }
-    if (here && threadIdx.x == 0) {  // the target column in float64
-      const double c_t = fused_target_cos<A>(row, tl, bias);
-      double f, df;
-      tm.apply(c_t, f, df);
-      const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, L);
-      row[tl] = to_s<scalar_t>(double(gs) * d_t * df);
-    }
+    map_row(row, row, j0, j1, [&](int64_t j, scalar_t v) -> scalar_t {
+      if (j == tl) {  // the target column in float64 (exp may overflow there: its margin logit is lower)
+        double f, df;
+        tm.apply(fused_target_cos<A>(row, j, bias), f, df);  // row[j] is written after this returns
+        const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, L);
+        return to_s<scalar_t>(double(gs) * d_t * df);
+      }
+      const A e = a * math::exp(fma_a(scale, chunk_value<A>(v, j, bias), -Lh) - Ll) - spread;
+      return to_s<scalar_t>(gs * e);
+    });
   }
 }
 
@@ -610,11 +898,28 @@ struct MarginCuda {
       using A = acc_t<scalar_t>;
       with_bool(w != nullptr, [&](auto kW) {
         with_bool(s.smoothing > 0.0, [&](auto kSum) {
-          ce_forward_kernel<kW.value, kSum.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
-              ptr<const scalar_t>(p.cos), ptr<const int64_t>(p.target), w, ptr<const scalar_t>(p.row_scale),
-              static_cast<A>(s.scale), s.target_margin<double>(), s.N, s.C, s.ignore_index,
-              ptr<double>(st.lse), ptr<double>(st.zy), ptr<double>(st.wz));
-          check_launch("lossext::margin_cross_entropy forward kernel");
+          const RowSplit sp = row_split<scalar_t>(s.N, s.C, p.cos.get_device_index());
+          const std::optional<Tensor> part = split_parts(sp, s.N, 3, p.cos);
+          Online* pp = part ? reinterpret_cast<Online*>(ptr<double>(*part)) : nullptr;
+          const scalar_t* cos = ptr<const scalar_t>(p.cos);
+          const int64_t* tg = ptr<const int64_t>(p.target);
+          const scalar_t* rs = ptr<const scalar_t>(p.row_scale);
+          const A scale = static_cast<A>(s.scale);
+          const auto tm = s.target_margin<double>();
+          double* lse = ptr<double>(st.lse);
+          double* zy = ptr<double>(st.zy);
+          double* wz = ptr<double>(st.wz);
+          with_bool(sp.splits > 1, [&](auto kSplit) {
+            ce_forward_kernel<kW.value, kSum.value, kSplit.value, scalar_t>
+                <<<split_grid(s.N, sp), split_threads(s.C, sp), 0, stream>>>(
+                    cos, tg, w, rs, scale, tm, s.N, s.C, s.ignore_index, sp, pp, lse, zy, wz);
+            check_launch("lossext::margin_cross_entropy forward kernel");
+          });
+          if (sp.splits > 1) {
+            ce_forward_merge_kernel<kW.value, scalar_t><<<flat_grid(s.N, kRowThreads), kRowThreads, 0, stream>>>(
+                cos, tg, w, rs, scale, tm, s.N, s.C, s.ignore_index, sp.splits, pp, lse, zy, wz);
+            check_launch("lossext::margin_cross_entropy forward merge kernel");
+          }
         });
       });
     });
@@ -629,12 +934,30 @@ struct MarginCuda {
       scalar_t* out_rs = ptr<scalar_t>(grad_rs);
       with_bool(w != nullptr, [&](auto kW) {
         with_bool(out_rs != nullptr, [&](auto kRS) {
-          ce_backward_kernel<kW.value, kRS.value, scalar_t><<<row_grid(s.N), row_threads(s.C), 0, stream>>>(
-              ptr<const scalar_t>(p.cos), ptr<const int64_t>(p.target), w, ptr<const scalar_t>(p.row_scale),
-              static_cast<A>(s.scale), s.target_margin<double>(), s.N, s.C, s.ignore_index, A(s.keep()),
-              A(s.spread()), ptr<const double>(wsum), ptr<const double>(*p.lse), ptr<const A>(G),
-              ptr<scalar_t>(grad), out_rs);
-          check_launch("lossext::margin_cross_entropy_backward kernel");
+          const RowSplit sp = row_split<scalar_t>(s.N, s.C, p.cos.get_device_index());
+          const std::optional<Tensor> part = kRS.value ? split_parts(sp, s.N, 1, p.cos) : std::nullopt;
+          double* pd = ptr<double>(part);
+          const scalar_t* cos = ptr<const scalar_t>(p.cos);
+          const int64_t* tg = ptr<const int64_t>(p.target);
+          const scalar_t* rs = ptr<const scalar_t>(p.row_scale);
+          const A scale = static_cast<A>(s.scale), keep = A(s.keep()), spread = A(s.spread());
+          const auto tm = s.target_margin<double>();
+          const double* ws = ptr<const double>(wsum);
+          const double* lse = ptr<const double>(*p.lse);
+          const A* g = ptr<const A>(G);
+          with_bool(sp.splits > 1, [&](auto kSplit) {
+            ce_backward_kernel<kW.value, kRS.value, kSplit.value, scalar_t>
+                <<<split_grid(s.N, sp), split_threads(s.C, sp), 0, stream>>>(
+                    cos, tg, w, rs, scale, tm, s.N, s.C, s.ignore_index, keep, spread, ws, lse, g,
+                    ptr<scalar_t>(grad), out_rs, sp, pd);
+            check_launch("lossext::margin_cross_entropy_backward kernel");
+          });
+          if (kRS.value && sp.splits > 1) {
+            ce_backward_rs_kernel<kW.value, scalar_t><<<flat_grid(s.N, kRowThreads), kRowThreads, 0, stream>>>(
+                cos, tg, w, rs, scale, tm, s.N, s.C, s.ignore_index, keep, spread, ws, lse, g, sp.splits, pd,
+                out_rs);
+            check_launch("lossext::margin_cross_entropy_backward row_scale kernel");
+          }
         });
       });
     });
@@ -643,6 +966,7 @@ struct MarginCuda {
   // ---- shared -------------------------------------------------------------------------------
   static void finalize(const LossSpec& s, const RowStats& st, const Tensor& target, const Tensor* class_weight,
                        Tensor& loss, Tensor& lse_out) {
+    check_weight_type(class_weight, loss, "finalize");
     on_device(loss, "lossext::margin finalize", [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       const scalar_t* w = ptr<const scalar_t>(class_weight);
@@ -677,6 +1001,7 @@ struct MarginCuda {
 
   static void row_grad_scale(const LossSpec& s, const Tensor& grad_output, const Tensor& target,
                              const Tensor* class_weight, Tensor& G) {
+    check_weight_type(class_weight, grad_output, "row_grad_scale");
     if (s.N == 0) return;
     on_device(G, grad_output.scalar_type(), s.op, [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
@@ -715,12 +1040,28 @@ struct MarginCuda {
     on_chunk(p, k, c0, "lossext::fused_linear_margin_cross_entropy", [&](auto tag, cudaStream_t stream, auto bias) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
+      const RowSplit sp = row_split<scalar_t>(s.N, k, p.x.get_device_index());
+      const std::optional<Tensor> part = split_parts(sp, s.N, 3, p.x);
+      Online* pp = part ? reinterpret_cast<Online*>(ptr<double>(*part)) : nullptr;
+      const scalar_t* Pp = ptr<const scalar_t>(P);
+      const int64_t* tg = ptr<const int64_t>(p.target);
+      const A scale = static_cast<A>(s.scale);
+      const auto tm = s.target_margin<double>();
+      double* ssum = ptr<double>(st.lse);
+      double* smax = ptr<double>(*st.max);
+      double* zy = ptr<double>(st.zy);
+      double* wz = ptr<double>(st.wz);
       with_bool(s.smoothing > 0.0, [&](auto kSum) {
-        fused_forward_kernel<kSum.value, scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
-            ptr<const scalar_t>(P), k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, bias,
-            static_cast<A>(s.scale), s.target_margin<double>(), ptr<double>(st.lse), ptr<double>(*st.max),
-            ptr<double>(st.zy), ptr<double>(st.wz));
-        check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
+        with_bool(sp.splits > 1, [&](auto kSplit) {
+          fused_forward_kernel<kSum.value, kSplit.value, scalar_t><<<split_grid(s.N, sp), split_threads(k, sp), 0, stream>>>(
+              Pp, k, c0, tg, s.N, s.C, s.ignore_index, bias, scale, tm, sp, pp, ssum, smax, zy, wz);
+          check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
+        });
+        if (sp.splits > 1) {
+          fused_forward_merge_kernel<kSum.value, scalar_t><<<flat_grid(s.N, kRowThreads), kRowThreads, 0, stream>>>(
+              Pp, k, c0, tg, s.N, s.C, s.ignore_index, bias, scale, tm, sp.splits, pp, ssum, smax, zy, wz);
+          check_launch("lossext::fused_linear_margin_cross_entropy chunk merge kernel");
+        }
       });
     });
   }
@@ -736,9 +1077,10 @@ struct MarginCuda {
       const A keep = A(s.keep()), spread = A(s.spread());
       const A a = keep + spread * A(s.C);
       scalar_t* Pp = ptr<scalar_t>(P);
-      fused_backward_kernel<scalar_t><<<row_grid(s.N), row_threads(k), 0, stream>>>(
+      const RowSplit sp = row_split<scalar_t>(s.N, k, p.x.get_device_index());
+      fused_backward_kernel<scalar_t><<<split_grid(s.N, sp), split_threads(k, sp), 0, stream>>>(
           Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, bias, ptr<const double>(*p.lse),
-          ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a, s.target_margin<double>());
+          ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a, s.target_margin<double>(), sp);
       check_launch("lossext::fused_linear_margin_cross_entropy_backward chunk kernel");
       if (grad_bias) {
         // column sums in a fixed row order: segments of kBiasSeg rows, then segments in order

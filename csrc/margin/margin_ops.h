@@ -8,9 +8,12 @@
 //   ce_backward(const CeProblem&, const Tensor& G, Tensor& grad_cos, Tensor* grad_row_scale)
 //   finalize(const LossSpec&, const RowStats&, const Tensor& target, const Tensor* class_weight,
 //            Tensor& loss, Tensor& lse)               loss_i, the reduction, lse_i (RowStats and
-//                                                     lse are float64 for every input dtype)
+//                                                     lse are float64 for every input dtype), the
+//                                                     loss written in its own dtype (the fused op's:
+//                                                     fused_loss_type); class_weight has that dtype
 //   row_grad_scale(const LossSpec&, const Tensor& grad_output, const Tensor& target,
-//                  const Tensor* class_weight, Tensor& G)  G_i = dReducedLoss/dloss_i (0 if ignored)
+//                  const Tensor* class_weight, Tensor& G)  G_i = dReducedLoss/dloss_i (0 if ignored),
+//                                                     read in grad_output's dtype; class_weight has it
 //   inv_norms(const Tensor& v [R, D], Tensor& out acc [R])  1 / max(|v_r|, 1e-12)
 //   scale_rows(const Tensor& v [R, D], const Tensor& s acc [R], Tensor& out [R, D])  out_r = s_r v_r
 //   fused_forward_chunk(const FusedProblem&, const Tensor& P [N, k], int64_t c0, RowStats&)
@@ -193,8 +196,17 @@ inline void check_vector(const char* op, const char* name, const Tensor& t, cons
                   "], got ", shape_str(t));
 }
 
-inline void check_grad_output(const char* op, const Tensor& g, const Tensor& ref, const LossSpec& s) {
-  check_like(op, "grad_output", g, ref);
+// grad_output has the loss's dtype: ref's (margin_cross_entropy), or for the fused op float32
+// with float16/bfloat16 inputs (fused_loss_type), where ref's own dtype is accepted too.
+inline void check_grad_output(const char* op, const Tensor& g, const Tensor& ref, const LossSpec& s,
+                              ScalarType loss_type) {
+  const ScalarType st = g.scalar_type();
+  LOSSEXT_CHECK(st == loss_type || st == ref.scalar_type(), op, ": argument 'grad_output' has dtype ",
+                torch::headeronly::toString(st), " but the loss has dtype ", torch::headeronly::toString(loss_type),
+                (loss_type != ref.scalar_type() ? " (or input's, " : ""),
+                (loss_type != ref.scalar_type() ? torch::headeronly::toString(ref.scalar_type()) : ""),
+                (loss_type != ref.scalar_type() ? ")" : ""));
+  LOSSEXT_CHECK(g.device() == ref.device(), op, ": argument 'grad_output' is on a different device than input");
   if (s.reduction == Reduction::None) {
     LOSSEXT_CHECK(g.dim() == 1 && g.size(0) == s.N, op, ": argument 'grad_output' must have shape [",
                     s.N, "], got ", shape_str(g));
@@ -238,9 +250,23 @@ inline CeProblem prepare_ce(const char* op, const Tensor& cos, const Tensor& tar
   return p;
 }
 
-inline Tensor new_loss(const LossSpec& s, const Tensor& like) {
-  if (s.reduction == Reduction::None) return new_tensor({s.N}, like.scalar_type(), like);
-  return new_tensor({}, like.scalar_type(), like);
+// The fused op's loss dtype: float32 for float16/bfloat16 inputs (as F.linear in the half
+// dtype, then F.cross_entropy in float32 under autocast; the per-row lse is float64, so the
+// loss is not rounded to the input dtype), the input's dtype for float32 and float64.
+inline ScalarType fused_loss_type(ScalarType input) { return acc_scalar_type(input); }
+
+// The loss output, [N] (reduction none) or [], in dtype st on like's device.
+inline Tensor new_loss(const LossSpec& s, ScalarType st, const Tensor& like) {
+  if (s.reduction == Reduction::None) return new_tensor({s.N}, st, like);
+  return new_tensor({}, st, like);
+}
+
+// Internal invariant of finalize and row_grad_scale: they read the class weight in the dtype
+// they dispatch on (the loss's, grad_output's). Only margin_cross_entropy passes one, and there
+// those dtypes are the input's.
+inline void check_weight_type(const Tensor* class_weight, const Tensor& t, const char* where) {
+  STD_TORCH_CHECK(class_weight == nullptr || class_weight->scalar_type() == t.scalar_type(),
+                  "lossext::margin ", where, ": class weight dtype differs from the loss dtype");
 }
 
 inline RowStats new_row_stats(const LossSpec& s, const Tensor& like, bool with_max) {
@@ -264,7 +290,7 @@ struct MarginCeKernels {
                              smoothing, ignore_index, reduction);
     RowStats st = new_row_stats(p.spec, p.cos, false);
     Device::ce_forward(p, st);
-    Tensor loss = new_loss(p.spec, p.cos);
+    Tensor loss = new_loss(p.spec, p.cos.scalar_type(), p.cos);
     Tensor lse = st.lse;
     Device::finalize(p.spec, st, p.target, p.weight ? &*p.weight : nullptr, loss, lse);
     return {loss, lse};
@@ -278,7 +304,7 @@ struct MarginCeKernels {
     const char* op = "lossext::margin_cross_entropy_backward";
     CeProblem p = prepare_ce(op, cos, target, weight, row_scale, scale, m1, m2, m3, lambda, easy_margin,
                              smoothing, ignore_index, reduction);
-    check_grad_output(op, grad_output, cos, p.spec);
+    check_grad_output(op, grad_output, cos, p.spec, cos.scalar_type());
     check_lse(op, lse, cos, p.spec.N);
     p.lse = torch::stable::contiguous(lse);
     Tensor G = new_tensor({p.spec.N}, acc_scalar_type(cos.scalar_type()), cos);
@@ -332,7 +358,10 @@ inline FusedProblem prepare_fused(const char* op, const Tensor& x, const Tensor&
   p.normalize = normalize;
   p.D = x.size(1);
   p.chunk = chunk > 0 ? std::min<int64_t>(chunk, std::max<int64_t>(C, 1)) : default_chunk(N, C, p.D);
-  p.xn = p.x;
+  // normalize = false multiplies x itself: as a plain alias, since x may require grad and the CPU
+  // matmul tasks call aten::mm.out from worker threads, where grad mode is on (mm.out refuses an
+  // out= call with an input that requires grad)
+  p.xn = N > 0 && p.D > 0 ? window(p.x, 0, N, 0, p.D) : p.x;
   return p;
 }
 
@@ -430,7 +459,7 @@ struct FusedKernels {
                                    smoothing, ignore_index, reduction, chunk);
     const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk;
     RowStats st = new_row_stats(p.spec, p.x, true);
-    Tensor loss = new_loss(p.spec, p.x);
+    Tensor loss = new_loss(p.spec, fused_loss_type(p.x.scalar_type()), p.x);
     if (N > 0) {
       prepare_norms<Device>(p);
       Tensor flat = new_tensor({N * K}, p.x.scalar_type(), p.x);
@@ -455,7 +484,7 @@ struct FusedKernels {
     const char* op = "lossext::fused_linear_margin_cross_entropy_backward";
     FusedProblem p = prepare_fused(op, x, w, target, bias, scale, m1, m2, m3, lambda, easy_margin, normalize,
                                    smoothing, ignore_index, reduction, chunk);
-    check_grad_output(op, grad_output, x, p.spec);
+    check_grad_output(op, grad_output, x, p.spec, fused_loss_type(x.scalar_type()));
     check_lse(op, lse, x, p.spec.N);
     p.lse = torch::stable::contiguous(lse);
     const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk, D = p.D;

@@ -22,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/types.h>
@@ -121,14 +122,15 @@ struct MarginOps {
     return ce_bwd.call(grad, cos, target, weight, row_scale, lse, o.scale, o.m1, o.m2, o.m3, lambda_arg(o, cos),
                        o.easy_margin, o.label_smoothing, o.ignore_index, static_cast<int64_t>(o.reduction));
   }
-  // -> (loss, lse)
+  // -> (loss, lse); the loss is float32 for float16/bfloat16 inputs (else the input's dtype)
   std::tuple<at::Tensor, at::Tensor> fused_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& target,
                                                   const OptTensor& bias, const MarginOptions& o, bool normalize,
                                                   int64_t chunk) const {
     return fused.call(x, w, target, bias, o.scale, o.m1, o.m2, o.m3, lambda_arg(o, x), o.easy_margin, normalize,
                       o.label_smoothing, o.ignore_index, static_cast<int64_t>(o.reduction), chunk);
   }
-  // -> (grad_input, grad_weight, grad_bias); grad_bias is empty without bias
+  // -> (grad_input, grad_weight, grad_bias); grad_bias is empty without bias. grad: the loss's
+  // dtype (for float16/bfloat16 inputs float32, or the input's dtype)
   std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_backward(
       const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w, const at::Tensor& target,
       const OptTensor& bias, const at::Tensor& lse, const MarginOptions& o, bool normalize, int64_t chunk) const {
@@ -263,8 +265,13 @@ inline at::Tensor fused_linear_impl(const char* fn, const char* x_name, const at
 
   const bool needs_graph = at::GradMode::is_enabled() &&
                            (x.requires_grad() || w.requires_grad() || (b.has_value() && b->requires_grad()));
-  if (!needs_graph) return std::get<0>(MarginOps::get().fused_linear(x, w, y, b, options, normalize, chunk_size));
-  return FusedLinearMarginFunction::apply(x, w, y, b, options, normalize, chunk_size);
+  at::Tensor loss = needs_graph ? FusedLinearMarginFunction::apply(x, w, y, b, options, normalize, chunk_size)
+                                : std::get<0>(MarginOps::get().fused_linear(x, w, y, b, options, normalize, chunk_size));
+  // The op's loss is float32 for float16/bfloat16 inputs; outside autocast it is returned in the
+  // input's dtype (as lossext.margin.functional does), under autocast in float32.
+  if (loss.scalar_type() != x.scalar_type() && !at::autocast::is_autocast_enabled(x.device().type()))
+    loss = loss.to(x.scalar_type());
+  return loss;
 }
 
 // The checks and the call of margin_cross_entropy and its named variants (fn: the public
@@ -342,6 +349,9 @@ inline torch::Tensor sphereface_loss(const torch::Tensor& cos_logits, const torc
 /// embeddings: [N, D]; weight: [C, D] class centres, same dtype and device; target: [N] labels.
 /// normalize=false is a plain linear layer, logits scale * (x @ W.T + bias): then only the
 /// additive margin m3 applies (m1 = 1, m2 = 0) and bias [C] may be given (not otherwise).
+/// float16/bfloat16: the matmuls run in that dtype, the softmax and the row statistics in
+/// float32/float64; the loss is returned in the input's dtype, or in float32 (not rounded to
+/// the input dtype) while at::autocast is enabled for the input's device.
 /// Differentiable in embeddings, weight and bias (first order only).
 inline torch::Tensor fused_linear_margin_cross_entropy(const torch::Tensor& embeddings, const torch::Tensor& weight,
                                                        const torch::Tensor& target, const MarginOptions& options = {},

@@ -13,6 +13,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from .._core import amp
 from .._core import validation as V
 from .._core.autograd import call as call_op
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
@@ -214,14 +215,22 @@ def fused_margin(fn: str, names: List[str], embeddings: Tensor, weight: Tensor, 
         raise ValueError(fn + ": bias needs normalize=False")
     b = V.check_vector(fn, "bias", bias, c, embeddings, "C")
     chunk = check_chunk_size(fn, chunk_size)
+    # The op's loss is float32 for float16/bfloat16 embeddings (never rounded to the half dtype).
+    # Under autocast it stays float32 (as F.cross_entropy's); otherwise it is returned in the
+    # embeddings' dtype, as every loss returns its input's. TorchScript always converts back
+    # (autocast state is not queried there: torch.is_autocast_cpu_enabled crashes in a script).
     if torch.jit.is_scripting():
-        return torch.ops.lossext.fused_linear_margin_cross_entropy(
+        loss = torch.ops.lossext.fused_linear_margin_cross_entropy(
             embeddings, weight, target, b, scale, m1, m2, m3, lam, easy_margin, normalize,
             label_smoothing, ignore_index, red, chunk)[0]
+        return loss.to(embeddings.dtype)
     else:
-        return _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy", embeddings, weight, target, b,
+        loss = _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy", embeddings, weight, target, b,
                            scale, m1, m2, m3, lam, easy_margin, normalize, label_smoothing, ignore_index,
                            red, chunk)
+        if loss.dtype != embeddings.dtype and not amp.enabled(embeddings.device.type):
+            loss = loss.to(embeddings.dtype)
+        return loss
 
 
 def fused_linear_margin_cross_entropy(embeddings: Tensor, weight: Tensor, target: Tensor, scale: float = 64.0,

@@ -22,6 +22,10 @@ Forward mode (torch.func.jvp, forward_ad): the tangent comes from one backward k
 (dL/dcos or dL/dX, dL/dW contracted with the tangents); a class weight's tangent, and the
 fused op's weight/bias tangents at reduction='none', raise NotImplementedError.
 Double backward is not supported: it raises NotImplementedError.
+The fused op's loss is float32 for float16/bfloat16 inputs (the input's dtype for float32 and
+float64), so it is never rounded to the half dtype; its backward takes grad_output in that
+dtype or in the input's. lossext.margin.functional returns it in the input's dtype outside
+autocast.
 Autocast: margin_cross_entropy runs in float32 (as F.cross_entropy); the fused op runs its
 matmuls in the autocast dtype and returns a float32 loss (as F.linear then F.cross_entropy).
 """
@@ -33,8 +37,14 @@ from .._core.autograd import call as call_op, refuse_double_backward, register a
 from .._core.fake import check_same_device
 
 
-def _loss_like(x, n, reduction):
-    return x.new_empty((n,)) if reduction == 0 else x.new_empty(())
+def _loss_like(x, n, reduction, dtype=None):
+    return x.new_empty((n,) if reduction == 0 else (), dtype=dtype)
+
+
+def _fused_loss_dtype(x):
+    """The fused op's loss dtype: float32 for float16/bfloat16 inputs (never rounded to the half
+    dtype), else the input's (csrc/margin/margin_ops.h fused_loss_type)."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def _ce_devices(op, cos, target, weight, row_scale, lambda_, *more):
@@ -66,7 +76,7 @@ def _(grad, cos, target, weight, row_scale, lse, *params):
 def _(x, w, target, bias, *params):
     _fused_devices("fused_linear_margin_cross_entropy", x, w, target, bias, params[4])
     n = x.shape[0]
-    return _loss_like(x, n, params[-2]), x.new_empty((n,), dtype=torch.float64)
+    return _loss_like(x, n, params[-2], _fused_loss_dtype(x)), x.new_empty((n,), dtype=torch.float64)
 
 
 @torch.library.register_fake("lossext::fused_linear_margin_cross_entropy_backward")
@@ -110,9 +120,9 @@ def _setup(ctx, inputs, output):
     ctx.save_for_forward(*inputs[:4], output[1])
 
 
-def _unit_grad(like, n, reduction):
+def _unit_grad(like, n, reduction, dtype=None):
     """grad_output of ones: per row at reduction='none' (each row's loss depends on its row only)."""
-    return like.new_ones((n,) if reduction == 0 else ())
+    return like.new_ones((n,) if reduction == 0 else (), dtype=dtype)
 
 
 def _dot(a, t, reduction):
@@ -178,10 +188,10 @@ def _fused_jvp(ctx, t_x, t_w, _t_target, t_bias, *_t_params):
         raise NotImplementedError(
             "lossext.fused_linear_margin_cross_entropy: forward-mode AD at reduction='none' with respect to "
             "the class weights or bias is not implemented (it needs a per-row weight gradient)")
-    gx, gw, gb = call_op("fused_linear_margin_cross_entropy_backward", _unit_grad(x, x.shape[0], red), x, w,
-                         target, bias, lse, *ctx.params)
+    ones = _unit_grad(x, x.shape[0], red, _fused_loss_dtype(x))  # the loss's dtype
+    gx, gw, gb = call_op("fused_linear_margin_cross_entropy_backward", ones, x, w, target, bias, lse, *ctx.params)
     t = _add(_dot(gx, t_x, red), _dot(gw, t_w, red), _dot(gb, t_bias, red) if bias is not None else None)
-    return (t if t is not None else torch.zeros_like(_unit_grad(x, x.shape[0], red))), None
+    return (t.to(ones.dtype) if t is not None else torch.zeros_like(ones)), None
 
 
 register_autograd("fused_linear_margin_cross_entropy", setup_context=_setup, backward=_fused_backward, jvp=_fused_jvp)
