@@ -574,6 +574,34 @@ def test_fused_half_with_large_norms(device, dtype, norm):
         assert ((ours == 0) & (ref.abs() > 1e-3 * ref.abs().max())).sum() == 0
 
 
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_fused_half_grad_weight_many_rows_of_one_class(device, reduction):
+    """float16, normalize: grad_weight's B^T xn (B = dLoss/dlogits, |B| up to s = 64 per row) was
+    rounded to float16 before the division by |w_j| ~ 300: with ~2048 rows that push one class
+    the same way, a column is ~64 * 2048 > 65504, so grad_weight came out inf/NaN although the
+    true gradient is ~440. Now: finite and close to float32 on the same values."""
+    g = torch.Generator().manual_seed(0)
+    N, D, C = 2048, 16, 5
+    w = F.normalize(torch.randn(C, D, generator=g, dtype=torch.float64))
+    w[0] = F.normalize(torch.eye(D, dtype=torch.float64)[0] + 0.05 * torch.randn(D, generator=g, dtype=torch.float64), dim=0)
+    # every row close to class 0's direction but labelled class 1: B[:, 0] ~ +64, B[:, 1] ~ -64
+    x = F.normalize(w[0] + 0.3 * torch.randn(N, D, generator=g, dtype=torch.float64))
+    t = torch.ones(N, dtype=torch.long)
+    x = (x * 300.0).to(torch.float16)
+    w = (w * torch.linspace(290.0, 310.0, C, dtype=torch.float64)[:, None]).to(torch.float16)
+    kw = dict(scale=64.0, m2=0.5, reduction=reduction)
+    xs = [x.to(device).requires_grad_(True), x.float().requires_grad_(True)]
+    ws = [w.to(device).requires_grad_(True), w.float().requires_grad_(True)]
+    half, full = (LF.fused_linear_margin_cross_entropy(a, b, t.to(a.device), **kw) for a, b in zip(xs, ws))
+    go = [torch.ones_like(half), torch.ones_like(full)]
+    (gx, gw), (fx, fw) = (torch.autograd.grad(l, (a, b), o) for l, a, b, o in zip((half, full), xs, ws, go))
+    assert fw.abs().max() > 100  # the case: large true gradients, B^T xn beyond float16's range
+    for ours, ref in [(gx, fx), (gw, fw)]:
+        ours = ours.float().cpu()
+        assert ours.isfinite().all()
+        assert (ours - ref).norm() <= 1e-2 * ref.norm(), ((ours - ref).norm(), ref.norm())
+
+
 @pytest.mark.parametrize("case", ["all-ignored", "ragged-chunks", "no-rows", "one-chunk"])
 def test_fused_gradients_write_every_row(device, case):
     """grad_weight and grad_bias start uninitialized (every chunk writes its rows): every row is

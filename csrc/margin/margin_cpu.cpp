@@ -517,9 +517,28 @@ struct ChunkMatmuls<MarginCpu> {
   static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, const Tensor& wc, Tensor& gw,
                     Tensor& acc_x, Tensor* tmp) {
     const int64_t N = P.size(0), k = P.size(1), D = p.D;
+    // p.gw_acc (float16/bfloat16, normalize): B^T xn in float32 (see FusedKernels::backward).
+    // aten has no CPU mm with a float32 out for half inputs, so B and xn are converted (exact)
+    // and multiplied in float32: the same fixed tasks, so still bitwise equal for any thread
+    // count. xn is converted per chunk: O(N D) next to the product's O(N k D), k >= 256 or all C.
+    std::optional<Tensor> Bf, xf;
+    if (p.gw_acc) {
+      const ScalarType acc = p.gw_acc->scalar_type();
+      Bf = new_tensor({N, k}, acc, P);
+      torch::stable::copy_(*Bf, window(P, 0, N, 0, k));
+      xf = new_tensor({N, D}, acc, P);
+      torch::stable::copy_(*xf, p.xn);
+    }
     tasks((k + kCols - 1) / kCols, [&](int64_t t) {
       const int64_t j0 = t * kCols, len = std::min(kCols, k - j0);
       Tensor g = window(gw, j0, len, 0, D);
+      if (Bf) {
+        Tensor ga = window(*p.gw_acc, j0, len, 0, D);
+        mm_out(ga, torch::stable::transpose(window(*Bf, 0, N, j0, len), 0, 1), *xf);
+        const Tensor rw = segment(*p.inv_norm_w, c0 + j0, len);
+        MarginCpu::project_rows(ga, window(p.w, c0 + j0, len, 0, D), &rw, g);
+        return;
+      }
       mm_out(g, torch::stable::transpose(window(P, 0, N, j0, len), 0, 1), p.xn);
       if (p.normalize) {
         const Tensor rw = segment(*p.inv_norm_w, c0 + j0, len);

@@ -99,6 +99,8 @@ struct FusedProblem {
   int64_t D, chunk;
   std::optional<Tensor> inv_norm_x, inv_norm_w;  // acc [N], [C] when normalize
   std::optional<Tensor> lse;       // backward: [N] acc
+  std::optional<Tensor> gw_acc;    // backward, normalize with float16/bfloat16: [chunk, D] acc
+                                   // scratch for the chunk's B^T xn (see FusedKernels::backward)
 };
 
 inline ScalarType acc_scalar_type(ScalarType st) {
@@ -122,6 +124,18 @@ inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b) {
   STD_TORCH_CHECK(torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION) ==
                       AOTI_TORCH_SUCCESS,
                   "lossext: aten::mm.out failed");
+  (void)torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+// out = a @ b with float16/bfloat16 a, b and a float32 out (aten::mm.dtype_out: cuBLAS
+// accumulates in float32 and writes float32, nothing rounded to the input dtype). CUDA only:
+// aten has no CPU kernel for it (the CPU converts its operands instead: margin_cpu.cpp).
+inline void mm_out_acc(Tensor& out, const Tensor& a, const Tensor& b) {
+  using torch::stable::detail::from;
+  std::array<StableIValue, 4> stack{from(a), from(b), from(out.scalar_type()), from(out)};
+  STD_TORCH_CHECK(torch_call_dispatcher("aten::mm", "dtype_out", stack.data(), TORCH_ABI_VERSION) ==
+                      AOTI_TORCH_SUCCESS,
+                  "lossext: aten::mm.dtype_out failed");
   (void)torch::stable::detail::to<Tensor>(stack[0]);
 }
 
@@ -423,16 +437,24 @@ struct ChunkMatmuls {
   // With B = dLoss/dP in P: gw [k, D] = B^T xn, through the normalization of the class rows
   // (dW_c is owned by this chunk: every row written once, never accumulated); acc_x += B wc,
   // in chunk order, in the acc dtype. tmp: [N, D] scratch in the input dtype for float16 and
-  // bfloat16 (nullptr otherwise: one addmm into acc_x).
+  // bfloat16 (nullptr otherwise: one addmm into acc_x). With p.gw_acc, B^T xn lands in that
+  // float32 scratch and project_rows rounds only the projected, divided rows.
   static void grads(const FusedProblem& p, const Tensor& P, int64_t c0, const Tensor& wc, Tensor& gw,
                     Tensor& acc_x, Tensor* tmp) {
     const int64_t N = P.size(0), k = P.size(1);
     Tensor B = window(P, 0, N, 0, k);
     Tensor gwv = window(gw, 0, k, 0, p.D);
-    mm_out(gwv, torch::stable::transpose(B, 0, 1), p.xn);
-    if (p.normalize) {
+    if (p.gw_acc) {
+      Tensor g = window(*p.gw_acc, 0, k, 0, p.D);
+      mm_out_acc(g, torch::stable::transpose(B, 0, 1), p.xn);
       Tensor rw = segment(*p.inv_norm_w, c0, k);
-      Device::project_rows(gwv, window(p.w, c0, k, 0, p.D), &rw, gwv);
+      Device::project_rows(g, window(p.w, c0, k, 0, p.D), &rw, gwv);
+    } else {
+      mm_out(gwv, torch::stable::transpose(B, 0, 1), p.xn);
+      if (p.normalize) {
+        Tensor rw = segment(*p.inv_norm_w, c0, k);
+        Device::project_rows(gwv, window(p.w, c0, k, 0, p.D), &rw, gwv);
+      }
     }
     accumulate_product<Device>(acc_x, B, wc, tmp);
   }
@@ -503,6 +525,15 @@ struct FusedKernels {
     }
     // D = 0 still runs the chunks: the logits are the bias alone, and grad_bias depends on them.
     prepare_norms<Device>(p);
+    // normalize, float16/bfloat16: grad_w_j = rw_j (g_j - rw_j^2 (g_j . w_j) w_j) with
+    // g_j = (B^T xn)_j. g_j itself is not bounded by grad_w's range: a column sums up to N rows
+    // of |B| <= s |grad_output| (s = 64, 1000 rows of one class: ~6.4e4, over float16's 65504)
+    // and only rw_j ~ 1/|w_j| (|w| ~ 300) brings it back. So g lands in a float32 [chunk, D]
+    // scratch and is rounded once, after the projection and the division. Folding rw_j into the
+    // columns of B instead would keep the product in float16 but push B's small entries
+    // (reduction='mean': s / N, then / |w|) into float16's subnormals, and B wc (grad_input)
+    // needs the unscaled B: the scratch keeps both intact.
+    if (p.normalize && st != acc && D > 0) p.gw_acc = new_tensor({K, D}, acc, p.x);
     Tensor G = new_tensor({N}, acc, p.x);
     Device::row_grad_scale(p.spec, torch::stable::contiguous(grad_output), p.target, nullptr, G);
     Tensor flat = new_tensor({N * K}, st, p.x);
