@@ -301,7 +301,12 @@ inline std::optional<Tensor> split_parts(const RowSplit& sp, int64_t N, int64_t 
 inline dim3 split_grid(int64_t N, const RowSplit& sp) {
   return dim3(static_cast<unsigned>(row_grid(N)), static_cast<unsigned>(sp.splits));
 }
-inline int split_threads(int64_t n, const RowSplit& sp) { return sp.splits > 1 ? kRowThreads : row_threads(n); }
+// Threads of a row block: an unsplit row gets about one 16-byte packet per thread (a packet is
+// kVec columns; counting columns would leave most warps idle on short half rows).
+template <class scalar_t>
+inline int split_threads(int64_t n, const RowSplit& sp) {
+  return sp.splits > 1 ? kRowThreads : row_threads((n + kVec<scalar_t> - 1) / kVec<scalar_t>);
+}
 
 // A split row's partial states [splits], merged in split order.
 __device__ __forceinline__ Online merge_parts(const Online* part, int splits) {
@@ -911,7 +916,7 @@ struct MarginCuda {
           double* wz = ptr<double>(st.wz);
           with_bool(sp.splits > 1, [&](auto kSplit) {
             ce_forward_kernel<kW.value, kSum.value, kSplit.value, scalar_t>
-                <<<split_grid(s.N, sp), split_threads(s.C, sp), 0, stream>>>(
+                <<<split_grid(s.N, sp), split_threads<scalar_t>(s.C, sp), 0, stream>>>(
                     cos, tg, w, rs, scale, tm, s.N, s.C, s.ignore_index, sp, pp, lse, zy, wz);
             check_launch("lossext::margin_cross_entropy forward kernel");
           });
@@ -947,7 +952,7 @@ struct MarginCuda {
           const A* g = ptr<const A>(G);
           with_bool(sp.splits > 1, [&](auto kSplit) {
             ce_backward_kernel<kW.value, kRS.value, kSplit.value, scalar_t>
-                <<<split_grid(s.N, sp), split_threads(s.C, sp), 0, stream>>>(
+                <<<split_grid(s.N, sp), split_threads<scalar_t>(s.C, sp), 0, stream>>>(
                     cos, tg, w, rs, scale, tm, s.N, s.C, s.ignore_index, keep, spread, ws, lse, g,
                     ptr<scalar_t>(grad), out_rs, sp, pd);
             check_launch("lossext::margin_cross_entropy_backward kernel");
@@ -1053,7 +1058,7 @@ struct MarginCuda {
       double* wz = ptr<double>(st.wz);
       with_bool(s.smoothing > 0.0, [&](auto kSum) {
         with_bool(sp.splits > 1, [&](auto kSplit) {
-          fused_forward_kernel<kSum.value, kSplit.value, scalar_t><<<split_grid(s.N, sp), split_threads(k, sp), 0, stream>>>(
+          fused_forward_kernel<kSum.value, kSplit.value, scalar_t><<<split_grid(s.N, sp), split_threads<scalar_t>(k, sp), 0, stream>>>(
               Pp, k, c0, tg, s.N, s.C, s.ignore_index, bias, scale, tm, sp, pp, ssum, smax, zy, wz);
           check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
         });
@@ -1078,7 +1083,7 @@ struct MarginCuda {
       const A a = keep + spread * A(s.C);
       scalar_t* Pp = ptr<scalar_t>(P);
       const RowSplit sp = row_split<scalar_t>(s.N, k, p.x.get_device_index());
-      fused_backward_kernel<scalar_t><<<split_grid(s.N, sp), split_threads(k, sp), 0, stream>>>(
+      fused_backward_kernel<scalar_t><<<split_grid(s.N, sp), split_threads<scalar_t>(k, sp), 0, stream>>>(
           Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, bias, ptr<const double>(*p.lse),
           ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a, s.target_margin<double>(), sp);
       check_launch("lossext::fused_linear_margin_cross_entropy_backward chunk kernel");
