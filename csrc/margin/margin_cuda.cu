@@ -266,8 +266,10 @@ inline int64_t sm_count(int32_t dev) {
     if (v > 0) return v;
   }
   int v = 0;
-  STD_TORCH_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0,
-                  "lossext: could not read the multiprocessor count of CUDA device ", dev);
+  const cudaError_t err = cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) (void)cudaGetLastError();  // not left for a later op's launch check
+  STD_TORCH_CHECK(err == cudaSuccess && v > 0, "lossext: could not read the multiprocessor count of CUDA device ",
+                  dev, ": ", cudaGetErrorString(err));
   if (cached) cache[dev].store(v, std::memory_order_relaxed);
   return v;
 }
