@@ -104,7 +104,7 @@ lib = Kernels(
     sources=sources,
     include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "include")],
     extra_compile_args={
-        "cxx": ["-O3", "-g0", "-fvisibility=hidden", "-fno-trapping-math", "-fopenmp-simd", *defines],
+        "cxx": ["-O3", "-g0", "-fvisibility=hidden", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp-simd", *defines],
         "nvcc": ["-O3", "--expt-relaxed-constexpr", *defines],
     },
     # libtorch beside us in site-packages (a wheel install); Build adds torch's own lib dir too

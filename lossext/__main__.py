@@ -204,7 +204,8 @@ def main(argv=None):
           f" (arch list: {info['cuda_arch_list'] or '-'}), CUDA available: {yes(info['cuda_available'])}"
           + (f" ({torch.cuda.get_device_name()}, compute capability {info['gpu_capability']})"
              if info["cuda_available"] and info["cuda_compiled"] else ""))
-    print(f"  this machine: {B._cpu_model()}, {torch.get_num_threads()} torch threads")
+    print(f"  this machine: {B._cpu_model()}, {torch.get_num_threads()} torch threads; CPU loops: "
+          f"{info['cpu_isa']} (supported: {', '.join(info['cpu_isas'])}; LOSSEXT_CPU_ISA forces one)")
     print(f"  library: {info['library']} (C++: CMAKE_PREFIX_PATH={lossext.cmake_prefix_path}); "
           f"families: {', '.join(lossext.FAMILIES)}")
 

@@ -2,11 +2,15 @@ import pytest
 import torch
 
 import lossext  # noqa: F401
-from lossext.testing import OP_DB
+from lossext.testing import OP_DB, forced_cpu_isa
 
 # GPU cases are generated everywhere and skipped where no GPU is visible.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                 reason="no GPU visible"))]
+
+
+# Every CPU variant this machine can run (baseline x86-64, AVX2, AVX-512; lossext.set_cpu_isa).
+CPU_ISAS = lossext.supported_cpu_isas()
 
 
 def pytest_generate_tests(metafunc):
@@ -14,6 +18,20 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("info", OP_DB, ids=[o.name for o in OP_DB])
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", DEVICES)
+    if "cpu_isa" in metafunc.fixturenames:
+        metafunc.parametrize("cpu_isa", CPU_ISAS, indirect=True)
+
+
+@pytest.fixture
+def cpu_isa(request):
+    """A test taking `cpu_isa` runs once per CPU variant of this machine, with that variant
+    forced (on CUDA, where it changes nothing, only under the best one)."""
+    isa = request.param
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("device") == "cuda" and isa != CPU_ISAS[-1]:
+        pytest.skip("a CPU variant; the CUDA case runs once, under the best")
+    with forced_cpu_isa(isa):
+        yield isa
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ def _run(info, sample, red):
     return loss.detach().clone(), x.grad.clone()
 
 
-def test_thread_count_and_repeat(info, device):
+def test_thread_count_and_repeat(info, device, cpu_isa):
     sample = info.bench_input((1 << 20) + 3, device, torch.float32)
     for red in ("mean", "sum", "none"):
         torch.set_num_threads(1)

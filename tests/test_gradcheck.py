@@ -11,7 +11,7 @@ def _small_samples(info, device):
             yield s
 
 
-def test_gradcheck(info, device):
+def test_gradcheck(info, device, cpu_isa):
     """gradcheck wrt every floating tensor of each small sample (input, target, weight, ...)."""
     for sample in _small_samples(info, device):
         leaves = tuple(t.detach().clone().requires_grad_(True) for t in sample.float_tensors())

@@ -7,7 +7,7 @@ from conftest import assert_close, grads_of, to_ref
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_values_match_reference(info, device, dtype):
+def test_values_match_reference(info, device, dtype, cpu_isa):
     rtol, atol = info.tol[dtype]
     for sample in list(info.sample_inputs(device, dtype)) + list(info.edge_inputs(device, dtype)):
         actual = info.op(*sample.args, **sample.kwargs)
@@ -18,7 +18,7 @@ def test_values_match_reference(info, device, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gradients_match_reference(info, device, dtype):
+def test_gradients_match_reference(info, device, dtype, cpu_isa):
     rtol, atol = info.tol[dtype]
     samples = list(info.sample_inputs(device, dtype))
     if dtype == torch.float64:  # at a branch point float32 rounding may pick the other side
@@ -32,7 +32,7 @@ def test_gradients_match_reference(info, device, dtype):
             assert_close(g, rg, rtol, atol, f"grad of floating tensor {i}: {sample!r}")
 
 
-def test_large_odd_size(info, device):
+def test_large_odd_size(info, device, cpu_isa):
     """2^20 + 3 elements: many CPU chunks and CUDA blocks plus a ragged tail."""
     sample = info.bench_input((1 << 20) + 3, device, torch.float32)
     for red in ("mean", "sum", "none"):

@@ -25,8 +25,8 @@ namespace cpu_detail {
 constexpr int64_t kChunk = int64_t(1) << 15;
 constexpr int64_t kBlock = 2048;
 
-// Elements [b, e). Loops are `omp simd` (needs -fopenmp-simd): the float reduction is
-// vectorized in a fixed lane order decided at compile time, summed per kBlock into double.
+// Elements [b, e). Loops are `omp simd` (needs -fopenmp-simd): the float sum runs in
+// lane_sum's fixed lanes (the same order for every instruction set), per kBlock, into double.
 template <PointwiseMode mode, bool kW, bool kReduce, bool kGoScalar, class scalar_t, class Op>
 inline double chunk(const Op& op, const PointwisePtrs<scalar_t>& P, acc_t<scalar_t> scale,
                     acc_t<scalar_t> go_scaled, int64_t b, int64_t e) {
@@ -39,20 +39,21 @@ inline double chunk(const Op& op, const PointwisePtrs<scalar_t>& P, acc_t<scalar
   scalar_t* __restrict o0 = P.o0;
   scalar_t* __restrict o1 = P.o1;
   if constexpr (kForward && kReduce) {
+    // a local copy: lane_sum's loop stores to its buffer, and GCC would otherwise reload the
+    // parameters through `op` in every iteration (and not vectorize the loop)
+    const Op o = op;
     double total = 0.0;
     for (int64_t bb = b; bb < e; bb += kBlock) {
       const int64_t ee = std::min(e, bb + kBlock);
-      A s = A(0);
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = bb; k < ee; ++k) {
+      const A s = lane_sum<A>(bb, ee, [&](int64_t k) {
         const A X = static_cast<A>(x[k]);
         const A Y = static_cast<A>(y[k]);
         const A W = kW ? static_cast<A>(w[k]) : A(1);
-        s += W * op.value(X, Y);
         if constexpr (mode == PointwiseMode::ForwardWithGrad) {
-          o1[k] = static_cast<scalar_t>(scale * W * op.dinput(X, Y));
+          o1[k] = static_cast<scalar_t>(scale * W * o.dinput(X, Y));
         }
-      }
+        return W * o.value(X, Y);
+      });
       total += static_cast<double>(s);
     }
     return total;

@@ -67,12 +67,16 @@ inline void online_span(const scalar_t* __restrict v, const scalar_t* __restrict
     const double m_new = std::max(m, double(bm));
     // all -inf so far: shift by 0, so exp(-inf - shift) = 0, not NaN
     const A mf = m_new == -std::numeric_limits<double>::infinity() ? A(0) : static_cast<A>(m_new);
-    A bs = A(0), bz = A(0);
-#pragma omp simd reduction(+ : bs, bz)
-    for (int64_t j = b; j < e; ++j) {
-      const A x = static_cast<A>(v[j]);
-      bs += math::exp_softmax(std::fma(r, x, -mf));  // r x - m with one rounding
-      if constexpr (kSum) bz += (kW ? static_cast<A>(w[j]) : A(1)) * r * x;
+    // r x - m with one rounding
+    const auto ex = [&](int64_t j) { return math::exp_softmax(std::fma(r, static_cast<A>(v[j]), -mf)); };
+    A bs, bz = A(0);
+    if constexpr (kSum) {
+      const auto z = [&](int64_t j) { return (kW ? static_cast<A>(w[j]) : A(1)) * r * static_cast<A>(v[j]); };
+      const auto sums = cpu_detail::lane_sums<A>(b, e, ex, z);
+      bs = sums[0];
+      bz = sums[1];
+    } else {
+      bs = cpu_detail::lane_sum<A>(b, e, ex);
     }
     s = (s == 0.0 ? 0.0 : s * std::exp(m - m_new)) + double(bs);
     m = m_new;
@@ -106,7 +110,7 @@ inline void around(int64_t n, int64_t skip, const F& f) {
 template <class F>
 void parallel_rows(int64_t n, int64_t cols, const F& f) {
   torch::stable::parallel_for(0, n, row_grain(cols), [&](int64_t b, int64_t e) {
-    cpu_detail::with_best_isa(f, b, e);
+    cpu_detail::with_cpu_isa(f, b, e);
   });
 }
 
@@ -196,15 +200,13 @@ struct MarginCpu {
               around(C, t, [&](int64_t b0, int64_t e0) {
                 for (int64_t bb = b0; bb < e0; bb += kBlock) {
                   const int64_t ee = std::min(e0, bb + kBlock);
-                  A bdr = A(0);
-#pragma omp simd reduction(+ : bdr)
-                  for (int64_t j = bb; j < ee; ++j) {
+                  const A bdr = cpu_detail::lane_sum<A>(bb, ee, [&](int64_t j) {
                     const A x = static_cast<A>(row[j]);
                     const A d = a * math::exp_softmax(std::fma(r, x, -Lh) - Ll) -
                                 spread * (kW.value ? static_cast<A>(w[j]) : A(1));
                     o[j] = static_cast<scalar_t>(gr * d);
-                    if constexpr (kRS.value) bdr += d * x;
-                  }
+                    return kRS.value ? d * x : A(0);
+                  });
                   dr += double(bdr);
                 }
               });
@@ -288,9 +290,7 @@ struct MarginCpu {
       parallel_rows(R, D, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const scalar_t* row = x + r * D;
-          A ss = A(0);
-#pragma omp simd reduction(+ : ss)
-          for (int64_t j = 0; j < D; ++j) ss += static_cast<A>(row[j]) * static_cast<A>(row[j]);
+          const A ss = cpu_detail::lane_sum<A>(0, D, [&](int64_t j) { return static_cast<A>(row[j]) * static_cast<A>(row[j]); });
           o[r] = A(1) / std::max(std::sqrt(ss), A(kNormEps));
         }
       });
@@ -448,9 +448,7 @@ struct MarginCpu {
             scalar_t* orow = op + r * D;
             A coef = A(0), post = A(1);
             if (rn) {
-              A dot = A(0);
-#pragma omp simd reduction(+ : dot)
-              for (int64_t j = 0; j < D; ++j) dot += static_cast<A>(gr[j]) * static_cast<A>(vr[j]);
+              const A dot = cpu_detail::lane_sum<A>(0, D, [&](int64_t j) { return static_cast<A>(gr[j]) * static_cast<A>(vr[j]); });
               coef = rn[r] * rn[r] * dot;
               post = rn[r];
             }
@@ -477,7 +475,7 @@ struct MarginCpu {
       const scalar_t* x = ptr<const scalar_t>(t);
       const int64_t n = t.numel();
       torch::stable::parallel_for(0, n, kWorkPerTask, [&](int64_t b, int64_t e) {
-        cpu_detail::with_best_isa([&](int64_t bb, int64_t ee) {
+        cpu_detail::with_cpu_isa([&](int64_t bb, int64_t ee) {
 #pragma omp simd
           for (int64_t j = bb; j < ee; ++j) a[j] += static_cast<A>(x[j]);
         }, b, e);

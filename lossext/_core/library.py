@@ -17,6 +17,44 @@ LIBRARY_PATH = os.path.join(PACKAGE_DIR, "lib", "liblossext.so")
 # torch.utils.cmake_prefix_path is <torch>/share/cmake (holding Torch/TorchConfig.cmake).
 CMAKE_PREFIX_PATH = os.path.join(PACKAGE_DIR, "share", "cmake")
 
+# The CPU loops' instruction sets, lowest first (csrc/common/cpu_isa.h): every x86-64 CPU runs
+# "baseline"; the best one the CPU supports runs unless LOSSEXT_CPU_ISA or set_cpu_isa() says
+# otherwise. The variants give bitwise-equal results (tests/test_cpu_isa.py).
+CPU_ISAS = ("baseline", "avx2", "avx512")
+
+_env_error = _C.cpu_isa_env_error()
+if _env_error:  # a forced variant that cannot run is an error, not a silent fallback
+    raise RuntimeError(f"lossext: {_env_error} (supported here: {', '.join(_C.cpu_isas())})")
+
+
+def cpu_isa():
+    """The instruction set lossext's CPU loops run now: "baseline", "avx2" or "avx512"."""
+    return _C.cpu_isa()
+
+
+def supported_cpu_isas():
+    """The instruction sets this CPU can run, lowest first, e.g. ("baseline", "avx2")."""
+    return tuple(_C.cpu_isas())
+
+
+def set_cpu_isa(isa):
+    """Run lossext's CPU loops with instruction set `isa` ("baseline", "avx2", "avx512", or
+    "auto" for the best this CPU supports) from now on, in every thread; returns the previous
+    one. The environment variable LOSSEXT_CPU_ISA sets it at start-up. Results do not change
+    (the variants agree bitwise); speed does."""
+    if not isinstance(isa, str):
+        raise TypeError(f"set_cpu_isa(): isa must be a str, got {type(isa).__name__}")
+    supported = supported_cpu_isas()
+    name = supported[-1] if isa == "auto" else isa
+    if name not in CPU_ISAS:
+        raise ValueError(f"set_cpu_isa(): isa must be one of auto, {', '.join(CPU_ISAS)}; got {isa!r}")
+    if name not in supported:
+        raise ValueError(f"set_cpu_isa(): isa={isa!r} cannot run on this CPU (supported: {', '.join(supported)})")
+    previous = cpu_isa()
+    if not _C.set_cpu_isa(CPU_ISAS.index(name)):
+        raise RuntimeError(f"set_cpu_isa(): the library refused isa={isa!r}")
+    return previous
+
 
 def cuda_archs():
     """The CUDA architectures compiled into the binary: [(major, minor, is_ptx)], e.g.
@@ -56,6 +94,8 @@ def build_info():
         "cuda_arch_list": _C.cuda_arch_list,
         "cuda_available": torch.cuda.is_available(),
         "library": LIBRARY_PATH,
+        "cpu_isa": cpu_isa(),
+        "cpu_isas": supported_cpu_isas(),
     }
     if info["cuda_compiled"] and info["cuda_available"]:
         cap = torch.cuda.get_device_capability()
