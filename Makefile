@@ -2,6 +2,9 @@
 #   make demo   - set up, build, run the main job (python -m lossext)
 #   make test   - set up, build, Python tests + C++ consumer tests (ctest)
 #   make wheel / make wheel-test / make bench / make gpu-check / make sync / make clean
+#   make sanitize - the CPU kernels under ASan + UBSan (build/sanitize/): the whole test suite and
+#                   the long fuzzing profile; fails on any report (tools/sanitize.sh)
+#   make fuzz     - the property-based fuzzer alone, long profile (normal build)
 SHELL := /bin/bash
 # a failing build in `setup.py ... | filter` fails the recipe (the filter alone may match nothing)
 .SHELLFLAGS := -o pipefail -c
@@ -27,7 +30,7 @@ WHEEL_BUILD_BASE := build/wheel
 endif
 SETUP_FILTER := { grep -v -E 'Deprecat|^\s*!!|^\s*\*+$$|setup.py install|pypa|^$$|No CUDA runtime is found' || true; }
 
-.PHONY: all setup build sync demo test pytest cpp-test wheel wheel-test bench gpu-check clean
+.PHONY: all setup build sync demo test pytest cpp-test wheel wheel-test bench gpu-check compute-sanitizer sanitize fuzz clean
 all: build
 
 $(VENV)/.stamp: requirements-dev.txt
@@ -85,6 +88,25 @@ bench: build
 
 gpu-check: build
 	bash benchmarks/gpu_check.sh
+
+# NVIDIA's compute-sanitizer from its pip wheel (nvidia-cuda-sanitizer-api), unpacked into
+# build/compute-sanitizer/ so that it can be carried to a GPU machine that lacks it (gpu_check.sh)
+compute-sanitizer: $(VENV)/.stamp
+	rm -rf build/compute-sanitizer build/cs-wheel
+	$(PY) -m pip download -q --no-deps -d build/cs-wheel nvidia-cuda-sanitizer-api
+	$(PY) -c "import zipfile, glob, os; z = zipfile.ZipFile(glob.glob('build/cs-wheel/*.whl')[0]); \
+	  [z.extract(n, 'build/cs-wheel/x') for n in z.namelist() if '/compute-sanitizer/' in n and not any(d in n for d in ('/docs/', '/include/', '/x86/'))]"
+	mv build/cs-wheel/x/nvidia/cu*/compute-sanitizer build/compute-sanitizer && rm -rf build/cs-wheel
+	chmod +x build/compute-sanitizer/compute-sanitizer build/compute-sanitizer/TreeLauncher*
+	@du -sh build/compute-sanitizer
+
+# The sanitizer build lives in build/sanitize/ and is imported from build/sanitize/pkg only
+# (tools/sanitize.sh); the in-place build is neither used nor touched.
+sanitize: $(VENV)/.editable
+	PYTHON=$(abspath $(PY)) bash tools/sanitize.sh
+
+fuzz: build
+	LOSSEXT_FUZZ_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 clean:
 	rm -rf build dist *.egg-info $(SO) lossext/lib lossext/include lossext/share .venv-wheel

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # GPU check for a lent H200 (torch 2.11 + CUDA 13, Python 3.12 there): the test suite with CUDA
-# visible, then the generic CUDA benchmarks, which rewrite the CUDA section of
+# visible, then the CUDA kernels under compute-sanitizer (memcheck, initcheck, and racecheck for
+# the block reductions; benchmarks/cuda_sanitize.py writes the "CUDA SANITIZER" section of
+# benchmarks/RESULTS.md), then the generic CUDA benchmarks, which rewrite the CUDA section of
 # benchmarks/RESULTS.md and benchmarks/results_cuda.csv, then every family's own suite
 # (`benchmarks/run.py --device cuda --suites families`: the "<FAMILY> CUDA" sections and
-# results_<family>_cuda.csv). Finishes in under 8 minutes (hard timeouts below).
+# results_<family>_cuda.csv). Finishes in under 9 minutes (hard timeouts below).
+#
+# compute-sanitizer: $COMPUTE_SANITIZER, else the first found on PATH, in $CUDA_HOME/bin,
+# /usr/local/cuda/bin, build/compute-sanitizer/ (`make compute-sanitizer` unpacks it there from
+# NVIDIA's pip wheel, to be carried to a machine that has none), or an installed
+# nvidia-cuda-sanitizer-api wheel. Without one, the section says "not run".
 #
 # Through the device tool, from the repo root (the build outputs are git-ignored, so carry them;
 # they must have been built with CUDA, see `python -m lossext`):
-#     run(command="bash benchmarks/gpu_check.sh", carry=["lossext/_C.abi3.so", "lossext/lib", "lossext/share", "lossext/include"], timeout_s=540)
+#     run(command="bash benchmarks/gpu_check.sh", carry=["lossext/_C.abi3.so", "lossext/lib", "lossext/share", "lossext/include", "build/compute-sanitizer"], timeout_s=590)
 # Everything it writes is also copied to $OUT (env.txt, pytest.log, bench*.log, RESULTS.md,
 # results_*cuda.csv). Back here, put the CSVs into benchmarks/ and run (it renders every section
 # from its CSV)
@@ -15,14 +22,16 @@
 # to rebuild RESULTS.md with this machine's CPU section and the new CUDA section (or copy the
 # returned RESULTS.md over, if the CPU section has not changed since).
 #
-# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 470: total seconds),
-# GPU_CHECK_TEST_S (default 240: at most this long for the tests).
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 540: total seconds),
+# GPU_CHECK_TEST_S (default 170: at most this long for the tests), GPU_CHECK_SANITIZE_S (default
+# 150: the three compute-sanitizer tools together).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-$(command -v python3 || command -v python)}
-BUDGET=${GPU_CHECK_BUDGET_S:-470}
-TEST_S=${GPU_CHECK_TEST_S:-240}
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
+TEST_S=${GPU_CHECK_TEST_S:-170}
+SANITIZE_S=${GPU_CHECK_SANITIZE_S:-150}
 LOG_DIR=${OUT:-/tmp/lossext_gpu_check}
 mkdir -p "$LOG_DIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -67,7 +76,38 @@ timeout --kill-after=10 "$TEST_S" "$PY" -m pytest -q tests 2>&1 | tee "$LOG_DIR/
 test_rc=${PIPESTATUS[0]}
 echo "tests: exit $test_rc after $(elapsed) s"
 
-FAMILIES_S=150  # kept for the families' own suites at the end
+echo "== compute-sanitizer (at most ${SANITIZE_S} s)"
+CS=${COMPUTE_SANITIZER:-}
+if [ -z "$CS" ]; then
+  for c in "$(command -v compute-sanitizer || true)" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
+           /usr/local/cuda/bin/compute-sanitizer build/compute-sanitizer/compute-sanitizer \
+           "$("$PY" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "compute-sanitizer", "compute-sanitizer"))' 2>/dev/null)"; do
+    if [ -n "$c" ] && [ -x "$c" ]; then CS=$c; break; fi
+  done
+fi
+if [ -n "$CS" ]; then
+  echo "compute-sanitizer: $CS ($("$CS" --version 2>&1 | tail -1))"
+  for spec in "memcheck 70 " "initcheck 40 " "racecheck 40 --small"; do
+    set -- $spec
+    tool=$1; share=$2; extra=${3:-}
+    limit=$(( SANITIZE_S * share / 150 ))
+    t0=$(date +%s)
+    timeout --kill-after=10 "$limit" "$CS" --tool "$tool" --print-limit 20 --error-exitcode 3 \
+      $( [ "$tool" = racecheck ] && echo "--racecheck-report all" ) \
+      "$PY" benchmarks/cuda_sanitize.py workload $extra > "$LOG_DIR/cs_$tool.log" 2>&1
+    rc=$?
+    echo "tool time: $(( $(date +%s) - t0 )) s, exit $rc" >> "$LOG_DIR/cs_$tool.log"
+    echo "compute-sanitizer $tool: exit $rc after $(( $(date +%s) - t0 )) s; $(grep -E 'ERROR SUMMARY' "$LOG_DIR/cs_$tool.log" | tail -1)"
+  done
+else
+  echo "compute-sanitizer: not found (see the header of this script); not run"
+fi
+"$PY" benchmarks/cuda_sanitize.py report "$LOG_DIR" > "$LOG_DIR/sanitizer_section.md" 2>&1 || echo "sanitizer report failed: $(tail -3 "$LOG_DIR/sanitizer_section.md")"
+sanitize_rc=0
+grep -q -E '\*\*errors\*\*' "$LOG_DIR/sanitizer_section.md" && sanitize_rc=1
+echo "compute-sanitizer: done after $(elapsed) s"
+
+FAMILIES_S=110  # kept for the families' own suites at the end
 left=$(( BUDGET - FAMILIES_S - $(elapsed) ))
 quick=""
 if [ "$left" -lt 180 ]; then quick="--quick"; fi
@@ -88,5 +128,5 @@ fi
 for f in benchmarks/RESULTS.md benchmarks/results_cuda.csv; do
   [ -f "$f" ] && cp "$f" "$LOG_DIR/"
 done
-echo "gpu_check: tests exit $test_rc, benchmarks exit $bench_rc, $(elapsed) s in all; logs in $LOG_DIR"
-[ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+echo "gpu_check: tests exit $test_rc, sanitizer findings $sanitize_rc, benchmarks exit $bench_rc, $(elapsed) s in all; logs in $LOG_DIR"
+[ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$sanitize_rc" -eq 0 ]
