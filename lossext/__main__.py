@@ -1,8 +1,10 @@
 """python -m lossext: what was built, which kernels are registered, and how lossext compares
 with eager PyTorch (and torch.compile) on this machine.
 
-    python -m lossext [--device cpu|cuda] [--numel 1048576] [--dtype float32] [--ops NAME,...]
-                      [--no-compile] [--no-bench]
+    python -m lossext [check] [--device cpu|cuda] [--numel 1048576] [--dtype float32] [--ops NAME,...]
+                              [--no-compile] [--no-bench]
+    python -m lossext demo [--device cpu|cuda] [--quick] [--epochs N] [--seed S] [--out DIR]
+                           (training on scikit-learn's digits: lossext/demo.py)
 
 Each row shows the shapes of the op's benchmark input (each op's OpInfo bench_input builds it
 from --numel: the tensor for element-wise losses, e.g. N x C logits or N x D embeddings and
@@ -54,9 +56,32 @@ def sample_shape(info, sample):
     return ", ".join(fmt(t) for t in sample.float_tensors()) or "-"
 
 
+def torch_line(info, torch):
+    """torch's version, CUDA compiled and available, the GPU (the header's first line)."""
+    yes = lambda b: "yes" if b else "no"  # noqa: E731
+    return (f"torch {info['torch']}, CUDA compiled: {yes(info['cuda_compiled'])}"
+            f" (arch list: {info['cuda_arch_list'] or '-'}), CUDA available: {yes(info['cuda_available'])}"
+            + (f" ({torch.cuda.get_device_name()}, compute capability {info['gpu_capability']})"
+               if info["cuda_available"] and info["cuda_compiled"] else ""))
+
+
+def header_line(torch):
+    """The build header in one line (``python -m lossext demo``): version, torch, CUDA, and the
+    device kernels of each op, ops with the same kernels grouped."""
+    import lossext
+    info = lossext.build_info()
+    groups = {}
+    for name, keys in lossext.registered_ops().items():
+        groups.setdefault(", ".join(keys) or "no kernel", []).append(name)
+    kernels = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items())
+    return f"lossext {info['version']} | {torch_line(info, torch)} | kernels {kernels}"
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"{PROG} check [options] is this self-check too; {PROG} demo trains "
+                                       f"on scikit-learn's digits ({PROG} demo --help)")
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="cpu or cuda (or cuda:N); default: cuda if a GPU is visible, else cpu")
     p.add_argument("--numel", type=int, default=1 << 20,
@@ -168,6 +193,14 @@ def slower_reasons(row, fixed_ms=math.nan, family_suite=False, noisy_pct=10.0, n
 
 
 def main(argv=None):
+    """``python -m lossext [check] [options]``: the self-check; ``python -m lossext demo [options]``:
+    the training demo (lossext/demo.py)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        from lossext import demo
+        return demo.main(argv[1:])
+    if argv[:1] == ["check"]:
+        argv = argv[1:]
     t_start = time.perf_counter()
     p = build_parser()
     args = p.parse_args(argv)
@@ -196,14 +229,10 @@ def main(argv=None):
                          f"the op table has {', '.join(o.name for o in ops)}")
         ops = [o for o in ops if o.name in names]
     dtype = getattr(torch, args.dtype)
-    yes = lambda b: "yes" if b else "no"  # noqa: E731
 
     info = lossext.build_info()
     print(f"lossext {info['version']}")
-    print(f"  torch {info['torch']}, CUDA compiled: {yes(info['cuda_compiled'])}"
-          f" (arch list: {info['cuda_arch_list'] or '-'}), CUDA available: {yes(info['cuda_available'])}"
-          + (f" ({torch.cuda.get_device_name()}, compute capability {info['gpu_capability']})"
-             if info["cuda_available"] and info["cuda_compiled"] else ""))
+    print(f"  {torch_line(info, torch)}")
     print(f"  this machine: {B._cpu_model()}, {torch.get_num_threads()} torch threads; CPU loops: "
           f"{info['cpu_isa']} (supported: {', '.join(info['cpu_isas'])}; LOSSEXT_CPU_ISA forces one)")
     print(f"  library: {info['library']} (C++: CMAKE_PREFIX_PATH={lossext.cmake_prefix_path}); "
