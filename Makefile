@@ -1,10 +1,11 @@
 # lossext: every target sets itself up (venv, build) and is fast when nothing changed.
-#   make demo   - set up, build, run the main job (python -m lossext)
+#   make demo   - set up, build, run the main job (python -m lossext demo: training on digits)
 #   make test   - set up, build, Python tests + C++ consumer tests (ctest)
-#   make wheel / make wheel-test / make bench / make gpu-check / make sync / make clean
+#   make wheel / make wheel-test / make bench / make plots / make gpu-check / make sync / make clean
 #   make sanitize - the CPU kernels under ASan + UBSan (build/sanitize/): the whole test suite and
 #                   the long fuzzing profile; fails on any report (tools/sanitize.sh)
 #   make fuzz     - the property-based fuzzer alone, long profile (normal build)
+#   make docs     - the docs site (mkdocs.yml, docs/) built strict into site/ (tests/test_docs.py runs the same build)
 SHELL := /bin/bash
 # a failing build in `setup.py ... | filter` fails the recipe (the filter alone may match nothing)
 .SHELLFLAGS := -o pipefail -c
@@ -30,7 +31,7 @@ WHEEL_BUILD_BASE := build/wheel
 endif
 SETUP_FILTER := { grep -v -E 'Deprecat|^\s*!!|^\s*\*+$$|setup.py install|pypa|^$$|No CUDA runtime is found' || true; }
 
-.PHONY: all setup build sync demo test pytest cpp-test wheel wheel-test bench gpu-check compute-sanitizer sanitize fuzz clean
+.PHONY: all setup build sync demo test pytest cpp-test wheel wheel-test bench plots gpu-check compute-sanitizer sanitize fuzz docs clean
 all: build
 
 $(VENV)/.stamp: requirements-dev.txt
@@ -62,7 +63,7 @@ sync: $(SO)
 build: $(SO)
 
 demo: build
-	$(PY) -m lossext
+	$(PY) -m lossext demo
 
 pytest: build
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -86,6 +87,11 @@ wheel-test: wheel
 bench: build
 	$(PY) benchmarks/run.py
 
+# The docs' figures: docs/img/*.png (each family's lossext/<family>/plots.py and one benchmark
+# chart per benchmarks/results_*.csv; tools/plots.py). Needs matplotlib (requirements-dev.txt).
+plots: build
+	$(PY) tools/plots.py
+
 gpu-check: build
 	bash benchmarks/gpu_check.sh
 
@@ -108,5 +114,9 @@ sanitize: $(VENV)/.editable
 fuzz: build
 	LOSSEXT_FUZZ_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
+# The API reference imports lossext (mkdocstrings), hence the build; strict: any warning fails.
+docs: build
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf build dist *.egg-info $(SO) lossext/lib lossext/include lossext/share .venv-wheel
+	rm -rf site build dist *.egg-info $(SO) lossext/lib lossext/include lossext/share .venv-wheel

@@ -26,8 +26,10 @@ def wing_loss(input: Tensor, target: Tensor, width: float = 10.0, curvature: flo
     :math:`C = w - w \ln(1 + w/\epsilon)`; ``width`` is :math:`w`, ``curvature`` is :math:`\epsilon`.
 
     Args:
-        input, target: tensors of the same shape and floating dtype.
-        width, curvature: positive numbers.
+        input: predictions, a floating tensor.
+        target: the ground truth, of input's shape and floating dtype.
+        width: :math:`w`, a positive number.
+        curvature: :math:`\epsilon`, a positive number.
         weight: optional per-element weight (e.g. landmark visibility), broadcastable to input.
         reduction: 'none' | 'mean' | 'sum'.
     """
