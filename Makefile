@@ -108,8 +108,9 @@ compute-sanitizer: $(VENV)/.stamp
 
 # The sanitizer build lives in build/sanitize/ and is imported from build/sanitize/pkg only
 # (tools/sanitize.sh); the in-place build is neither used nor touched.
+# SANITIZE_ARGS: pytest arguments (default: the whole of tests/)
 sanitize: $(VENV)/.editable
-	PYTHON=$(abspath $(PY)) bash tools/sanitize.sh
+	PYTHON=$(abspath $(PY)) bash tools/sanitize.sh $(SANITIZE_ARGS)
 
 fuzz: build
 	LOSSEXT_FUZZ_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py

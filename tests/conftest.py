@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 # Every CPU variant this machine can run (baseline x86-64, AVX2, AVX-512; lossext.set_cpu_isa).
 CPU_ISAS = lossext.supported_cpu_isas()
+# LOSSEXT_TEST_CPU_ISAS=best: only the best variant (the wheel test, tests/wheel_test.sh: the
+# variants are the same code in the wheel and the in-place build, and `make test` runs them all).
+VARIANTS = CPU_ISAS[-1:] if os.environ.get("LOSSEXT_TEST_CPU_ISAS") == "best" else CPU_ISAS
 
 
 def pytest_generate_tests(metafunc):
@@ -19,7 +24,7 @@ def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
         metafunc.parametrize("device", DEVICES)
     if "cpu_isa" in metafunc.fixturenames:
-        metafunc.parametrize("cpu_isa", CPU_ISAS, indirect=True)
+        metafunc.parametrize("cpu_isa", VARIANTS, indirect=True)
 
 
 @pytest.fixture
@@ -62,3 +67,20 @@ def grads_of(fn, sample, grad_seed=0):
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
     grads = torch.autograd.grad(out, leaves, g.to(out.device, out.dtype), allow_unused=True)
     return out, [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads)]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzzer's calls and time (tests/test_fuzz.py; lossext.testing.fuzz.COUNTER), and with
+    LOSSEXT_FUZZ_REPORT=path the counts as JSON there."""
+    import json
+    import os
+    import sys
+
+    fuzz = sys.modules.get("lossext.testing.fuzz")  # not imported: nothing was fuzzed
+    if fuzz is None or not fuzz.COUNTER.ops:
+        return
+    terminalreporter.write_line(fuzz.COUNTER.summary())
+    path = os.environ.get("LOSSEXT_FUZZ_REPORT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(fuzz.COUNTER.as_dict(), f, indent=1)

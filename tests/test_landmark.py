@@ -161,3 +161,16 @@ def test_cuda_sum_error_does_not_grow_with_n():
     assert abs(total - expected) <= (63 * 2.0**-24 + 2.0**-24) * expected, (total, expected)
     del x, y
     torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("name", ["wing_loss", "adaptive_wing_loss"])
+@pytest.mark.parametrize("arg", ["input", "target"])
+@pytest.mark.parametrize("value", [None, [1.0]])
+def test_missing_tensor_is_a_type_error_naming_it(name, arg, value):
+    """Found by the fuzzer (tests/test_fuzz.py): input or target None raised AttributeError
+    ('NoneType' object has no attribute 'dtype') from the checks, and a list got "must be a
+    Tensor or None" although None is refused."""
+    fn = getattr(LF, name)
+    args = {"input": torch.rand(3), "target": torch.rand(3), arg: value}
+    with pytest.raises(TypeError, match=f"^{name}: {arg} must be a Tensor, got {type(value).__name__}$"):
+        fn(args["input"], args["target"])

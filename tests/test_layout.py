@@ -112,7 +112,7 @@ def _family_names():
 
 SHARED_FILES = ["lossext/__init__.py", "lossext/functional.py", "lossext/nn.py", "lossext/reference.py",
                 "lossext/__main__.py", "lossext/testing/__init__.py", "lossext/testing/opinfo.py",
-                "lossext/testing/benchmark.py", "lossext/testing/pointwise.py", "benchmarks/run.py",
+                "lossext/testing/benchmark.py", "lossext/testing/pointwise.py", "lossext/testing/fuzz.py", "benchmarks/run.py",
                 "benchmarks/gpu_check.sh", "Makefile", "setup.py", "tools/sync_families.py",
                 "include/lossext/lossext.h", "include/lossext/detail/common.h", "include/lossext/detail/pointwise.h",
                 "include/lossext/detail/rowwise.h", "examples/cpp/CMakeLists.txt", "examples/cpp/run_cpp_tests.sh"]

@@ -804,3 +804,59 @@ def test_cuda_split_rows_fused(dtype, normalize):
         [(a, r, what) for a, r, what in zip(grads[1:], gb[1:], ("grad w", "grad bias"))]
     for a, r, what in pairs:
         _close(a, r, dtype, f"split {what} vs one block per row")
+
+
+# ---- found by the fuzzer (tests/test_fuzz.py) ---------------------------------------------
+
+@pytest.mark.parametrize("value", [None, [[0.5]]])
+@pytest.mark.parametrize("lambda_", [0.0, 1.0])
+def test_missing_tensor_is_a_type_error_naming_it(value, lambda_):
+    """A required tensor that is None or not a Tensor: a TypeError naming it. None raised
+    AttributeError from the checks ('NoneType' object has no attribute 'dtype'), and with
+    lambda_ != 0 any non-Tensor did ('... has no attribute device', from lambda_tensor)."""
+    t = torch.tensor([0])
+    what = type(value).__name__
+    calls = [("margin_cross_entropy", "cos_logits", lambda: LF.margin_cross_entropy(value, t, lambda_=lambda_)),
+             ("sphereface_loss", "cos_logits", lambda: LF.sphereface_loss(value, t, lambda_=lambda_)),
+             ("MarginCrossEntropyLoss", "cos_logits", lambda: LN.MarginCrossEntropyLoss(lambda_=lambda_)(value, t)),
+             ("fused_linear_margin_cross_entropy", "embeddings",
+              lambda: LF.fused_linear_margin_cross_entropy(value, torch.rand(2, 1), t, lambda_=lambda_)),
+             ("fused_linear_margin_cross_entropy", "weight",
+              lambda: LF.fused_linear_margin_cross_entropy(torch.rand(1, 1), value, t, lambda_=lambda_))]
+    for fn, arg, call in calls:
+        with pytest.raises(TypeError, match=f"^{fn}: {arg} must be a Tensor, got {what}$"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16])
+def test_reference_takes_the_label_dtypes_the_functions_take(dtype):
+    """The float64 references refused (gather: index must be int64) the integer label dtypes
+    the functions accept; the fuzzer draws them."""
+    cos = _cos(5, 7)
+    t = _target(5, 7)
+    kw = dict(m2=0.5, label_smoothing=0.1, weight=torch.rand(7, dtype=torch.float64) + 0.5, reduction="none")
+    torch.testing.assert_close(R.margin_cross_entropy(cos, t.to(dtype), **kw), R.margin_cross_entropy(cos, t, **kw))
+    torch.testing.assert_close(LF.margin_cross_entropy(cos, t.to(dtype), **kw), R.margin_cross_entropy(cos, t, **kw))
+
+
+def test_reference_with_no_rows_and_no_classes():
+    """cos_logits [0, 0] is a valid call (no rows: 'mean' is NaN, 'sum' 0); the reference
+    divided label_smoothing by C = 0 (ZeroDivisionError)."""
+    cos, t = torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    for red, check in (("mean", torch.isnan), ("sum", lambda v: v == 0)):
+        for fn in (LF.margin_cross_entropy, R.margin_cross_entropy):
+            assert check(fn(cos, t, label_smoothing=0.1, reduction=red)), (fn, red)
+    assert R.margin_cross_entropy(cos, t, label_smoothing=0.1, reduction="none").shape == (0,)
+
+
+def test_reference_with_a_minus_inf_logit_is_torch_cross_entropy():
+    """Without label smoothing the reference added 0 * (-log p_j) for every class: NaN where a
+    logit is -inf (p_j = 0), although F.cross_entropy (its definition) gives the finite loss, or
+    +inf for the target's."""
+    inf = float("inf")
+    t = torch.tensor([0])
+    for z in ([[0.5, -inf, 0.3]], [[-inf, 0.16, 0.3]]):
+        z = torch.tensor(z, dtype=torch.float64)
+        for ls in (0.0, 0.5, 1.0):
+            torch.testing.assert_close(R.cross_entropy(z, t, label_smoothing=ls),
+                                       F.cross_entropy(z, t, label_smoothing=ls), equal_nan=True)

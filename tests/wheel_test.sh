@@ -9,7 +9,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 venv="$repo/.venv-wheel"
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q torch==2.14.1 numpy pytest > "$venv/pip.log" 2>&1 || { cat "$venv/pip.log"; exit 1; }
+"$venv/bin/python" -m pip install -q torch==2.14.1 numpy pytest hypothesis > "$venv/pip.log" 2>&1 || { cat "$venv/pip.log"; exit 1; }
 "$venv/bin/python" -m pip install -q --no-deps "$wheel"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -26,6 +26,6 @@ for rel in ("lib/liblossext.so", "include/lossext/lossext.h", "include/lossext/d
     assert os.path.exists(os.path.join(pkg, rel)), f"the wheel lacks lossext/{rel}"
 print("testing installed", lossext.__file__, lossext.build_info())
 PY
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests
+LOSSEXT_TEST_CPU_ISAS=best LOSSEXT_FUZZ_PROFILE=smoke "$venv/bin/python" -m pytest -q -p no:cacheprovider tests
 PYTHON="$venv/bin/python" LOSSEXT_EXPECT_PREFIX="$venv" LOSSEXT_EXAMPLES="starter;train_face_embedding" \
   LOSSEXT_EXAMPLES_BUILD_DIR="$work/cpp-examples" bash "$repo/examples/cpp/run_cpp_tests.sh"

@@ -69,21 +69,21 @@ def tensor(fn, name, t, optional=False):
 def promote(fn, policy, names, *tensors):
     """The floating tensors as the op takes them: under autocast on their device, cast by the
     op's autocast policy (lossext/_core/amp.py); outside it, promoted to one dtype by torch's
-    type promotion (as F.mse_loss does for input and target). Tensors that are not floating,
-    and None, are left to the scriptable checks, which name them."""
+    type promotion (as F.mse_loss does for input and target). Each must be a Tensor (a
+    TypeError naming it; None included: the scriptable checks would fail on it without a
+    name); tensors that are not floating are left to the scriptable checks, which name them."""
     for name, t in zip(names, tensors):
-        tensor(fn, name, t, optional=True)
-    floats = [t for t in tensors if t is not None and t.is_floating_point()]
+        tensor(fn, name, t)
+    floats = [t for t in tensors if t.is_floating_point()]
     if not floats:
         return tensors
     first = floats[0]
     tensors = amp.cast_inputs(policy, first.device.type, *tensors)
     dtype = None
     for t in tensors:
-        if t is not None and t.is_floating_point():
+        if t.is_floating_point():
             dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
-                 for t in tensors)
+    return tuple(t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t for t in tensors)
 
 
 # ---- scriptable checks --------------------------------------------------------------------

@@ -31,6 +31,30 @@ def _awing_edges(device, dtype):
 _WING = dict(width=10.0, curvature=2.0)
 _AWING = dict(alpha=2.1, omega=14.0, epsilon=1.0, theta=0.5)
 
+# The fuzzer's extremes (lossext/testing/fuzz.py): magnitudes whose loss (up to A |d| for
+# Adaptive Wing, A < 1e4 over the drawn parameters) stays finite in the compute dtype (float32
+# for half inputs). Adaptive Wing's targets are heatmaps in [0, 1].
+_BIG = {torch.float16: 1e4, torch.bfloat16: 1e30, torch.float32: 1e30, torch.float64: 1e300}
+
+
+def _wing_rules():  # called at fuzz time (lossext.testing.fuzz imports hypothesis)
+    from ..testing.fuzz import Real
+    return [Real("width", "positive", 1e-2, 1e3, common=(10.0, 1.0)),
+            Real("curvature", "positive", 1e-2, 1e2, common=(2.0, 0.5))]
+
+
+def _awing_rules():
+    from ..testing.fuzz import Real
+    return [Real("omega", "positive", 1e-1, 1e2, common=(14.0,)),
+            Real("epsilon", "positive", 5e-2, 1e1, common=(1.0,)),
+            Real("theta", "positive", 5e-2, 2.0, common=(0.5,)),
+            Real("alpha", "greater", 1e-3, 5.0, common=(2.1, 1.0), other="theta")]
+
+
+def _heatmap_specials(dtype):
+    return [0.0, -0.0, 1.0, torch.finfo(dtype).tiny, float("nan")]
+
+
 OP_ROWS = [
     OpInfo(
         name="wing_loss",
@@ -48,6 +72,7 @@ OP_ROWS = [
         module_samples=P.module_samples(LN.WingLoss, -25.0, 25.0, -3.0, 3.0, _WING),
         jit_source=P.jit_source("wing_loss", ("width", "curvature")),
         raw_error_inputs=P.raw_errors("wing_loss", (10.0, 2.0), 0, False),
+        fuzz=P.fuzz("wing_loss", -25.0, 25.0, -3.0, 3.0, _WING, _wing_rules, _BIG),
         elementwise=True,
         tol=P.TOL,
     ),
@@ -69,6 +94,7 @@ OP_ROWS = [
         module_samples=P.module_samples(LN.AdaptiveWingLoss, -0.2, 1.2, 0.0, 1.0, _AWING),
         jit_source=P.jit_source("adaptive_wing_loss", ("alpha", "omega", "epsilon", "theta")),
         raw_error_inputs=P.raw_errors("adaptive_wing_loss", (2.1, 14.0, 1.0, 0.5), 2, True),
+        fuzz=P.fuzz("adaptive_wing_loss", -0.2, 1.2, 0.0, 1.0, _AWING, _awing_rules, _BIG, _heatmap_specials),
         elementwise=True,
         tol=P.TOL,
     ),

@@ -54,7 +54,10 @@ def lambda_tensor(lambda_: float, like: Tensor) -> Optional[Tensor]:
     schedule is then not a compile-time constant): None for 0."""
     if lambda_ == 0.0:
         return None
-    return torch.full((), lambda_, dtype=torch.float64, device=like.device)
+    # like: the logits or embeddings, called before their checks, which refuse a non-Tensor
+    # naming it (an AttributeError here instead was a bug)
+    device = like.device if isinstance(like, torch.Tensor) else torch.device("cpu")
+    return torch.full((), lambda_, dtype=torch.float64, device=device)
 
 
 def _eager_call(fn, names, op_name, *args):

@@ -348,6 +348,317 @@ def _fused_raw_errors(device):
     ]
 
 
+# fuzz ------------------------------------------------------------------------------------------
+# lossext/testing/fuzz.py; imported at fuzz time (it imports hypothesis).
+
+def _fuzz_rules():
+    from ..testing.fuzz import Real
+    return [Real("scale", "positive", 1e-2, 128.0, common=(64.0, 30.0, 1.0)),
+            Real("m1", "positive", 0.3, 6.0, common=(1.0, 1.0, 4.0, 2.0)),
+            Real("m2", "range", 0.0, math.pi, common=(0.0, 0.5), hi_open=True),
+            Real("m3", "finite", -1.0, 1.0, common=(0.0, 0.35)),
+            Real("label_smoothing", "range", 0.0, 1.0, common=(0.0, 0.1, 1.0)),
+            Real("lambda_", "range", 0.0, math.inf, common=(0.0, 5.0), hi_open=True, draw_hi=10.0)]
+
+
+# Extremes of the cosines and embeddings: scale * |cos| (and, for the fused op, |x|^2 D for the
+# norms or |x| |w| D for normalize=False) stays finite in the compute dtype (float32 for half),
+# and the logits below 1e8 (float32 compute) and 1e18 (float64): the CPU kernels shift a logit
+# by the row max as fma(scale, cos, -max), which keeps the product's rounding residual (half an
+# ulp of the logit); beyond those sizes it leaves exp's range, so a non-target logit of 6e9
+# gets a float32 gradient of 0 or inf, and one of 2.7e20 a float64 loss of -inf (reported:
+# a C++ fix).
+_COS_BIG = {torch.float16: 1e4, torch.bfloat16: 1e5, torch.float32: 1e5, torch.float64: 1e15}
+_NORM_BIG = {torch.float16: 1e4, torch.bfloat16: 1e15, torch.float32: 1e15, torch.float64: 1e150}
+_PLAIN_BIG = {torch.float16: 16.0, torch.bfloat16: 100.0, torch.float32: 100.0, torch.float64: 1e6}
+# NaN and +inf only: a target logit of -inf gives a NaN loss, not F.cross_entropy's +inf (unless
+# lambda_ > 0; reported: a C++ fix)
+_NONFINITE = (math.nan, math.inf)
+_SHARED_FAULTS = ["target", "labels", "ignore_index", "reduction", "easy_margin"]
+
+
+def _fuzz_shared(draw, F, fn, bad, n, c, device, like, like_name):
+    """The arguments both ops take: the hyperparameters (at most one bad), ignore_index,
+    reduction, easy_margin and the target (bad labels: IndexError on the CPU; on CUDA a valid
+    call whose bad rows are NaN). Returns (values, error, target, first bad label)."""
+    st = F.st
+    vals, error = {}, None
+    for rule in _fuzz_rules():
+        if bad == rule.name:
+            vals[rule.name], error = rule.invalid(draw, fn)
+        else:
+            vals[rule.name] = rule.valid(draw)
+    ignore = F.integer(draw, fn, "ignore_index", [-100, -100, -1, 0, max(c - 1, 0), c, 7, F.INT64_MIN, F.INT64_MAX])
+    target, first = F.labels(draw, n, c, device, int(ignore), bad == "labels")
+    vals["ignore_index"] = ignore
+    if bad == "ignore_index":
+        vals["ignore_index"], error = F.integer(draw, fn, "ignore_index", bad=True)
+    vals["reduction"] = F.reduction(draw)
+    if bad == "reduction":
+        vals["reduction"], error = F.reduction(draw, fn, bad=True)
+    vals["easy_margin"] = F.flag(draw)
+    if bad == "easy_margin":
+        vals["easy_margin"], error = F.flag(draw, fn, "easy_margin", bad=True)
+    if bad == "labels" and first is not None and device == "cpu":
+        error = F.bad_label_error(fn, first)
+    if bad == "target":
+        how = draw(st.sampled_from(["type", "dtype", "shape", "device"]))
+        if how == "type":
+            target, error = F.not_a_tensor(draw, fn, "target")
+        elif how == "dtype":
+            dt = draw(st.sampled_from([torch.float32, torch.bool]))
+            target = torch.zeros(n, dtype=dt, device=device)
+            error = TypeError, rf"^{fn}: target must be integer class indices, got {dt}$"
+        elif how == "shape":
+            shp = F.other_shape(draw, (n,))
+            target = torch.zeros(shp, dtype=torch.long, device=device)
+            error = ValueError, rf"^{fn}: target must have shape \[{n}\], got {F.shape_text(shp)}$"
+        else:
+            target, error = F.on_meta(fn, "target", like, like_name, shp=(n,), dt=torch.long)
+    return vals, error, target, first
+
+
+def _bad_rows_ref(ref, target_at, bad, ignore_index):
+    """CUDA never indexes with a bad label (see margin_cross_entropy's docstring): the rows
+    `bad` with one are NaN, and so is a reduced loss; the other rows are the reference's."""
+    def fn(*args, **kwargs):
+        args = list(args)
+        args[target_at] = torch.where(bad, ignore_index, args[target_at].long())
+        out = ref(*args, **kwargs)
+        return out.masked_fill(bad, math.nan) if out.dim() else out + math.nan
+    return fn
+
+
+def _vector(draw, F, fn, name, bad, size, what, like, device, lo, hi):
+    """An optional floating vector argument [size] (class weight, feature_norm, bias), or, when
+    bad, a wrong one and its error."""
+    st = F.st
+    dt = F.other_dtype(draw, like.dtype if like.dtype.is_floating_point else torch.float32)
+    v = F.tensor(draw, (size,), dt, device, lo, hi, [0.0]) if bad or draw(st.booleans()) else None
+    if not bad:
+        return v, None
+    how = draw(st.sampled_from(["type", "dtype", "shape", "device"]))
+    if how == "type":
+        return F.not_a_tensor(draw, fn, name, optional=True)
+    if how == "dtype":
+        t = torch.ones(size, dtype=draw(st.sampled_from([torch.int64, torch.complex64])), device=device)
+        return t, (TypeError, rf"^{fn}: {name} must be floating point, got {t.dtype}$")
+    if how == "shape":
+        shp = F.other_shape(draw, (size,))
+        return torch.ones(shp, device=device), (ValueError, rf"^{fn}: {name} must have shape \[{size}\] \[{what}\], "
+                                                            rf"got {F.shape_text(shp)}$")
+    return F.on_meta(fn, name, like, "the logits", shp=(size,), dt=v.dtype)
+
+
+def _fuzz_sizes(draw, F, small=(0, 1, 2, 3, 5, 7, 4, 9, 13, 6, 1, 3)):
+    """(N, C): rarely one of them LARGE_ODD."""
+    large = F.rare(draw, F.LARGE_ONE_IN)
+    big_n = large and draw(F.st.booleans())
+    return F.size(draw, big_n, small), F.size(draw, large and not big_n, small)
+
+
+def _logit_tol(F, dt, product_dt, vals, mag, n):
+    """The row's tol[dt] with the error the loss and gradients carry from their logits' rounding
+    (an ulp of the largest logit z: scale * mag plus the margin): lse - z_y cancels, so a row's
+    loss is off by a few eps |z| (absolute; a sum adds N rows), and the probabilities exp(z -
+    lse) by a few eps |z| relative. eps: of product_dt where the op rounds the logits'
+    products to it, else of the compute dtype (float32 below float64). This stays within the
+    row's tol for ordinary values (|z| <= 128) and matters for the extreme ones."""
+    rtol, atol = _MARGIN_TOL[dt]
+    eps = torch.finfo(product_dt or (torch.float64 if dt == torch.float64 else torch.float32)).eps
+    fnorm = vals.get("feature_norm")
+    scale = float(F.plain(vals["scale"])) if fnorm is None else \
+        float(fnorm.detach().double().cpu().nan_to_num(0, 0, 0).abs().max()) if fnorm.numel() else 0.0
+    z = scale * (mag + abs(float(F.plain(vals["m3"]))) + 2 * float(F.plain(vals["m1"])) + 1.0)
+    rows = max(n, 1) if vals["reduction"] == "sum" else 1
+    return rtol + 4 * eps * z, atol + 8 * eps * z * rows
+
+
+def _margin_ce_fuzz(draw, device):
+    """margin_cross_entropy: cosines in [-1, 1] with +-1, extremes, NaN, inf; every argument
+    drawn, at most one bad."""
+    from ..testing import fuzz as F
+    st = F.st
+    fn = "margin_cross_entropy"
+    bad = F.fault(draw, ["cos_logits", "weight", "feature_norm"] + _SHARED_FAULTS + [r.name for r in _fuzz_rules()])
+    dt = F.dtype(draw)
+    n, c = _fuzz_sizes(draw, F)
+    if c == 0 and n > 0 and bad != "cos_logits":
+        c = 1
+    cos = F.tensor(draw, (n, c), dt, device, -1.0, 1.0, [1.0, -1.0] + F.extremes(dt, _COS_BIG[dt], _NONFINITE))
+    vals, error, target, first = _fuzz_shared(draw, F, fn, bad, n, c, device, cos, "cos_logits")
+    vals["weight"], e = _vector(draw, F, fn, "weight", bad == "weight", c, "C", cos, device, 0.2, 2.0)
+    error = error or e
+    vals["feature_norm"], e = _vector(draw, F, fn, "feature_norm", bad == "feature_norm", n, "N", cos, device,
+                                      0.5, 64.0)
+    error = error or e
+    if bad == "cos_logits":
+        how = draw(st.sampled_from(["type", "dtype", "dims", "classes"]))
+        if how == "type":
+            cos, error = F.not_a_tensor(draw, fn, "cos_logits")
+        elif how == "dtype":
+            cos, error = F.not_float(draw, fn, "cos_logits", (n, c), device)
+        elif how == "dims":
+            shp = draw(st.sampled_from([(c,), (n, c, 1), ()]))
+            cos = torch.zeros(shp, dtype=dt, device=device)
+            error = ValueError, rf"^{fn}: cos_logits must be 2-D \[N, C\], got shape {F.shape_text(shp)}$"
+        else:
+            n = max(n, 1)
+            cos, target = torch.zeros(n, 0, dtype=dt, device=device), torch.zeros(n, dtype=torch.long, device=device)
+            vals["weight"] = vals["feature_norm"] = None
+            error = ValueError, rf"^{fn}: cos_logits has no classes \(shape \[{n}, 0\]\)$"
+    tol = None
+    if error is None:
+        mag = float(cos.detach().double().cpu().nan_to_num(0, 0, 0).abs().max()) if cos.numel() else 0.0
+        tol = _logit_tol(F, dt, None, vals, mag, n)
+    case = _fuzz_case(F, draw, LF.margin_cross_entropy, R.margin_cross_entropy, (cos, target), vals, error, device,
+                      first, 1, n, c, dt, ("weight", "feature_norm"), tol)
+    if error is None and case.grads is True and c > 1 and cos.stride(1) == 0:
+        # cosines expanded over the classes: feature_norm's gradient, sum_j dlogit_j cos_j, cancels
+        # exactly (to 0) and keeps the rounding of its terms; compare the others
+        case.grads = tuple(i for i, t in enumerate(case.sample.float_tensors()) if t is not vals["feature_norm"])
+    return case
+
+
+def _fuzz_case(F, draw, op, ref, leading, vals, error, device, first, target_at, n, c, dt, grad_keys, tol=None):
+    """The FuzzCase of op(*leading, **vals), arguments passed positionally or by keyword; a
+    valid call with bad labels on CUDA compares with _bad_rows_ref."""
+    params, positional = F.signature_params(op, ref, leading, vals)
+    args, kwargs = F.arguments(draw, leading, params, positional)
+    name = f"{vals['reduction']}-{[tuple(getattr(t, 'shape', ())) for t in leading]}"
+    case = F.FuzzCase(SampleInput(args, kwargs, name, grad_keys=grad_keys), error, dtype=dt, tol=tol)
+    # dX sums over the classes, dW and the class weight's gradient over the rows
+    case.grad_terms = max(n, c)
+    if error is None and first is not None:  # bad labels on CUDA
+        t = leading[target_at].cpu().long()
+        ignore = int(vals["ignore_index"])
+        case.ref = _bad_rows_ref(ref, target_at, (t != ignore) & ((t < 0) | (t >= c)), ignore)
+        case.grads = False
+    return case
+
+
+def _target_cos_near_one(x, w, target, vals, dt):
+    """Whether a row's cosine with its target class is within 16 eps(dt) of +-1 (in float64)."""
+    x, w, t = x.detach().double().cpu(), w.detach().double().cpu(), target.detach().long().cpu()
+    if not (x.numel() and w.numel()):
+        return False
+    rows = (t != int(vals["ignore_index"])) & (t >= 0) & (t < w.shape[0])
+    cos = (torch.nn.functional.normalize(x[rows], dim=1) * torch.nn.functional.normalize(w[t[rows]], dim=1)).sum(1)
+    return bool((cos.abs() > 1 - 16 * torch.finfo(dt).eps).any())
+
+
+def _fused_fuzz(draw, device):
+    """fused_linear_margin_cross_entropy: embeddings and class weights in [-1, 1] with extremes,
+    NaN, inf; D from 0; normalize or a plain linear layer with a bias; chunk sizes from 1 to
+    beyond C; every argument drawn, at most one bad."""
+    from ..testing import fuzz as F
+    st = F.st
+    fn = "fused_linear_margin_cross_entropy"
+    bad = F.fault(draw, ["embeddings", "weight", "bias", "normalize", "chunk_size"] + _SHARED_FAULTS +
+                  [r.name for r in _fuzz_rules()])
+    dt = F.dtype(draw)
+    wdt = F.other_dtype(draw, dt)
+    rdt = torch.promote_types(dt, wdt)
+    n, c = _fuzz_sizes(draw, F)
+    if c == 0 and n > 0 and bad != "weight":
+        c = 1
+    d = F.size(draw, sizes=(0, 1, 2, 3, 5, 8, 17, 4))
+    normalize = True if bad in ("m1", "m2") else F.flag(draw)  # a plain layer fixes m1 and m2
+    big = _NORM_BIG if normalize else _PLAIN_BIG
+    x = F.tensor(draw, (n, d), dt, device, -1.0, 1.0, F.extremes(dt, big[dt], _NONFINITE))
+    w = F.tensor(draw, (c, d), wdt, device, -1.0, 1.0, F.extremes(wdt, big[wdt], _NONFINITE))
+    vals, error, target, first = _fuzz_shared(draw, F, fn, bad, n, c, device, x, "embeddings")
+    vals["normalize"] = normalize
+    if not normalize:  # a plain linear layer takes only the additive margin
+        vals["m1"], vals["m2"] = F.number_as(draw, 1.0), F.number_as(draw, 0.0)
+    # chunks of 1 to beyond C (at least 64 for a LARGE_ODD C: 65539 chunks of one class take seconds)
+    small = [1, 2, 3, 5, max(c - 1, 1)] if c < 4099 else [64, c - 1]
+    vals["chunk_size"] = None if draw(st.booleans()) else F.integer(
+        draw, fn, "chunk_size", small + [max(c, 1), c + 1, 64, 4099, 2 ** 31 + 1, 2 ** 62])
+    vals["bias"] = None
+    if not normalize or bad == "bias":
+        vals["bias"], e = _vector(draw, F, fn, "bias", bad == "bias" and not normalize, c, "C", x, device, -1.0, 1.0)
+        error = error or e
+    if bad == "bias" and normalize:
+        vals["bias"] = F.tensor(draw, (c,), rdt, device, -1.0, 1.0)
+        error = ValueError, rf"^{fn}: bias needs normalize=False$"
+    if bad == "normalize":
+        if draw(st.booleans()):
+            vals["normalize"], error = F.flag(draw, fn, "normalize", bad=True)
+        else:
+            vals["normalize"], vals["bias"] = False, None
+            vals["m1"], vals["m2"] = draw(st.sampled_from([(4.0, 0.0), (1.0, 0.5), (1.35, 0.2)]))
+            error = ValueError, (rf"^{fn}: normalize=False takes only the additive margin m3; got "
+                                 rf"m1={vals['m1']}, m2={vals['m2']}$")
+    if bad == "chunk_size":
+        vals["chunk_size"], error = F.integer(draw, fn, "chunk_size", bad=True, optional=True,
+                                              bad_values=[(0, "be > 0"), (-1, "be > 0"), (F.INT64_MIN, "be > 0")])
+    if bad == "embeddings":
+        how = draw(st.sampled_from(["type", "dtype", "dims"]))
+        if how == "type":
+            x, error = F.not_a_tensor(draw, fn, "embeddings")
+        elif how == "dtype":
+            x, error = F.not_float(draw, fn, "embeddings", (n, d), device)
+        else:
+            shp = draw(st.sampled_from([(d,), (n, d, 1)]))
+            x = torch.zeros(shp, dtype=dt, device=device)
+            error = ValueError, rf"^{fn}: embeddings must be 2-D \[N, D\], got shape {F.shape_text(shp)}$"
+    if bad == "weight":
+        how = draw(st.sampled_from(["type", "dtype", "dims", "D", "classes", "device"]))
+        if how == "type":
+            w, error = F.not_a_tensor(draw, fn, "weight")
+        elif how == "dtype":
+            w, error = F.not_float(draw, fn, "weight", (c, d), device)
+        elif how == "dims":
+            shp = draw(st.sampled_from([(d,), (c, d, 1)]))
+            w = torch.zeros(shp, dtype=rdt, device=device)
+            error = ValueError, rf"^{fn}: weight must be 2-D \[N, D\], got shape {F.shape_text(shp)}$"
+        elif how == "D":
+            w = torch.zeros(c, d + 1, dtype=rdt, device=device)
+            error = ValueError, rf"^{fn}: weight has D = {d + 1} but embeddings have D = {d}$"
+        elif how == "classes":
+            n = max(n, 1)
+            x, target = torch.zeros(n, d, dtype=dt, device=device), torch.zeros(n, dtype=torch.long, device=device)
+            w, vals["bias"] = torch.zeros(0, d, dtype=wdt, device=device), None
+            error = ValueError, rf"^{fn}: weight has no classes \(shape \[0, {d}\]\)$"
+        else:
+            w, error = F.on_meta(fn, "weight", x, "embeddings", shp=(c, d), dt=rdt)
+    tol, near = None, False
+    if error is None:
+        if normalize or not (n and c and d):
+            mag = 1.0
+        else:
+            finite = lambda t: t.detach().double().cpu().nan_to_num(0, 0, 0).abs()  # noqa: E731
+            mag = float((finite(x) @ finite(w).T).max())
+            mag += 0.0 if vals["bias"] is None else float(finite(vals["bias"]).max())
+        # the chunk products (cosines, or x w^T) are rounded to float16/bfloat16 for those dtypes
+        product_dt = rdt if rdt in (torch.float16, torch.bfloat16) else None
+        tol = _logit_tol(F, rdt, product_dt, vals, mag, n)
+        near = bool(normalize) and d > 1 and _target_cos_near_one(x, w, target, vals, product_dt or rdt)
+        if near:
+            # a target cosine within rounding (eps) of +-1: theta = acos(cos) is off by about
+            # sqrt(2 eps) (acos' slope is infinite there), so is the margin's psi(theta) times
+            # about m1 + 1, and the logit times the scale
+            eps = torch.finfo(torch.float64 if rdt == torch.float64 else product_dt or torch.float32).eps
+            rows = max(n, 1) if vals["reduction"] == "sum" else 1
+            slope = float(F.plain(vals["scale"])) * (float(F.plain(vals["m1"])) + 1)
+            tol = tol[0], tol[1] + slope * (4 * eps) ** 0.5 * rows
+    case = _fuzz_case(F, draw, LF.fused_linear_margin_cross_entropy, R.fused_linear_margin_cross_entropy,
+                      (x, w, target), vals, error, device, first, 2, n, c, rdt, ("bias",), tol)
+    if near:
+        case.grads = False  # d psi / d cos ~ 1 / sin(theta), of a theta that is mostly rounding
+    elif d == 1 and error is None and normalize:
+        # every cosine is +-1, where the op's d psi / d cos divides by max(sin theta, 1e-4) (see
+        # margin_cross_entropy) and the reference's acos has no derivative: the true gradient is 0
+        # (a normalized 1-D row cannot turn) and the op's is the rounding of that ~1e4 slope
+        case.grads = False
+    elif error is None and c > 1 and w.stride(0) == 0:
+        # an expanded weight (identical classes): dX = sum_j dlogit_j w_j cancels exactly (to 0)
+        # and keeps the rounding of its terms; compare the other gradients
+        case.grads = (1, 2)
+    return case
+
+
 # float32: logits reach s = 64, so one rounding of a logit is 4e-6 and gradients (s (p - y))
 # carry about s times the probabilities' error; test_margin.py also holds the float32 error to
 # at most 2x that of PyTorch's own float32 composite.
@@ -369,7 +680,7 @@ OP_ROWS = [
         sample_inputs=_margin_ce_samples, edge_inputs=_margin_ce_edges, error_inputs=_margin_ce_errors,
         bench_input=_margin_ce_bench, raw_calls=_margin_ce_raw_calls, module_call=_margin_ce_module,
         jit_source=_margin_ce_jit, raw_error_inputs=_margin_ce_raw_errors, tol=_MARGIN_TOL,
-        module_samples=_margin_ce_modules,
+        module_samples=_margin_ce_modules, fuzz=_margin_ce_fuzz,
         bench_ref=R.margin_cross_entropy_composite, bench_generic=False,
         # forward reads N x C; backward reads it and writes the gradient
         bench_bytes={"forward": 1, "backward": 2, "full": 3},
@@ -383,7 +694,7 @@ OP_ROWS = [
         sample_inputs=_fused_samples, edge_inputs=_fused_edges, error_inputs=_fused_errors,
         bench_input=_fused_bench, raw_calls=_fused_raw_calls, module_call=_fused_module,
         jit_source=_fused_jit, raw_error_inputs=_fused_raw_errors, tol=_MARGIN_TOL,
-        module_samples=_fused_modules,
+        module_samples=_fused_modules, fuzz=_fused_fuzz,
         bench_notes={m: "it recomputes each chunk's N x C logits in the backward instead of storing them (4 "
                         "matmuls against the composite's 3, README, Benchmarks), so that memory does not grow "
                         "with N x C" for m in ("backward", "full")},

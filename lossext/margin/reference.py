@@ -34,6 +34,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     per row (1 - eps) w_y (-log p_y) + eps / C sum_j w_j (-log p_j); 'mean' divides by the sum
     of w_y over the rows that are not ignored."""
     n, c = logits.shape
+    target = target.long()  # any integer dtype, as the functions take
     valid = target != ignore_index
     t = torch.where(valid, target, torch.zeros_like(target))
     w = torch.ones(c, dtype=logits.dtype, device=logits.device) if weight is None else weight
@@ -41,7 +42,12 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     nll = -logp.gather(1, t[:, None])[:, 0] * w[t]
     smooth = -(logp * w).sum(1)
     zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
-    per_row = torch.where(valid, (1.0 - label_smoothing) * nll + label_smoothing / c * smooth, zero)
+    per_row = (1.0 - label_smoothing) * nll
+    # as F.cross_entropy: the smoothing term only with smoothing (else a -inf logit's 0 * inf is
+    # NaN), and none for C = 0 (no rows then: the functions refuse N > 0)
+    if label_smoothing > 0 and c > 0:
+        per_row = per_row + label_smoothing / c * smooth
+    per_row = torch.where(valid, per_row, zero)
     if reduction == "none":
         return per_row
     if reduction == "sum":
@@ -54,6 +60,7 @@ def margin_cross_entropy(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
                          lambda_=0.0, feature_norm=None):
     # the composite the peers use (pytorch-metric-learning, insightface): modify the target
     # logit, scale, then cross-entropy
+    target = target.long()
     valid = target != ignore_index
     t = torch.where(valid, target, torch.zeros_like(target))[:, None]
     f = target_margin(cos_logits.gather(1, t), m1, m2, m3, lambda_, easy_margin)

@@ -104,6 +104,10 @@ class OpInfo:
     # ready to call on small inputs (the generic training-mode tests: compile once, script,
     # autocast, repr); the floating args are leaves a training step updates.
     module_samples: Callable[..., List[Tuple[Callable, Tuple, Dict]]] = None
+    # (draw, device) -> lossext.testing.fuzz.FuzzCase: one drawn call and what it must do (match
+    # the reference or raise naming the argument); draw is hypothesis's data.draw. Every row has
+    # one (tests/test_fuzz.py); element-wise rows: lossext/testing/pointwise.py's fuzz.
+    fuzz: Callable = None
     family: str = ""                   # set by op_db() from the folder the row is in
 
 

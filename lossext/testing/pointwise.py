@@ -144,3 +144,80 @@ TOL = {
     torch.float16: (1e-2, 1e-2),   # half tests use the 2x-of-PyTorch rule, see test_half.py
     torch.bfloat16: (5e-2, 5e-2),
 }
+
+
+def fuzz(fn_name, lo_x, hi_x, lo_y, hi_y, hyper, rules, big, target_specials=None):
+    """The row's fuzz function (lossext/testing/fuzz.py): a call of fn_name(input, target,
+    *params, weight, reduction) with drawn shapes, layouts, dtypes (target's sometimes
+    another: promoted), values in [lo, hi) with extremes up to big[dtype] in magnitude,
+    NaN and inf (the target's: target_specials(dtype) where given), a per-element weight
+    (float, bool or integer, broadcast), positional or keyword parameters, and at most one
+    bad argument: input, target, weight, reduction or a parameter.
+    rules() -> the parameters' lossext.testing.fuzz.Real rules, in the order they are drawn (a
+    `greater` rule after its other; called at fuzz time: that module imports hypothesis);
+    hyper: the defaults, in the function's order."""
+    def fuzz(draw, device):
+        from . import fuzz as F
+        st = F.st
+        params = rules()
+        bad = F.fault(draw, ["input", "target", "weight", "reduction"] + [p.name for p in params])
+        dt = F.dtype(draw)
+        ydt = F.other_dtype(draw, dt)
+        shp = F.shape(draw)
+        x = F.tensor(draw, shp, dt, device, lo_x, hi_x, F.extremes(dt, big[dt]))
+        ys = F.extremes(ydt, big[ydt]) if target_specials is None else target_specials(ydt)
+        y = F.tensor(draw, shp, ydt, device, lo_y, hi_y, ys)
+        rdt = torch.promote_types(dt, ydt)
+        error = None
+        vals, valid = {}, {}
+        for p in params:
+            if bad == p.name:
+                vals[p.name], error = p.invalid(draw, fn_name, valid)
+                valid[p.name] = hyper[p.name]
+            else:
+                vals[p.name] = valid[p.name] = p.valid(draw, valid)
+        w = None
+        if bad == "weight" or draw(st.booleans()):
+            wshape = F.broadcastable(draw, shp)
+            kind = draw(st.sampled_from(["float", "float", "bool", "int"]))
+            w = F.tensor(draw, wshape, F.other_dtype(draw, dt), device, 0.0, 1.0, [0.0])
+            if kind != "float":
+                w = (w > 0.5) if kind == "bool" else (w * 3).long()
+        red = F.reduction(draw)
+        if bad == "reduction":
+            red, error = F.reduction(draw, fn_name, bad=True)
+        if bad == "input":
+            x, error = (F.not_a_tensor(draw, fn_name, "input") if draw(st.booleans())
+                        else F.not_float(draw, fn_name, "input", shp, device))
+        if bad == "target":
+            how = draw(st.sampled_from(["type", "dtype", "shape", "device"]))
+            if how == "type":
+                y, error = F.not_a_tensor(draw, fn_name, "target")
+            elif how == "dtype":
+                y, error = F.not_float(draw, fn_name, "target", shp, device)
+            elif how == "shape":
+                other = F.other_shape(draw, shp)
+                y = torch.zeros(other, dtype=dt, device=device)
+                error = ValueError, (rf"^{fn_name}: target shape {F.shape_text(other)} does not match input shape "
+                                     rf"{F.shape_text(shp)}$")
+            else:
+                y, error = F.on_meta(fn_name, "target", x, "input", dt=dt)
+        if bad == "weight":
+            how = draw(st.sampled_from(["type", "complex", "shape", "device"]))
+            if how == "type":
+                w, error = F.not_a_tensor(draw, fn_name, "weight", optional=True)
+            elif how == "complex":
+                w = torch.zeros(w.shape, dtype=torch.complex64, device=device)
+                error = TypeError, rf"^{fn_name}: weight must be real, got torch.complex64$"
+            elif how == "shape":
+                other = F.unbroadcastable(draw, shp)
+                w = torch.ones(other, device=device)
+                error = ValueError, (rf"^{fn_name}: weight of shape {F.shape_text(other)} does not broadcast to input "
+                                     rf"shape {F.shape_text(shp)}$")
+            else:
+                w, error = F.on_meta(fn_name, "weight", x, "input", shp=w.shape)
+        order = [(k, vals[k], hyper[k]) for k in hyper]
+        args, kwargs = F.arguments(draw, (x, y), order + [("weight", w, None), ("reduction", red, "mean")],
+                                   len(order) + 2)
+        return F.FuzzCase(SampleInput(args, kwargs, f"{red}-{tuple(shp)}-{dt}"), error, dtype=rdt)
+    return fuzz
