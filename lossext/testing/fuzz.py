@@ -11,9 +11,9 @@ of lossext/_core/validation.py's checks. A case has at most one fault, so the ch
 fires is known whatever the order of the checks.
 
 Row modules import this module inside their fuzz functions (hypothesis is a test
-dependency). `settings(profile)`: "ci" (the default; about 60 s for the whole table on two
-CPU cores) or "long" (LOSSEXT_FUZZ_PROFILE=long, about 4x the examples and 5 minutes: 10x
-would take 15). COUNTER counts the fuzzed calls and their time for the run's summary
+dependency). `settings(profile)`, PROFILES: "ci" (the default; about 40 s for the whole table
+on two CPU cores), "smoke" and "long" (LOSSEXT_FUZZ_PROFILE=long: about 5 minutes; 10x "ci"
+would take over 8). COUNTER counts the fuzzed calls and their time for the run's summary
 (tests/conftest.py).
 """
 import inspect
