@@ -659,6 +659,64 @@ def test_overflowing_logits_are_nan_as_cross_entropy(device, dtype):
     torch.testing.assert_close(loss.cpu(), expected.to(dtype), equal_nan=True, rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("dtype,big", [(torch.float64, 9e18), (torch.float32, 2e8)])
+def test_huge_logits_keep_the_softmax_shift(device, dtype, big):
+    """The kernels shifted a logit by the row max as fma(scale, cos, -max): the product's
+    rounding residual (half an ulp of the logit, ~500 at a float64 logit of 2.7e20, ~250 at a
+    float32 one of 6e9) went into exp, so the row's max term was exp(+-500) instead of 1: a
+    float64 loss of inf with NaN gradients, and float32 gradients of 5e-37 for scale 30.1 (found
+    by the fuzzer). scale = 30.1 is no power of two, so the product rounds. Both ops, CPU and
+    CUDA; the reference is F.cross_entropy on the same logits in float64."""
+    scale = 30.1
+    cos = torch.tensor([[big, 0.3, big * (1 - 1e-7), -big], [0.2, big, 0.3, 0.4]], dtype=dtype)
+    t = torch.tensor([1, 1])
+    z = (torch.tensor(scale, dtype=dtype) * cos).double().requires_grad_(True)  # the kernel's rounded logits
+    ref = F.cross_entropy(z, t, reduction="none")
+    (gz,) = torch.autograd.grad(ref.sum(), z)
+    c = cos.to(device).requires_grad_(True)
+    loss = LF.margin_cross_entropy(c, t.to(device), scale=scale, reduction="none")
+    (g,) = torch.autograd.grad(loss.sum(), c)
+    torch.testing.assert_close(loss.cpu().double(), ref.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(g.cpu().double(), gz * float(torch.tensor(scale, dtype=dtype)), rtol=1e-5, atol=1e-5)
+    # the fused op, a plain linear layer: logits scale * x w^T with x = 1
+    x = torch.ones(2, 1, dtype=dtype, device=device, requires_grad=True)
+    w = torch.tensor([[big], [0.3], [big * (1 - 1e-7)], [-big]], dtype=dtype, device=device, requires_grad=True)
+    loss = LF.fused_linear_margin_cross_entropy(x, w, t.to(device), scale=scale, m3=0.0, normalize=False,
+                                                chunk_size=3, reduction="none")
+    (gw,) = torch.autograd.grad(loss.sum(), w)
+    torch.testing.assert_close(loss.cpu().double(), ref.detach()[:1].expand(2), rtol=1e-6, atol=0)
+    assert gw.isfinite().all()
+    torch.testing.assert_close(gw.cpu().double()[:, 0], 2 * gz[0] * float(torch.tensor(scale, dtype=dtype)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["plain", "cosface", "arcface", "combined", "sphereface", "sphereface-annealed",
+                                    "smoothing"])
+def test_target_cosine_of_minus_inf(device, config):
+    """A target cosine of -inf: the annealed target (lambda cos + psi) / (1 + lambda) computed
+    0 * -inf = NaN for lambda = 0, so the loss and gradients were NaN where F.cross_entropy on
+    the same logits gives +inf and a finite gradient (found by the fuzzer). Now: an additive or
+    arc margin keeps the logit -inf (loss +inf); SphereFace's psi clamps the cosine to -1 (the
+    reference's acos(clamp)), so its loss is finite, and annealed it is -inf again."""
+    inf = float("inf")
+    kw = {"plain": dict(m2=0.0), "smoothing": dict(m2=0.0, label_smoothing=0.1)}.get(config) or CONFIGS[config]
+    cos = torch.tensor([[0.5, -inf, 0.2], [0.3, 0.1, -0.4]], dtype=torch.float64)
+    t = torch.tensor([1, 0])
+    c = cos.to(device).requires_grad_(True)
+    loss = LF.margin_cross_entropy(c, t.to(device), scale=64.0, reduction="none", **kw)
+    (g,) = torch.autograd.grad(loss.sum(), c)  # backward does not read the inf sum
+    rc = cos.clone().requires_grad_(True)
+    ref = R.margin_cross_entropy(rc, t, scale=64.0, reduction="none", **kw)
+    (rg,) = torch.autograd.grad(ref.sum(), rc)
+    finite = config == "sphereface"
+    assert (loss[0].isfinite() if finite else loss[0] == inf).item(), loss
+    torch.testing.assert_close(loss.cpu(), ref.detach())
+    assert g.isfinite().all(), g
+    torch.testing.assert_close(g.cpu(), rg)
+    if config == "plain":
+        torch.testing.assert_close(loss.cpu(), F.cross_entropy(64.0 * cos, t, reduction="none"))
+
+
 def test_fused_plain_linear_with_threads_and_input_grad():
     """normalize=False multiplies the input itself; on the CPU the chunk matmuls run as
     parallel tasks, some on worker threads (grad mode on there). With an input that requires

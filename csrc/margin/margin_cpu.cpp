@@ -67,8 +67,10 @@ inline void online_span(const scalar_t* __restrict v, const scalar_t* __restrict
     const double m_new = std::max(m, double(bm));
     // all -inf so far: shift by 0, so exp(-inf - shift) = 0, not NaN
     const A mf = m_new == -std::numeric_limits<double>::infinity() ? A(0) : static_cast<A>(m_new);
-    // r x - m with one rounding
-    const auto ex = [&](int64_t j) { return math::exp_softmax(std::fma(r, static_cast<A>(v[j]), -mf)); };
+    // z - m with z = r x rounded as in the max above (the max's own term is exp(0) = 1): an fma
+    // would keep the product's rounding residual, half an ulp of z, which leaves exp's range
+    // for huge logits (a float64 logit of 8e18 gave a loss of inf)
+    const auto ex = [&](int64_t j) { return math::exp_softmax(r * static_cast<A>(v[j]) - mf); };
     A bs, bz = A(0);
     if constexpr (kSum) {
       const auto z = [&](int64_t j) { return (kW ? static_cast<A>(w[j]) : A(1)) * r * static_cast<A>(v[j]); };
@@ -192,7 +194,8 @@ struct MarginCpu {
               const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
               const A w_t = kW.value ? static_cast<A>(w[t]) : A(1);
               const A a = keep * w_t + spread * wsum;
-              // lse as a float pair Lh + Ll: r x - Lh by one fma, then - Ll (exact to float32 rounding)
+              // lse as a float pair Lh + Ll: z - lse = (z - Lh) - Ll with z = r x rounded as in the
+              // forward (no fma: see online_span)
               const A Lh = static_cast<A>(lse[i]);
               const A Ll = static_cast<A>(lse[i] - double(Lh));
               const A gr = g[i] * r;
@@ -202,7 +205,7 @@ struct MarginCpu {
                   const int64_t ee = std::min(e0, bb + kBlock);
                   const A bdr = cpu_detail::lane_sum<A>(bb, ee, [&](int64_t j) {
                     const A x = static_cast<A>(row[j]);
-                    const A d = a * math::exp_softmax(std::fma(r, x, -Lh) - Ll) -
+                    const A d = a * math::exp_softmax((r * x - Lh) - Ll) -
                                 spread * (kW.value ? static_cast<A>(w[j]) : A(1));
                     o[j] = static_cast<scalar_t>(gr * d);
                     return kRS.value ? d * x : A(0);
@@ -404,7 +407,8 @@ struct MarginCpu {
           const double c_t = here ? fused_target_cos<A>(row, t, bias) : 0.0;
 #pragma omp simd
           for (int64_t j = 0; j < k; ++j) {
-            const A z = std::fma(scale, static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0)), -Lh) - Ll;
+            // the forward's rounded logit z (no fma: see online_span), then (z - Lh) - Ll
+            const A z = (scale * (static_cast<A>(row[j]) + (bias ? static_cast<A>(bias[j]) : A(0))) - Lh) - Ll;
             row[j] = static_cast<scalar_t>(gs * (a * math::exp_softmax(z) - spread));
           }  // the target column (exp may overflow there: its margin logit is lower) is rewritten below
           if (here) {

@@ -9,9 +9,10 @@
 //   as on CPU. The backward row kernels split the same way (each block writes its segment).
 // - RowStats (lse, z_y, wz, max) and the lse output / backward input are float64 for every input
 //   dtype. The target column's margin (one thread per row) is computed in double from a double
-//   cosine. The per-element exponents are formed as on CPU: exp(fma(r, x, -m)) in the forward,
-//   exp(fma(r, x, -Lh) - Ll) in the backward with lse = Lh + Ll split into two acc-type values,
-//   so that exp(z - lse) is exact to one rounding of the acc type.
+//   cosine. The per-element exponents are formed as on CPU from the logit z = r x rounded to the
+//   acc type (mul_rn: never contracted into an fma, whose product residual, half an ulp of z,
+//   leaves exp's range for huge logits): exp(z - m) in the forward, exp((z - Lh) - Ll) in the
+//   backward with lse = Lh + Ll split into two acc-type values.
 // - Deterministic: no atomics; every reduction order depends on the sizes only (block and grid
 //   sizes are functions of N, C, k, D, and for split rows the SM count), never on timing or on
 //   pointer alignment.
@@ -80,17 +81,18 @@ __device__ __forceinline__ scalar_t to_s(V v) {
   }
 }
 
-// a * b + c with one rounding, in the acc type (fmaf for float, fma for double).
+// a * b rounded to the acc type, never contracted with a following add (__fmul_rn, __dmul_rn):
+// the logits z = r x, whose rounding the forward's max and both passes' exponents share.
 template <class T>
-__device__ __forceinline__ T fma_a(T a, T b, T c) {
+__device__ __forceinline__ T mul_rn(T a, T b) {
   if constexpr (std::is_same_v<T, float>) {
-    return fmaf(a, b, c);
+    return __fmul_rn(a, b);
   } else {
-    return fma(a, b, c);
+    return __dmul_rn(a, b);
   }
 }
 
-// lse (double) as Lh + Ll in the acc type: z - lse = (z - Lh) - Ll, with z - Lh formed by an fma.
+// lse (double) as Lh + Ll in the acc type: z - lse = (z - Lh) - Ll.
 template <class A>
 __device__ __forceinline__ void split_lse(double L, A& Lh, A& Ll) {
   Lh = static_cast<A>(L);
@@ -149,21 +151,21 @@ __device__ __forceinline__ T block_reduce(T v, T identity, Op op) {
   return v;
 }
 
-// One thread's online (max, sum of exp) over its logits z = r x, in the acc type; the shifted
-// exponent is fma(r, x, -m) (one rounding), as MarginCpu's online_row. m stays -inf only while
-// every z seen is -inf, and those add 0 (never exp(-inf + inf) = NaN).
+// One thread's online (max, sum of exp) over its logits z = r x, rounded in the acc type; the
+// shifted exponent is z - m, as MarginCpu's online_row. m stays -inf only while every z seen is
+// -inf, and those add 0 (never exp(-inf + inf) = NaN).
 template <class A>
 struct ThreadOnline {
   A m, s, z;
   __device__ __forceinline__ ThreadOnline() : m(ninf_v<A>()), s(A(0)), z(A(0)) {}
   __device__ __forceinline__ void add(A r, A x) {
-    const A zz = r * x;
+    const A zz = mul_rn(r, x);
     if (zz > m) {
-      // m = -inf: s = 0 and exp(-inf) = 0; x = +inf gives fma(r, inf, -inf) = NaN, as the CPU kernel
-      s = s * math::exp(m - zz) + math::exp(fma_a(r, x, -zz));
+      // m = -inf: s = 0 and exp(-inf) = 0; x = +inf gives inf - inf = NaN, as the CPU kernel
+      s = s * math::exp(m - zz) + math::exp(zz - zz);
       m = zz;
     } else {
-      s += zz == ninf_v<A>() ? A(0) : math::exp(fma_a(r, x, -m));  // NaN z lands in s
+      s += zz == ninf_v<A>() ? A(0) : math::exp(zz - m);  // NaN z lands in s
     }
   }
   __device__ __forceinline__ Online to_online() const { return {double(m), double(s), double(z)}; }
@@ -452,7 +454,7 @@ __global__ void __launch_bounds__(kRowThreads)
     const CeRowGrad<kW, scalar_t> rg(w, rs, scale, i, t, keep, spread, wsum);
     const A r = rg.r, a = rg.a;
     const double L = lse[i];
-    A Lh, Ll;  // r x - lse = fma(r, x, -Lh) - Ll, exact to one rounding of A
+    A Lh, Ll;  // z - lse = (z - Lh) - Ll, z = r x rounded as in the forward
     split_lse(L, Lh, Ll);
     const A gr = g[i] * r;
     A dr = A(0);
@@ -463,7 +465,7 @@ __global__ void __launch_bounds__(kRowThreads)
         const double d_t = rg.target_d(x, keep, spread, L, tm, f, df);
         return to_s<scalar_t>(double(gr) * d_t * df);
       }
-      const A d = a * math::exp(fma_a(r, x, -Lh) - Ll) - spread * (kW ? static_cast<A>(w[j]) : A(1));
+      const A d = a * math::exp((mul_rn(r, x) - Lh) - Ll) - spread * (kW ? static_cast<A>(w[j]) : A(1));
       if constexpr (kRS) dr += d * x;
       return to_s<scalar_t>(gr * d);
     });
@@ -696,8 +698,8 @@ __device__ __forceinline__ Online fused_row_state(const scalar_t* row, const sca
   ThreadOnline<A> o;
   fold_row(row, j0, j1, [&](int64_t j, scalar_t v) {
     if (j == tl) return;
-    const A z = scale * chunk_value<A>(v, j, bias);
-    o.add(A(1), z);  // exp(fma(1, z, -m)) = exp(z - m), as the CPU's online_row with r = 1
+    const A z = mul_rn(scale, chunk_value<A>(v, j, bias));
+    o.add(A(1), z);  // 1 z = z, as the CPU's online_row with r = 1
     if constexpr (kSum) o.z += z;
   });
   return block_reduce(o.to_online(), online_identity(), MergeOp{});
@@ -799,7 +801,7 @@ __global__ void __launch_bounds__(kRowThreads)
     }
     const int64_t tl = t - c0;  // matches a column only when the target is in the chunk
     const double L = lse[i];
-    A Lh, Ll;  // z - lse = fma(scale, P + b, -Lh) - Ll, exact to one rounding of A
+    A Lh, Ll;  // z - lse = (z - Lh) - Ll, z = scale (P + b) rounded as in the forward
     split_lse(L, Lh, Ll);
     const A gs = g[i] * scale;
     map_row(row, row, j0, j1, [&](int64_t j, scalar_t v) -> scalar_t {
@@ -809,7 +811,7 @@ __global__ void __launch_bounds__(kRowThreads)
         const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, L);
         return to_s<scalar_t>(double(gs) * d_t * df);
       }
-      const A e = a * math::exp(fma_a(scale, chunk_value<A>(v, j, bias), -Lh) - Ll) - spread;
+      const A e = a * math::exp((mul_rn(scale, chunk_value<A>(v, j, bias)) - Lh) - Ll) - spread;
       return to_s<scalar_t>(gs * e);
     });
   }

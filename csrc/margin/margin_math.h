@@ -117,7 +117,9 @@ struct TargetMargin {
       lam = (v >= 0.0 && v <= 1.7976931348623157e308) ? T(v) : std::numeric_limits<T>::quiet_NaN();
     }
     const T inv = T(1) / (T(1) + lam);
-    f = (lam * c + p) * inv - m3;
+    // lam = 0 (no annealing) leaves psi alone: 0 * c would make a cosine of -inf (a target logit
+    // of -inf, whose cross-entropy is +inf as in F.cross_entropy) NaN
+    f = (lam == T(0) ? p : (lam * c + p) * inv) - m3;
     df = (lam + dp) * inv;
   }
 };

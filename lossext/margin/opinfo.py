@@ -362,18 +362,17 @@ def _fuzz_rules():
 
 
 # Extremes of the cosines and embeddings: scale * |cos| (and, for the fused op, |x|^2 D for the
-# norms or |x| |w| D for normalize=False) stays finite in the compute dtype (float32 for half),
-# and the logits below 1e8 (float32 compute) and 1e18 (float64): the CPU kernels shift a logit
-# by the row max as fma(scale, cos, -max), which keeps the product's rounding residual (half an
-# ulp of the logit); beyond those sizes it leaves exp's range, so a non-target logit of 6e9
-# gets a float32 gradient of 0 or inf, and one of 2.7e20 a float64 loss of -inf (reported:
-# a C++ fix).
-_COS_BIG = {torch.float16: 1e4, torch.bfloat16: 1e5, torch.float32: 1e5, torch.float64: 1e15}
+# norms or |x| |w| D for normalize=False), summed over up to 65539 classes, stays finite in the
+# compute dtype (float32 for half; half's own range bounds its values). Up to that the logits
+# may be as large as they like: the kernels once shifted a logit by the row max as
+# fma(scale, cos, -max), whose product residual (half an ulp of the logit) left exp's range
+# (a float64 logit of 8e18 gave a loss of inf, a float32 one of 6e9 a gradient of 5e-37 for
+# 30), and a target cosine of -inf gave NaN for lambda_ = 0 (0 * -inf) where F.cross_entropy
+# gives +inf; both fixed, regression tests in tests/test_margin.py.
+_COS_BIG = {torch.float16: 1e4, torch.bfloat16: 1e30, torch.float32: 1e30, torch.float64: 1e300}
 _NORM_BIG = {torch.float16: 1e4, torch.bfloat16: 1e15, torch.float32: 1e15, torch.float64: 1e150}
-_PLAIN_BIG = {torch.float16: 16.0, torch.bfloat16: 100.0, torch.float32: 100.0, torch.float64: 1e6}
-# NaN and +inf only: a target logit of -inf gives a NaN loss, not F.cross_entropy's +inf (unless
-# lambda_ > 0; reported: a C++ fix)
-_NONFINITE = (math.nan, math.inf)
+_PLAIN_BIG = {torch.float16: 16.0, torch.bfloat16: 1e15, torch.float32: 1e15, torch.float64: 1e150}
+_NONFINITE = (math.nan, math.inf, -math.inf)
 _SHARED_FAULTS = ["target", "labels", "ignore_index", "reduction", "easy_margin"]
 
 
