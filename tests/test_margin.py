@@ -386,6 +386,38 @@ def test_modules_fused_and_unfused_agree():
     torch.testing.assert_close(a(x, t), b(x, t), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [lambda: LN.ArcFaceLoss(16, 50, fused=False), lambda: LN.CosFaceLoss(16, 50),
+                                  lambda: LN.SphereFaceLoss(16, 50), lambda: LN.SphereFaceLoss(16, 50, feature_norm=True)],
+                         ids=["arcface-unfused", "cosface", "sphereface", "sphereface-feature-norm"])
+def test_module_errors_name_embeddings(make):
+    """The heads' bad embeddings raise an error naming `embeddings`, fused or not (found by the
+    fuzzer's review: SphereFaceLoss(None, t) raised AttributeError ('NoneType' has no attribute
+    'device'), and the unfused paths raised normalize's and matmul's errors naming `input`)."""
+    mod, t = make(), torch.randint(0, 50, (4,))
+    name = type(mod).__name__
+    with pytest.raises(TypeError, match=rf"^{name}: embeddings must be a Tensor, got NoneType"):
+        mod(None, t)
+    with pytest.raises(ValueError, match=rf"^{name}: embeddings must be 2-D \[N, D\], got shape \[4\]"):
+        mod(torch.randn(4), t)
+    with pytest.raises(ValueError, match=rf"^{name}: .*D = 15"):
+        mod(torch.randn(4, 15), t)
+
+
+def test_fused_weight_error_says_classes_and_flags_take_numpy_bools():
+    """The fused op's 2-D message for weight said [N, D] (it is [C, D]); numpy bools (a
+    comparison's result) were refused as flags although numpy numbers are taken elsewhere."""
+    np = pytest.importorskip("numpy")
+    x, t = torch.randn(4, 8), torch.randint(0, 5, (4,))
+    with pytest.raises(ValueError, match=r"weight must be 2-D \[C, D\], got shape \[8\]"):
+        LF.fused_linear_margin_cross_entropy(x, torch.randn(8), t)
+    w = torch.randn(5, 8)
+    for flag in (np.True_, np.bool_(False)):
+        torch.testing.assert_close(LF.fused_linear_margin_cross_entropy(x, w, t, m2=0.5, easy_margin=flag),
+                                   LF.fused_linear_margin_cross_entropy(x, w, t, m2=0.5, easy_margin=bool(flag)))
+    with pytest.raises(TypeError, match="easy_margin must be a bool"):
+        LF.arcface_loss(torch.rand(4, 5), t, easy_margin=np.float64(1.0))
+
+
 def test_sphereface_lambda_schedule():
     """lambda = max(lambda_min, base (1 + gamma it)^-power); it counts optimizer steps (.step()),
     not forward calls: micro-batches, eval and no_grad calls leave it alone."""

@@ -47,6 +47,8 @@ def integer(fn, name, value, lo=INT64_MIN, hi=INT64_MAX):
 
 
 def flag(fn, name, value):
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
+        value = bool(value)  # numpy's bool is no numbers.Integral (np.True_, a comparison's result)
     if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
         raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__} ({value!r})")
     return bool(value)
@@ -175,11 +177,12 @@ def prepare_weight(fn: str, weight: Optional[Tensor], input: Tensor) -> Optional
     return weight.expand(input.shape)
 
 
-def check_rows(fn: str, name: str, x: Tensor, cols_name: str):
-    """A 2-D floating tensor [N, cols]."""
+def check_rows(fn: str, name: str, x: Tensor, cols_name: str, rows_name: str = "N"):
+    """A 2-D floating tensor [rows, cols]."""
     check_float_tensor(fn, name, x)
     if x.dim() != 2:
-        raise ValueError(fn + ": " + name + " must be 2-D [N, " + cols_name + "], got shape " + str(list(x.shape)))
+        raise ValueError(fn + ": " + name + " must be 2-D [" + rows_name + ", " + cols_name + "], got shape "
+                         + str(list(x.shape)))
 
 
 def check_labels(fn: str, target: Tensor, n: int, like: Tensor, like_name: str) -> Tensor:

@@ -198,7 +198,7 @@ def fused_margin(fn: str, names: List[str], embeddings: Tensor, weight: Tensor, 
         V.tensor(fn, "target", target)
         V.tensor(fn, "bias", bias, True)  # follows the embeddings' dtype (check_vector)
     V.check_rows(fn, "embeddings", embeddings, "D")
-    V.check_rows(fn, "weight", weight, "D")
+    V.check_rows(fn, "weight", weight, "D", "C")
     if weight.dtype != embeddings.dtype:
         raise TypeError(fn + ": weight dtype " + str(weight.dtype) + " does not match embeddings dtype "
                         + str(embeddings.dtype))

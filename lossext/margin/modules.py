@@ -93,8 +93,18 @@ class CombinedMarginLoss(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # as nn.Linear
 
     def logits(self, embeddings: Tensor) -> Tensor:
-        """Cosines [N, C] between the embeddings and the class weights."""
-        return nn.functional.normalize(embeddings, dim=1) @ nn.functional.normalize(self.weight, dim=1).t()
+        """Cosines [N, C] between the embeddings and the class weights (errors name
+        ``embeddings``, as the fused path's)."""
+        fn = self._fn
+        weight = self.weight
+        if not torch.jit.is_scripting():
+            embeddings, weight = V.promote(fn, "matmul", ("embeddings", "weight"), embeddings, weight)
+        V.check_rows(fn, "embeddings", embeddings, "D")
+        V.check_device(fn, "embeddings", embeddings, "weight", weight)
+        if embeddings.shape[1] != weight.shape[1]:
+            raise ValueError(fn + ": embeddings have D = " + str(embeddings.shape[1]) + " but weight has D = "
+                             + str(weight.shape[1]) + " (embedding_dim)")
+        return nn.functional.normalize(embeddings, dim=1) @ nn.functional.normalize(weight, dim=1).t()
 
     def _lambda(self, like: Tensor) -> Optional[Tensor]:
         return F.lambda_tensor(self.lambda_, like)
@@ -204,7 +214,9 @@ class SphereFaceLoss(CombinedMarginLoss):
         return float(self.lambda_value())
 
     def _lambda(self, like: Tensor) -> Optional[Tensor]:
-        return self.lambda_value().to(like.device)
+        # like may be a wrong argument (None, a list): the op's checks then name it
+        lam = self.lambda_value()
+        return lam.to(like.device) if isinstance(like, torch.Tensor) else lam
 
     def forward(self, embeddings: Tensor, target: Tensor) -> Tensor:
         lam = self._lambda(embeddings)

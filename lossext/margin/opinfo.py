@@ -623,7 +623,7 @@ def _fused_fuzz(draw, device):
         elif how == "dims":
             shp = draw(st.sampled_from([(d,), (c, d, 1)]))
             w = torch.zeros(shp, dtype=rdt, device=device)
-            error = ValueError, rf"^{fn}: weight must be 2-D \[N, D\], got shape {F.shape_text(shp)}$"
+            error = ValueError, rf"^{fn}: weight must be 2-D \[C, D\], got shape {F.shape_text(shp)}$"
         elif how == "D":
             w = torch.zeros(c, d + 1, dtype=rdt, device=device)
             error = ValueError, rf"^{fn}: weight has D = {d + 1} but embeddings have D = {d}$"
