@@ -140,7 +140,11 @@ def test_script_keeps_the_argument_checks(info):
         except torch.jit.Error as err:
             assert re.search(e.match, str(err)), (e.match, str(err)[-300:])
             checked += 1
-        except RuntimeError as err:  # the call does not type-check in TorchScript (e.g. a str target)
+        except RuntimeError as err:
+            if re.search(e.match, str(err)):  # a kernel's own check, raised inside the interpreter
+                checked += 1
+                continue
+            # the call does not type-check in TorchScript (e.g. a str target)
             assert "Expected a value of type" in str(err) or "Arguments for call are not valid" in str(err), err
     assert checked
 
@@ -233,6 +237,8 @@ def test_raw_ops_refuse_an_argument_on_another_device(info):
     sample = _small(info, "cpu", torch.float32, n=1)[0]
     for name, args in info.raw_calls(sample):
         op = getattr(torch.ops.lossext, name)
+        if sum(isinstance(a, torch.Tensor) for a in args) < 2:
+            continue  # one tensor on meta is a meta call, not a mismatch
         for i, a in enumerate(args):
             if not isinstance(a, torch.Tensor):
                 continue

@@ -211,11 +211,12 @@ def check_vector(fn: str, name: str, v: Optional[Tensor], n: int, like: Tensor, 
 
 # ---- kernel errors as Python errors -------------------------------------------------------
 
-def raise_from_kernel(fn, err, names=None):
+def raise_from_kernel(fn, err, names=None, value_errors=()):
     """Re-raises a RuntimeError of a lossext kernel ("lossext::<op>: argument '<arg>' ...") as
     the error of the function the user called, naming the argument as the user named it
     (names: the op's argument name -> the user's). An out-of-range label is an IndexError, as
-    in F.cross_entropy. Other errors are re-raised unchanged."""
+    in F.cross_entropy; a message containing one of `value_errors` (phrases of the family's
+    kernel checks) is a ValueError. Other errors are re-raised unchanged."""
     msg = str(err)
     start = msg.find("lossext::")
     if start < 0:
@@ -225,4 +226,6 @@ def raise_from_kernel(fn, err, names=None):
         arg, _, tail = rest[len("argument '"):].partition("'")
         rest = (names or {}).get(arg, arg) + tail
     kind = IndexError if " outside [0, " in rest and "target" in rest else RuntimeError
+    if any(v in rest for v in value_errors):
+        kind = ValueError
     raise kind(f"{fn}: {rest}") from None

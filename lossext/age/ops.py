@@ -1,0 +1,96 @@
+"""Fake kernels and autograd of the age-estimation ops (csrc/age).
+
+Ops (reduction: 0 none, 1 mean, 2 sum):
+  mean_variance_loss(logits, target, lambda_mean, lambda_var, start_age, include_softmax,
+                     reduction) -> (loss, softmax, mean, variance, stats)
+  mean_variance_loss_backward(grad_loss?, grad_softmax?, grad_mean?, grad_variance?, logits,
+                     target, stats, ...) -> (grad_logits, grad_target)
+  age_from_logits(logits, start_age) -> (mean, variance, stats)
+  age_from_logits_backward(grad_mean?, grad_variance?, logits, stats, start_age) -> grad_logits
+
+target: int64 or float64 ages; grad_target [N] float64 for float64 ages, else empty. stats
+[N, 3] float64 (lse, m - start_age, v per row) is saved for the backward and is not
+differentiable. Forward-mode AD raises NotImplementedError; double backward is refused.
+Autocast: both run in float32 (as F.cross_entropy).
+"""
+import torch
+
+from .._core import amp
+from .._core import library  # noqa: F401  (loads the kernels)
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .._core.fake import check_same_device
+
+
+def _out(x, n, per_row):
+    return x.new_empty((n,) if per_row else ())
+
+
+@torch.library.register_fake("lossext::mean_variance_loss")
+def _(logits, target, lambda_mean, lambda_var, start_age, include_softmax, reduction):
+    check_same_device("mean_variance_loss", "logits", logits, ("target", target))
+    n = logits.shape[0]
+    per_row = reduction == 0
+    return (_out(logits, n, per_row), _out(logits, n, per_row), _out(logits, n, per_row), _out(logits, n, per_row),
+            logits.new_empty((n, 3), dtype=torch.float64))
+
+
+@torch.library.register_fake("lossext::mean_variance_loss_backward")
+def _(g_loss, g_soft, g_mean, g_var, logits, target, stats, *params):
+    check_same_device("mean_variance_loss_backward", "logits", logits, ("target", target), ("stats", stats),
+                      ("grad_loss", g_loss), ("grad_softmax", g_soft), ("grad_mean", g_mean),
+                      ("grad_variance", g_var))
+    n = logits.shape[0] if target.dtype == torch.float64 else 0
+    return logits.new_empty(logits.shape), logits.new_empty((n,), dtype=torch.float64)
+
+
+@torch.library.register_fake("lossext::age_from_logits")
+def _(logits, start_age):
+    n = logits.shape[0]
+    return logits.new_empty((n,)), logits.new_empty((n,)), logits.new_empty((n, 3), dtype=torch.float64)
+
+
+@torch.library.register_fake("lossext::age_from_logits_backward")
+def _(g_mean, g_var, logits, stats, start_age):
+    check_same_device("age_from_logits_backward", "logits", logits, ("stats", stats), ("grad_mean", g_mean),
+                      ("grad_variance", g_var))
+    return logits.new_empty(logits.shape)
+
+
+def _mv_setup(ctx, inputs, output):
+    ctx.params = inputs[2:]
+    ctx.mark_non_differentiable(output[4])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs[0], inputs[1], output[4])
+
+
+def _mv_backward(ctx, g_loss, g_soft, g_mean, g_var, _g_stats):
+    logits, target, stats = ctx.saved_tensors
+    none = (None,) * (2 + len(ctx.params))
+    if g_loss is None and g_soft is None and g_mean is None and g_var is None:
+        return none
+    g, gt = call_op("mean_variance_loss_backward", g_loss, g_soft, g_mean, g_var, logits, target, stats, *ctx.params)
+    need = ctx.needs_input_grad
+    return (g if need[0] else None, gt if need[1] and target.dtype == torch.float64 else None) + none[2:]
+
+
+def _age_setup(ctx, inputs, output):
+    ctx.start_age = inputs[1]
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs[0], output[2])
+
+
+def _age_backward(ctx, g_mean, g_var, _g_stats):
+    logits, stats = ctx.saved_tensors
+    if g_mean is None and g_var is None:
+        return None, None
+    return call_op("age_from_logits_backward", g_mean, g_var, logits, stats, ctx.start_age), None
+
+
+register_autograd("mean_variance_loss", setup_context=_mv_setup, backward=_mv_backward,
+                  what="lossext.mean_variance_loss")
+register_autograd("age_from_logits", setup_context=_age_setup, backward=_age_backward, what="lossext.age_from_logits")
+amp.register("mean_variance_loss", "fp32")
+amp.register("age_from_logits", "fp32")
+refuse_double_backward("mean_variance_loss", ["mean_variance_loss_backward"])
+refuse_double_backward("age_from_logits", ["age_from_logits_backward"])
