@@ -3,10 +3,11 @@
 // - Rows are independent; torch::stable::parallel_for splits rows only. A row's sums run in a
 //   fixed order (cpu_detail::lane_sums), so results are bitwise the same for any thread count
 //   and every CPU variant.
-// - A row is read three times from L1 (max; exp into a row buffer with sum_j e_j and
-//   sum_j j e_j; sum_j (j - mj)^2 e_j from the buffer): the variance about the row's own mean,
-//   never E[j^2] - mj^2, which cancels (a peaked row far from bin 0: v ~ 1 against mj^2 ~ 1e4).
-//   The exponentials are in the acc type, the moments' sums in float64.
+// - A row is read twice (max; exp into a row buffer), the buffer once (sum_j e_j, sum_j j e_j,
+//   sum_j j^2 e_j). The exponentials are in the acc type, the moments' sums in float64, where
+//   v = E[j^2] - mj^2 loses only ~1e-16 K^2 (in float32 it would cancel: v ~ 1 against mj^2 ~ 1e4).
+// - Bin indices enter the math as int32 (K < 2^31, checked): AVX2 has no packed int64 -> float
+//   conversion, and an int64 one left the loops scalar (12 ns per element in the backward).
 // - Bad bins (the softmax term on, round(y) - start_age outside [0, K)) raise before any row is
 //   read.
 #include <algorithm>
@@ -69,6 +70,42 @@ void check_bins(const AgeProblem& p) {
   }
 }
 
+// sum_j e_j, sum_j j e_j and sum_j j^2 e_j in float64 over a row buffer, in 8 fixed lanes (lane l
+// takes j = l, l + 8, ...) added by a fixed tree: the order depends on K only, so every CPU
+// variant (SSE2: 2 doubles a vector, AVX2: 4, AVX-512: 8) gives the same bits. A short row's cost
+// matters here (K ~ 100): cpu_detail::lane_sums' 16 lanes and tile buffer cost ~160 ns a row.
+template <class A>
+inline void row_moment_sums(const A* __restrict e, int64_t K, double* out) {
+  constexpr int L = 8;
+  double a0[L] = {}, a1[L] = {}, a2[L] = {};
+  int64_t j = 0;
+  for (; j + L <= K; j += L) {
+    const double base = double(static_cast<int32_t>(j));
+#pragma omp simd
+    for (int l = 0; l < L; ++l) {
+      const double v = double(e[j + l]), jf = base + double(l);
+      a0[l] += v;
+      a1[l] += v * jf;
+      a2[l] += v * (jf * jf);
+    }
+  }
+  for (int l = 0; j + l < K; ++l) {
+    const double v = double(e[j + l]), jf = double(static_cast<int32_t>(j) + l);
+    a0[l] += v;
+    a1[l] += v * jf;
+    a2[l] += v * (jf * jf);
+  }
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) {
+      a0[l] += a0[l + w];
+      a1[l] += a1[l + w];
+      a2[l] += a2[l + w];
+    }
+  out[0] = a0[0];
+  out[1] = a1[0];
+  out[2] = a2[0];
+}
+
 }  // namespace
 
 struct AgeCpu {
@@ -96,18 +133,16 @@ struct AgeCpu {
           }
 #pragma omp simd
           for (int64_t j = 0; j < K; ++j) buf[j] = math::exp_softmax(static_cast<A>(row[j]) - mx);
-          // the moments' sums in float64: the mean's gradient, p_j lambda (m - y) (j - mj), is
-          // ill-conditioned in mj (a float32 mj, off by 2e-5 at mj ~ 80, cost 4e-4 in a gradient
-          // of 1.6; torch's float32 composite is off by 8e-5)
-          const auto s = cpu_detail::lane_sums<double>(int64_t(0), K, [&](int64_t j) { return double(buf[j]); },
-                                                       [&](int64_t j) { return double(buf[j]) * double(j); });
+          // the moments' sums in float64, in one pass over the buffer: v = E[j^2] - mj^2 costs
+          // ~1e-16 K^2 there (the exponentials' own float32 rounding is the same either way). The
+          // mean's gradient, p_j lambda (m - y) (j - mj), is ill-conditioned in mj: float32 sums
+          // (mj off by 2e-5 at mj ~ 80) cost 4e-4 in a gradient of 1.6, torch's float32 composite 8e-5.
+          double s[3];
+          row_moment_sums(buf, K, s);
           const double sum = s[0];
           const double mj = s[1] / sum;
-          const double s2 = cpu_detail::lane_sum<double>(int64_t(0), K, [&](int64_t j) {
-            const double d = double(j) - mj;
-            return double(buf[j]) * d * d;
-          });
-          RowMoments r{double(mx) + std::log(sum), mj, s2 / sum};
+          const double var = s[2] / sum - mj * mj;
+          RowMoments r{double(mx) + std::log(sum), mj, var > 0.0 ? var : 0.0};  // rounding: -1e-13 for one bin
           st[3 * i] = r.lse;
           st[3 * i + 1] = r.mj;
           st[3 * i + 2] = r.v;
@@ -188,7 +223,7 @@ struct AgeCpu {
 #pragma omp simd
           for (int64_t j = 0; j < K; ++j) {
             const A pj = math::exp_softmax((static_cast<A>(row[j]) - Lh) - Ll);
-            o[j] = static_cast<scalar_t>(dlogit<A>(pj, (static_cast<A>(j) - mh) - ml, va, Sa, Aa, Ba));
+            o[j] = static_cast<scalar_t>(dlogit<A>(pj, (static_cast<A>(int32_t(j)) - mh) - ml, va, Sa, Aa, Ba));
           }
           if (bin >= 0) {  // the target bin, with its -S, in float64
             const double pb = std::exp(double(static_cast<A>(row[bin])) - r.lse);

@@ -68,6 +68,8 @@ inline AgeProblem prepare(const char* op, const Tensor& logits, const Tensor* ta
   p.N = logits.size(0);
   p.K = logits.size(1);
   LOSSEXT_CHECK(p.K > 0, op, ": argument 'logits' has no age bins (shape ", shape_str(logits), ")");
+  LOSSEXT_CHECK(p.K <= int64_t(2147483647), op, ": argument 'logits' has more than 2^31 - 1 age bins (shape ",
+                shape_str(logits), ")");
   LOSSEXT_CHECK(std::fabs(double(start_age)) <= kMaxStartAge, op,
                 ": argument 'start_age' must be in [-2^53, 2^53], got ", start_age);
   LOSSEXT_CHECK(std::isfinite(lambda_mean) && lambda_mean >= 0.0, op,

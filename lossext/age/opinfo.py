@@ -319,7 +319,7 @@ OP_ROWS = [
         hyper=dict(lambda_mean=0.2, lambda_var=0.05, start_age=0),
         sample_inputs=_samples, edge_inputs=_edges, error_inputs=_errors, bench_input=_bench,
         raw_calls=_raw_calls, module_call=_module, jit_source=_jit, raw_error_inputs=_raw_errors, tol=_TOL,
-        module_samples=_modules, fuzz=_fuzz, bench_ref=R.mean_variance_loss_composite,
+        module_samples=_modules, fuzz=_fuzz, bench_ref=R.mean_variance_loss_composite, bench_generic=False,
         # forward reads N x K; backward reads it and writes the gradient
         bench_bytes={"forward": 1, "backward": 2, "full": 3},
     ),

@@ -28,7 +28,7 @@ import math
 import torch
 
 from ..testing import benchmark as B
-from ..testing.opinfo import SampleInput, op_by_name
+from ..testing.benchmark import bench_row
 
 MiB = B.MiB
 PROVIDERS = B.PROVIDERS
@@ -40,27 +40,6 @@ TARGETS = {
     "fused_mem_frac": 0.10,    # fused: peak above grads at most 10 % of the composite's
     "fused_time_frac": 1.1,    # fused: full-mode time at most 1.1x the composite's
 }
-
-
-def bench_row(op, case_name, args, kwargs, grad_args, mode, floor_bytes, grad_bytes, device, dtype, config,
-              providers=PROVIDERS, log=print):
-    """lossext.testing.benchmark.measure on one case, plus the peak memory above the gradients
-    the call returns (grad_bytes; forward mode returns none)."""
-    info = op_by_name(op)  # lossext: info.op; eager / compile: info.bench_ref, the peers' composite
-    fns = {p: B.provider_fn(info, p, device, dtype) for p in providers}
-    sample = SampleInput(args, kwargs, case_name)
-    row = {"op": op, "case": case_name, "mode": mode, "device": torch.device(device).type,
-           "dtype": str(dtype).replace("torch.", ""), "floor_bytes": floor_bytes}
-    row.update(B.measure(fns, sample, mode, floor_bytes, device, dtype, config, grad_args=grad_args))
-    for p in PROVIDERS:
-        row[f"{p}_peak_above_grads_mib"] = row[f"{p}_peak_mib"] - (grad_bytes / MiB if mode != "forward" else 0.0)
-    row["lossext_over_floor"] = B._ratio(row["lossext_ms"], row["floor_ms"])
-    row["mem_frac_vs_torch"] = B._ratio(row["lossext_peak_above_grads_mib"], row["torch_peak_above_grads_mib"])
-    log(f"  {op} {case_name} {mode}: lossext {row['lossext_ms']:.1f} ms, eager {row['torch_ms']:.1f} ms, "
-        f"compile {row['compile_ms']:.1f} ms, floor {row['floor_ms']:.1f} ms; peak above grads MiB "
-        f"{row['lossext_peak_above_grads_mib']:.1f} / {row['torch_peak_above_grads_mib']:.1f} / "
-        f"{row['compile_peak_above_grads_mib']:.1f}" + (f"  [{row['error']}]" if row["error"] else ""))
-    return row
 
 
 def _available_bytes(device):
@@ -160,17 +139,12 @@ def render(rows, device, cmd):
                                         _f(r["compile_ms"]), B._x(r["speedup_vs_torch"]),
                                         B._x(r["speedup_vs_compile"]), _f(r["floor_ms"]),
                                         B._x(r["lossext_over_floor"]), peak, above]) + " |")
-    errs = [f"{r['op']} {r['case']} {r['mode']}: {r['error']}" for r in rows if r.get("error")]
-    if errs:
-        lines += ["", "Notes:", ""] + [f"- {e}" for e in errs]
-    lines += ["", f"### Targets ({title}, full mode)", ""]
-    mark = lambda ok: "met" if ok else "**NOT met**"  # noqa: E731
+    lines += B.suite_notes_and_targets(rows, title)
+    mark = B.target_mark
     ce = next((r for r in rows if r["op"] == "margin_cross_entropy" and r["mode"] == "full"), None)
     if ce:
-        a, b = ce["speedup_vs_torch"], ce["speedup_vs_compile"]
-        lines.append(f"- margin_cross_entropy {ce['case']}: {B._x(a)} faster than eager (target ≥"
-                     f"{TARGETS['ce_vs_eager']:g}×) — {mark(a >= TARGETS['ce_vs_eager'])}; {B._x(b)} faster than "
-                     f"torch.compile (target ≥{TARGETS['ce_vs_compile']:g}×) — {mark(b >= TARGETS['ce_vs_compile'])}")
+        lines.append(B.speedup_target_line(f"margin_cross_entropy {ce['case']}", ce, TARGETS["ce_vs_eager"],
+                                           TARGETS["ce_vs_compile"]))
     fu = [r for r in rows if r["op"] == "fused_linear_margin_cross_entropy" and r["mode"] == "full"]
     if fu:
         r = fu[0]

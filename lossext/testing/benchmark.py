@@ -866,3 +866,44 @@ def targets_markdown(rows: List[Dict], mode: str = "full") -> str:
             f"{_f(r.get('torch_peak_mib'), 1)} MiB (×{_f(v('peak_vs_torch'), 2)}) — "
             f"{mark[c['peak_vs_torch'][2]]}")
     return "\n".join(lines)
+
+
+def bench_row(op, case_name, args, kwargs, grad_args, mode, floor_bytes, grad_bytes, device, dtype, config,
+              providers=PROVIDERS, log=print):
+    """measure() on one case of a family suite (lossext/<family>/bench.py), plus the peak memory
+    above the gradients the call returns (grad_bytes; forward mode returns none)."""
+    from .opinfo import SampleInput, op_by_name
+    info = op_by_name(op)  # lossext: info.op; eager / compile: info.bench_ref, the peers' composite
+    fns = {p: provider_fn(info, p, device, dtype) for p in providers}
+    sample = SampleInput(args, kwargs, case_name)
+    row = {"op": op, "case": case_name, "mode": mode, "device": torch.device(device).type,
+           "dtype": str(dtype).replace("torch.", ""), "floor_bytes": floor_bytes}
+    row.update(measure(fns, sample, mode, floor_bytes, device, dtype, config, grad_args=grad_args))
+    for p in PROVIDERS:
+        row[f"{p}_peak_above_grads_mib"] = row[f"{p}_peak_mib"] - (grad_bytes / MiB if mode != "forward" else 0.0)
+    row["lossext_over_floor"] = _ratio(row["lossext_ms"], row["floor_ms"])
+    row["mem_frac_vs_torch"] = _ratio(row["lossext_peak_above_grads_mib"], row["torch_peak_above_grads_mib"])
+    log(f"  {op} {case_name} {mode}: lossext {row['lossext_ms']:.1f} ms, eager {row['torch_ms']:.1f} ms, "
+        f"compile {row['compile_ms']:.1f} ms, floor {row['floor_ms']:.1f} ms; peak above grads MiB "
+        f"{row['lossext_peak_above_grads_mib']:.1f} / {row['torch_peak_above_grads_mib']:.1f} / "
+        f"{row['compile_peak_above_grads_mib']:.1f}" + (f"  [{row['error']}]" if row["error"] else ""))
+    return row
+
+
+def suite_notes_and_targets(rows, title):
+    """A family suite's report lines after its table: the rows' errors as notes, then the
+    "### Targets" heading."""
+    errs = [f"{r['op']} {r['case']} {r['mode']}: {r['error']}" for r in rows if r.get("error")]
+    lines = ["", "Notes:", ""] + [f"- {e}" for e in errs] if errs else []
+    return lines + ["", f"### Targets ({title}, full mode)", ""]
+
+
+def target_mark(ok):
+    return "met" if ok else "**NOT met**"
+
+
+def speedup_target_line(label, row, vs_eager, vs_compile):
+    """'- label: A× faster than eager (target ≥x×) — met; B× faster than torch.compile ...'."""
+    a, b = row["speedup_vs_torch"], row["speedup_vs_compile"]
+    return (f"- {label}: {_x(a)} faster than eager (target ≥{vs_eager:g}×) — {target_mark(a >= vs_eager)}; "
+            f"{_x(b)} faster than torch.compile (target ≥{vs_compile:g}×) — {target_mark(b >= vs_compile)}")
