@@ -37,4 +37,5 @@
 // BEGIN FAMILY HEADERS (generated from lossext/_core/families.py; do not edit by hand)
 #include "landmark.h"
 #include "margin.h"
+#include "metric.h"
 // END FAMILY HEADERS

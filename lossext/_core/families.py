@@ -24,6 +24,7 @@ import importlib
 FAMILIES = (
     "landmark",  # Wing, Adaptive Wing
     "margin",    # SphereFace, CosFace, ArcFace, combined margin, fused normalized linear
+    "metric",    # Center loss, Triplet-Center loss
 )
 
 
