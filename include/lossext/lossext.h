@@ -38,4 +38,5 @@
 #include "landmark.h"
 #include "margin.h"
 #include "age.h"
+#include "metric.h"
 // END FAMILY HEADERS

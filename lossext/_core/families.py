@@ -25,6 +25,7 @@ FAMILIES = (
     "landmark",  # Wing, Adaptive Wing
     "margin",    # SphereFace, CosFace, ArcFace, combined margin, fused normalized linear
     "age",       # Mean-Variance (age estimation)
+    "metric",    # Center loss, Triplet-Center loss
 )
 
 

@@ -1,0 +1,106 @@
+"""Modules of the metric-learning losses; each owns its class centers [C, D].
+
+Every Module checks its arguments at construction, shows them in its repr and is scriptable
+(torch.jit.script)."""
+import torch
+from torch import Tensor, nn
+
+from .._core import validation as V
+from . import functional as F
+
+__all__ = ["CenterLoss", "TripletCenterLoss"]
+
+UPDATES = ["autograd", "paper"]
+
+
+def _dims(n, num_classes, feature_dim):
+    num_classes = V.integer(n, "num_classes", num_classes, 1)
+    feature_dim = V.integer(n, "feature_dim", feature_dim, 0)
+    return num_classes, feature_dim
+
+
+class CenterLoss(nn.Module):
+    r"""Center loss (Wen et al., ECCV 2016) with its class centers [C, D] (initialized from
+    torch.randn, as the authors' PyTorch code for the Triplet-Center paper does).
+
+    - ``update='autograd'``: ``centers`` is a Parameter; the optimizer moves it with the gradient
+      :math:`\sum_{i: y_i=j} (c_j - x_i)` (scaled by the reduction).
+    - ``update='paper'``: the paper's rule (Eq. 4, the caffe ``center_loss_layer``):
+      :math:`\Delta c_j = \frac{\sum_{i: y_i = j} (c_j - x_i)}{1 + n_j}`,
+      :math:`c_j \leftarrow c_j - \alpha \Delta c_j`, with :math:`n_j` the rows of class j in the
+      batch. ``centers`` is then a buffer (saved, not a Parameter: no optimizer, no gradient),
+      updated in a no-grad step by every forward in training mode, after the loss is computed
+      from the centers before the step. It is not a constant-rate moving average: the step of
+      class j is :math:`\alpha n_j / (1 + n_j)` of the way to its batch mean.
+
+    forward(features [N, D], target [N]) -> the loss (see lossext.functional.center_loss).
+    """
+
+    def __init__(self, num_classes, feature_dim, update="autograd", alpha=0.5, reduction="mean"):
+        super().__init__()
+        n = type(self).__name__
+        num_classes, feature_dim = _dims(n, num_classes, feature_dim)
+        self.num_classes, self.feature_dim = num_classes, feature_dim
+        self.update = F._eager_str(n, "update", update, UPDATES)
+        self.alpha = V.number(n, "alpha", alpha)
+        V.check_range(n, "alpha", self.alpha, 0.0, 1.0, False)
+        self.reduction = V.reduction(n, reduction)
+        centers = torch.randn(num_classes, feature_dim)
+        self.paper_update = self.update == "paper"
+        if self.paper_update:
+            self.register_buffer("centers", centers)
+        else:
+            self.centers = nn.Parameter(centers)
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        loss = F.center(type(self).__name__, features, target, self.centers, self.reduction)
+        if self.paper_update and self.training:
+            self._paper_step(features, target)
+        return loss
+
+    @torch.jit.export
+    def _paper_step(self, features: Tensor, target: Tensor):
+        """c_j <- c_j - alpha sum_{i: y_i = j} (c_j - x_i) / (1 + n_j) (the caffe layer's rule)."""
+        with torch.no_grad():
+            c = self.centers
+            x = features.detach().to(c.dtype)
+            t = target.long()
+            # sum_{i: y_i = j} (c_j - x_i) is center_loss's grad_centers at reduction 'sum' with a
+            # unit grad_output: the fused, deterministic kernel
+            ones = torch.ones((), dtype=c.dtype, device=c.device)
+            _, delta = torch.ops.lossext.center_loss_backward(ones, x, t, c, 2)
+            count = torch.bincount(t, minlength=c.shape[0]).to(c.dtype)
+            c.sub_(self.alpha * delta / (1.0 + count)[:, None])
+
+    def extra_repr(self):
+        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, update={self.update!r}, "
+                f"alpha={self.alpha!r}, reduction={self.reduction!r}")
+
+
+class TripletCenterLoss(nn.Module):
+    r"""Triplet-Center loss (He et al., CVPR 2018) with its class centers [C, D] as a Parameter
+    (initialized from torch.randn, as the authors' code). The paper trains with
+    :math:`L = \lambda L_{tc} + L_{softmax}`; see docs/metric.md for an example.
+
+    forward(features [N, D], target [N]) -> the loss (see lossext.functional.triplet_center_loss).
+    """
+
+    def __init__(self, num_classes, feature_dim, margin=5.0, distance="squared_euclidean", negatives="all",
+                 reduction="mean"):
+        super().__init__()
+        n = type(self).__name__
+        num_classes, feature_dim = _dims(n, num_classes, feature_dim)
+        self.num_classes, self.feature_dim = num_classes, feature_dim
+        self.margin = F.check_margin(n, V.number(n, "margin", margin))
+        self.distance = F._eager_str(n, "distance", distance, F.DISTANCES)
+        self.negatives = F._eager_str(n, "negatives", negatives, F.NEGATIVES)
+        self.reduction = V.reduction(n, reduction)
+        self.centers = nn.Parameter(torch.randn(num_classes, feature_dim))
+
+    def forward(self, features: Tensor, target: Tensor) -> Tensor:
+        return F.triplet_center(type(self).__name__, features, target, self.centers, self.margin, self.distance,
+                                self.negatives, self.reduction)
+
+    def extra_repr(self):
+        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, margin={self.margin!r}, "
+                f"distance={self.distance!r}, negatives={self.negatives!r}, reduction={self.reduction!r}")
