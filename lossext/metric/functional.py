@@ -52,7 +52,7 @@ def check_inputs(fn: str, features: Tensor, target: Tensor, centers: Tensor) -> 
     """features [N, D] and centers [C, D] of one dtype and device, C > 0; target [N] integer
     (returned as int64; its range is checked by the kernels: IndexError on the CPU)."""
     V.check_rows(fn, "features", features, "D")
-    V.check_rows(fn, "centers", centers, "D")
+    V.check_rows(fn, "centers", centers, "D", "C")
     if centers.dtype != features.dtype:
         raise TypeError(fn + ": centers dtype " + str(centers.dtype) + " does not match features dtype "
                         + str(features.dtype))

@@ -39,6 +39,7 @@ class CenterLoss(nn.Module):
     def __init__(self, num_classes, feature_dim, update="autograd", alpha=0.5, reduction="mean"):
         super().__init__()
         n = type(self).__name__
+        self._fn = n  # the name in messages (TorchScript has no type(self).__name__)
         num_classes, feature_dim = _dims(n, num_classes, feature_dim)
         self.num_classes, self.feature_dim = num_classes, feature_dim
         self.update = F._eager_str(n, "update", update, UPDATES)
@@ -53,7 +54,7 @@ class CenterLoss(nn.Module):
             self.centers = nn.Parameter(centers)
 
     def forward(self, features: Tensor, target: Tensor) -> Tensor:
-        loss = F.center(type(self).__name__, features, target, self.centers, self.reduction)
+        loss = F.center(self._fn, features, target, self.centers, self.reduction)
         if self.paper_update and self.training:
             self._paper_step(features, target)
         return loss
@@ -89,6 +90,7 @@ class TripletCenterLoss(nn.Module):
                  reduction="mean"):
         super().__init__()
         n = type(self).__name__
+        self._fn = n  # the name in messages (TorchScript has no type(self).__name__)
         num_classes, feature_dim = _dims(n, num_classes, feature_dim)
         self.num_classes, self.feature_dim = num_classes, feature_dim
         self.margin = F.check_margin(n, V.number(n, "margin", margin))
@@ -98,7 +100,7 @@ class TripletCenterLoss(nn.Module):
         self.centers = nn.Parameter(torch.randn(num_classes, feature_dim))
 
     def forward(self, features: Tensor, target: Tensor) -> Tensor:
-        return F.triplet_center(type(self).__name__, features, target, self.centers, self.margin, self.distance,
+        return F.triplet_center(self._fn, features, target, self.centers, self.margin, self.distance,
                                 self.negatives, self.reduction)
 
     def extra_repr(self):

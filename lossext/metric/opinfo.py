@@ -119,12 +119,12 @@ def _tc_errors(device):
     t = torch.tensor([0, 1, 4, 2], device=device)
     S = lambda *a, **k: SampleInput(a, k, grad_keys=())  # noqa: E731
     return _common_errors(device, "triplet_center_loss") + [
-        ErrorInput(S(f, t, c, margin=-1.0), ValueError, "^triplet_center_loss: margin must be >= 0, got -1"),
+        ErrorInput(S(f, t, c, margin=-1.0), ValueError, "triplet_center_loss: margin must be >= 0, got -1"),
         ErrorInput(S(f, t, c, margin=math.inf), ValueError, "margin must be finite, got inf"),
         ErrorInput(S(f, t, c, distance="cosine"), ValueError,
-                   "^triplet_center_loss: distance must be 'squared_euclidean' or 'euclidean', got 'cosine'$"),
+                   "triplet_center_loss: distance must be 'squared_euclidean' or 'euclidean', got 'cosine'$"),
         ErrorInput(S(f, t, c, negatives="hard"), ValueError,
-                   "^triplet_center_loss: negatives must be 'all' or 'batch', got 'hard'$"),
+                   "triplet_center_loss: negatives must be 'all' or 'batch', got 'hard'$"),
         ErrorInput(S(f, t, c, margin="5"), TypeError, "margin must be a real number"),
     ]
 
@@ -275,7 +275,7 @@ def _fuzz_common(draw, F, fn, faults):
             error = ValueError, rf"^{fn}: centers has no classes \(shape \[0, {d}\]\)$"
         elif how == "dims":
             cen = torch.zeros(d, dtype=f.dtype, device=f.device)
-            error = ValueError, rf"^{fn}: centers must be 2-D \[N, D\], got shape {F.shape_text((d,))}$"
+            error = ValueError, rf"^{fn}: centers must be 2-D \[C, D\], got shape {F.shape_text((d,))}$"
         else:
             cen, error = F.not_a_tensor(draw, fn, "centers")
     if bad == "reduction":
