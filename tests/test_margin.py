@@ -950,3 +950,14 @@ def test_reference_with_a_minus_inf_logit_is_torch_cross_entropy():
         for ls in (0.0, 0.5, 1.0):
             torch.testing.assert_close(R.cross_entropy(z, t, label_smoothing=ls),
                                        F.cross_entropy(z, t, label_smoothing=ls), equal_nan=True)
+
+
+def test_reference_annealing_keeps_a_tiny_lambda():
+    """The reference tested lambda_ == 0 on a float32 tensor of it: 9e-272 underflowed to 0 and
+    dropped the annealed term, so a cosine of +inf gave a finite target logit where the kernel's
+    (lambda cos + psi) / (1 + lambda) is +inf (found by the fuzzer)."""
+    from lossext.margin.reference import target_margin
+    c = torch.tensor([float("inf"), 0.3], dtype=torch.float64)
+    out = target_margin(c, 1.0, 0.5, 0.0, 9e-272)
+    assert out[0] == float("inf") and out[1].isfinite()
+    assert target_margin(c, 1.0, 0.5, 0.0, 0.0)[0].isfinite()  # no annealing: psi clamps the angle

@@ -29,7 +29,7 @@ def target_margin(cos, m1=1.0, m2=0.0, m3=0.0, lambda_=0.0, easy_margin=False):
     if not torch.is_tensor(lambda_) and lambda_ == 0:
         return psi - m3  # no annealing: psi itself (0 * cos would be NaN for a cosine of -inf)
     annealed = (lambda_ * cos + psi) / (1.0 + lambda_)  # SphereFace Sec. 3.4
-    return torch.where(torch.as_tensor(lambda_, device=cos.device) == 0, psi, annealed) - m3
+    return torch.where(torch.as_tensor(lambda_, dtype=torch.float64, device=cos.device) == 0, psi, annealed) - m3
 
 
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
