@@ -40,17 +40,46 @@ def run(device, quick=False, log=print):
     t = torch.randint(0, C, (N,), generator=gen).to(device)
     rows.append(bench_row("center_loss", f"N={N} D={D} C={C}", (x, t, c), {}, (0, 2), "full",
                           3 * (N + C) * D * es, (N + C) * D * es, device, dtype, config, log=log))
+    meta = B.machine_info(device)
+    for r in rows:
+        r.update(meta)
+        r["config"] = f"warmup={config.warmup} min_reps={config.min_reps} max_reps={config.max_reps}"
     return rows
 
 
 def render(rows, device, cmd):
-    lines = [f"Metric family, {device}, float32, full mode (forward + backward). `{cmd}`", "",
-             "| case | lossext ms | eager ms | compile ms | vs eager | vs compile | peak above grads MiB (lossext / eager) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    r0 = rows[0]
+    title = "Metric learning with centers (issue #10), " + ("CUDA" if device == "cuda" else "CPU")
+    lines = [f"## {title}", "",
+             f"- Machine: {r0.get('gpu') or r0.get('cpu_model')}, nproc {r0.get('nproc')}, torch threads "
+             f"{r0.get('torch_threads')}; torch {r0.get('torch_version')}, lossext {r0.get('lossext_version')}",
+             f"- Run: {r0.get('date')}, `{cmd}`; timing {r0.get('config')}, cold cache (1 rep for C = 100k)",
+             "- Method: `lossext/metric/bench.py` docstring; float32, full mode (forward + backward, gradients to "
+             "features and centers); eager/compile run the composites of `lossext/metric/reference.py`.",
+             "- Peak memory on the CPU counts the allocations the profiler attributes to the call; the "
+             "triplet-center kernel's per-thread distance tile (256 x 512 float32 = 0.5 MiB a worker thread, "
+             "from torch's allocator on the pool's threads) may not show: its bound is 0.5 MiB x threads + "
+             "O(N + C) per-row state.", "",
+             "| op | case | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | lossext / floor | "
+             "peak above grads MiB lossext / eager / compile |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        vs_e = B._ratio(r.get("torch_ms"), r.get("lossext_ms"))
-        vs_c = B._ratio(r.get("compile_ms"), r.get("lossext_ms"))
-        lines.append(f"| `{r['op']}` {r['case']} | {B._f(r.get('lossext_ms'))} | {B._f(r.get('torch_ms'))} | "
-                     f"{B._f(r.get('compile_ms'))} | {B._f(vs_e, 2)} | {B._f(vs_c, 2)} | "
-                     f"{B._f(r.get('lossext_peak_above_grads_mib'))} / {B._f(r.get('torch_peak_above_grads_mib'))} |")
+        above = " / ".join(B._f(r.get(f"{p}_peak_above_grads_mib")) for p in B.PROVIDERS)
+        lines.append("| " + " | ".join([r["op"], r["case"], B._f(r["lossext_ms"]), B._f(r["torch_ms"]),
+                                        B._f(r["compile_ms"]), B._x(r["speedup_vs_torch"]),
+                                        B._x(r["speedup_vs_compile"]), B._f(r["floor_ms"]),
+                                        B._x(r["lossext_over_floor"]), above]) + " |")
+    lines += B.suite_notes_and_targets(rows, title)
+    tc = next((r for r in rows if r["op"] == "triplet_center_loss" and r["case"].endswith("C=10000")), None)
+    if tc:
+        a, frac = tc["speedup_vs_torch"], tc["mem_frac_vs_torch"]
+        lines.append(f"- triplet_center_loss {tc['case']}: {B._x(a)} faster than eager (target ≥"
+                     f"{TARGETS['tc_vs_eager']:g}×) — {B.target_mark(a >= TARGETS['tc_vs_eager'])}; peak above grads "
+                     f"{B._f(tc['lossext_peak_above_grads_mib'])} MiB = {B._f(100 * frac, 2)} % of the eager "
+                     f"composite's {B._f(tc['torch_peak_above_grads_mib'])} MiB (target ≤"
+                     f"{100 * TARGETS['tc_mem_frac']:g} %) — {B.target_mark(frac <= TARGETS['tc_mem_frac'])}")
+    ce = next((r for r in rows if r["op"] == "center_loss"), None)
+    if ce:
+        lines.append(B.speedup_target_line(f"center_loss {ce['case']}", ce, TARGETS["center_vs_eager"],
+                                           TARGETS["center_vs_compile"]))
     return "\n".join(lines)
