@@ -46,12 +46,8 @@ def run(device, quick=False, log=print):
 
 
 def render(rows, device, cmd):
-    r0 = rows[0]
     title = "Age estimation (issue #10), " + ("CUDA" if device == "cuda" else "CPU")
-    lines = [f"## {title}", "",
-             f"- Machine: {r0.get('gpu') or r0.get('cpu_model')}, nproc {r0.get('nproc')}, torch threads "
-             f"{r0.get('torch_threads')}; torch {r0.get('torch_version')}, lossext {r0.get('lossext_version')}",
-             f"- Run: {r0.get('date')}, `{cmd}`; timing {r0.get('config')}, cold cache",
+    lines = B.suite_header(title, rows, cmd, "") + [
              "- Method: `lossext/age/bench.py` docstring; eager/compile run "
              "`lossext.reference.mean_variance_loss_composite` (the peers' composite).", "",
              "| op | case | dtype | mode | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | "

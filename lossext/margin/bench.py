@@ -119,12 +119,8 @@ def _f(v, d=1):
 
 
 def render(rows, device, cmd):
-    r0 = rows[0]
     title = "Margin softmax (issue #3), " + ("CUDA" if device == "cuda" else "CPU")
-    lines = [f"## {title}", "",
-             f"- Machine: {r0.get('gpu') or r0.get('cpu_model')}, nproc {r0.get('nproc')}, torch threads "
-             f"{r0.get('torch_threads')}; torch {r0.get('torch_version')}, lossext {r0.get('lossext_version')}",
-             f"- Run: {r0.get('date')}, `{cmd}`; timing {r0.get('config')}, cold cache (1 rep for C = 1M)",
+    lines = B.suite_header(title, rows, cmd, " (1 rep for C = 1M)") + [
              "- Method: `lossext/margin/bench.py` docstring; eager/compile run the composite of "
              "`lossext/margin/reference.py` (`*_composite`: margin, scale, `F.cross_entropy`).", "",
              "| op | case | mode | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | "

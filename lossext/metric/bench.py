@@ -48,12 +48,8 @@ def run(device, quick=False, log=print):
 
 
 def render(rows, device, cmd):
-    r0 = rows[0]
     title = "Metric learning with centers (issue #10), " + ("CUDA" if device == "cuda" else "CPU")
-    lines = [f"## {title}", "",
-             f"- Machine: {r0.get('gpu') or r0.get('cpu_model')}, nproc {r0.get('nproc')}, torch threads "
-             f"{r0.get('torch_threads')}; torch {r0.get('torch_version')}, lossext {r0.get('lossext_version')}",
-             f"- Run: {r0.get('date')}, `{cmd}`; timing {r0.get('config')}, cold cache (1 rep for C = 100k)",
+    lines = B.suite_header(title, rows, cmd, " (1 rep for C = 100k)") + [
              "- Method: `lossext/metric/bench.py` docstring; float32, full mode (forward + backward, gradients to "
              "features and centers); eager/compile run the composites of `lossext/metric/reference.py`.",
              "- Peak memory on the CPU counts the allocations the profiler attributes to the call; the "

@@ -907,3 +907,12 @@ def speedup_target_line(label, row, vs_eager, vs_compile):
     a, b = row["speedup_vs_torch"], row["speedup_vs_compile"]
     return (f"- {label}: {_x(a)} faster than eager (target ≥{vs_eager:g}×) — {target_mark(a >= vs_eager)}; "
             f"{_x(b)} faster than torch.compile (target ≥{vs_compile:g}×) — {target_mark(b >= vs_compile)}")
+
+
+def suite_header(title, rows, cmd, cache_note=""):
+    """A family suite's report head: its heading, then the machine and the run from rows[0]."""
+    r0 = rows[0]
+    return [f"## {title}", "",
+            f"- Machine: {r0.get('gpu') or r0.get('cpu_model')}, nproc {r0.get('nproc')}, torch threads "
+            f"{r0.get('torch_threads')}; torch {r0.get('torch_version')}, lossext {r0.get('lossext_version')}",
+            f"- Run: {r0.get('date')}, `{cmd}`; timing {r0.get('config')}, cold cache{cache_note}"]
