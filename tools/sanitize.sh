@@ -8,7 +8,8 @@
 # Environment: PYTHON (the venv's python), LOSSEXT_FUZZ_PROFILE (default "long": the fuzzer's
 # many-examples profile; CI passes "smoke"), SANITIZE_TIMEOUT_S (default 1500: the tests' time
 # box), SANITIZE_TIMEBOX=1 (CI: a run stopped by its time box passes if what ran had no report
-# and no failure; it says so; by default a stopped run fails).
+# and no failure; it says so; by default a stopped run fails), SANITIZE_BUILD_ONLY=1 (build, then
+# stop: CI builds while the wheel test runs, and the later run finds nothing to rebuild).
 #
 # Why the preload: python itself is not built with ASan, so the ASan runtime must be the first
 # library in the process (LD_PRELOAD=libasan.so), or it refuses to start ("ASan runtime does not
@@ -28,6 +29,10 @@ LOSSEXT_SANITIZE=1 LOSSEXT_CUDA=0 LOSSEXT_BUILD_BASE=$SAN MAX_JOBS=${MAX_JOBS:-2
   "$PY" setup.py -q build_ext 2>&1 | { grep -v -E 'Deprecat|^\s*!!|^\s*\*+$|setup.py install|pypa|^$|No CUDA runtime is found' || true; }
 built=$(ls -d $SAN/lib.*/lossext)
 test -f "$built/_C.abi3.so" -a -f "$built/lib/liblossext.so" || { echo "sanitize: the build left no _C.abi3.so / lib/liblossext.so in $built"; exit 1; }
+if [ "${SANITIZE_BUILD_ONLY:-0}" = 1 ]; then
+  echo "sanitize: built in $(( $(date +%s) - start )) s (SANITIZE_BUILD_ONLY)"
+  exit 0
+fi
 
 # A package to import: the sources of lossext/ (links), the sanitized binaries (copies).
 rm -rf "$PKG"
