@@ -38,11 +38,7 @@ def run(device, quick=False, log=print):
         for mode, k in (("forward", 1), ("backward", 2), ("full", 3)):
             rows.append(bench_row("mean_variance_loss", f"N={N} K={K}", (x, y), {}, (0,), mode, k * N * K * es,
                                   N * K * es, device, dtype, config, log=log))
-    meta = B.machine_info(device)
-    for r in rows:
-        r.update(meta)
-        r["config"] = f"warmup={config.warmup} min_reps={config.min_reps} max_reps={config.max_reps}"
-    return rows
+    return B.stamp_rows(rows, device, config)
 
 
 def render(rows, device, cmd):

@@ -105,11 +105,7 @@ def run(device, quick=False, log=print):
                 composite_peak_per_class = max(composite_peak_per_class or 0.0, per)
             rows.append(row)
         del w
-    meta = B.machine_info(device)
-    for r in rows:
-        r.update(meta)
-        r["config"] = f"warmup={config.warmup} min_reps={config.min_reps} max_reps={config.max_reps}"
-    return rows
+    return B.stamp_rows(rows, device, config)
 
 
 # ---- report ------------------------------------------------------------------------------

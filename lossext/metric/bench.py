@@ -40,11 +40,7 @@ def run(device, quick=False, log=print):
     t = torch.randint(0, C, (N,), generator=gen).to(device)
     rows.append(bench_row("center_loss", f"N={N} D={D} C={C}", (x, t, c), {}, (0, 2), "full",
                           3 * (N + C) * D * es, (N + C) * D * es, device, dtype, config, log=log))
-    meta = B.machine_info(device)
-    for r in rows:
-        r.update(meta)
-        r["config"] = f"warmup={config.warmup} min_reps={config.min_reps} max_reps={config.max_reps}"
-    return rows
+    return B.stamp_rows(rows, device, config)
 
 
 def render(rows, device, cmd):

@@ -909,6 +909,15 @@ def speedup_target_line(label, row, vs_eager, vs_compile):
             f"{_x(b)} faster than torch.compile (target ≥{vs_compile:g}×) — {target_mark(b >= vs_compile)}")
 
 
+def stamp_rows(rows, device, config):
+    """A family suite's rows, each with the machine (machine_info) and the timing config it ran under."""
+    meta = machine_info(device)
+    for r in rows:
+        r.update(meta)
+        r["config"] = f"warmup={config.warmup} min_reps={config.min_reps} max_reps={config.max_reps}"
+    return rows
+
+
 def suite_header(title, rows, cmd, cache_note=""):
     """A family suite's report head: its heading, then the machine and the run from rows[0]."""
     r0 = rows[0]
