@@ -187,3 +187,31 @@ def test_cuda_bad_bin_gives_nan_not_a_crash():
     keep = [0, 2, 3]
     ref = LF.mean_variance_loss(x.detach().cpu()[keep], y.cpu()[keep], reduction="none")
     torch.testing.assert_close(loss[keep].detach().cpu(), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("red", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [True, False])
+def test_one_pass_gradient_equals_the_recompute_op(dtype, red, soft):
+    """Logits that require grad take mean_variance_loss_with_grad (the forward writes the total's
+    gradient from its row buffer: no second exp in the backward); its gradient equals the
+    recompute op's, mean_variance_loss_backward over the saved stats, and a float64 target that
+    requires grad takes the recompute path for dL/dy."""
+    x = _logits(13, 101, seed=4, dtype=dtype).requires_grad_(True)
+    y = torch.randint(0, 101, (13,), generator=torch.Generator().manual_seed(5))
+    loss = LF.mean_variance_loss(x, y, 0.3, 0.1, 0, soft, red)
+    assert "with_grad" in type(loss.grad_fn).__name__
+    go = torch.rand(loss.shape, dtype=dtype)
+    (g,) = torch.autograd.grad(loss, x, go)
+    p = (0.3, 0.1, 0, soft, {"none": 0, "mean": 1, "sum": 2}[red])
+    with torch.no_grad():
+        stats = torch.ops.lossext.mean_variance_loss(x, y, *p)[4]
+        gr = torch.ops.lossext.mean_variance_loss_backward(go, None, None, None, x, y, stats, *p)[0]
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(g, gr, rtol=tol, atol=tol)
+    yf = y.double().requires_grad_(True)
+    loss = LF.mean_variance_loss(x, yf, 0.3, 0.1, 0, soft, red)
+    assert "with_grad" not in type(loss.grad_fn).__name__
+    gx, gy = torch.autograd.grad(loss, (x, yf), go)
+    torch.testing.assert_close(gx, gr, rtol=tol, atol=tol)
+    assert gy.abs().sum() > 0

@@ -4,7 +4,8 @@
 //   fixed order (cpu_detail::lane_sums), so results are bitwise the same for any thread count
 //   and every CPU variant.
 // - A row is read twice (max; exp into a row buffer), the buffer once (sum_j e_j, sum_j j e_j,
-//   sum_j j^2 e_j). The exponentials are in the acc type, the moments' sums in float64, where
+//   sum_j j^2 e_j); the one-pass op (mean_variance_loss_with_grad) reads the buffer once more for
+//   the gradient, p_j = e_j / sum, so that the backward is one multiply and no second exp. The exponentials are in the acc type, the moments' sums in float64, where
 //   v = E[j^2] - mj^2 loses only ~1e-16 K^2 (in float32 it would cancel: v ~ 1 against mj^2 ~ 1e4).
 // - Bin indices enter the math as int32 (K < 2^31, checked): AVX2 has no packed int64 -> float
 //   conversion, and an int64 one left the loops scalar (12 ns per element in the backward).
@@ -106,10 +107,27 @@ inline void row_moment_sums(const A* __restrict e, int64_t K, double* out) {
   out[2] = a2[0];
 }
 
+// dL/dz of one row (age_math.h dlogit) from its probabilities prob(j) and coefficients; the
+// target bin, with its -S, in float64. mj as a pair mh + ml: j - mj = (j - mh) - ml, exact to
+// one rounding of A.
+template <class scalar_t, class A, class P>
+inline void grad_row(const P& prob, const scalar_t* __restrict row, scalar_t* __restrict o, int64_t K,
+                     const RowMoments& r, double S, double Am, double B, int64_t bin) {
+  const A mh = static_cast<A>(r.mj), ml = static_cast<A>(r.mj - double(mh)), va = static_cast<A>(r.v);
+  const A Sa = static_cast<A>(S), Aa = static_cast<A>(Am), Ba = static_cast<A>(B);
+#pragma omp simd
+  for (int64_t j = 0; j < K; ++j)
+    o[j] = static_cast<scalar_t>(dlogit<A>(prob(j), (static_cast<A>(int32_t(j)) - mh) - ml, va, Sa, Aa, Ba));
+  if (bin >= 0) {
+    const double pb = std::exp(double(static_cast<A>(row[bin])) - r.lse);
+    o[bin] = out_cast<scalar_t>(dlogit<double>(pb, double(bin) - r.mj, r.v, S, Am, B) - S);
+  }
+}
+
 }  // namespace
 
 struct AgeCpu {
-  static void moments(const AgeProblem& p, Tensor& stats, Tensor* terms) {
+  static void moments(const AgeProblem& p, Tensor& stats, Tensor* terms, Tensor* grad) {
     if (terms != nullptr) check_bins(p);
     dispatch_floating(p.logits.scalar_type(), p.op, [&](auto tag) {
       using scalar_t = decltype(tag);
@@ -117,6 +135,8 @@ struct AgeCpu {
       const scalar_t* z = ptr<const scalar_t>(p.logits);
       double* st = ptr<double>(stats);
       double* tm = terms ? ptr<double>(*terms) : nullptr;
+      scalar_t* gout = grad ? ptr<scalar_t>(*grad) : nullptr;  // one pass: terms and target present
+      const double unit = p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0;
       const Ages ages(p);
       const int64_t K = p.K, start = p.start;
       const bool soft_on = p.include_softmax;
@@ -150,6 +170,12 @@ struct AgeCpu {
             const int64_t bin = soft_on ? ages.bin(i) : int64_t(-1);
             const double zb = bin >= 0 ? double(static_cast<A>(row[bin])) : 0.0;
             row_terms(r, ages.y(i), start, soft_on, bin, zb, tm[3 * i], tm[3 * i + 1], tm[3 * i + 2]);
+            if (gout != nullptr) {  // the total's gradient from the buffer: p_j = e_j / sum, no second exp
+              double S = 0.0, Am = 0.0, B = 0.0, dy = 0.0;
+              row_coefs(r, ages.y(i), start, soft_on, p.lambda_mean, p.lambda_var, unit, 0.0, 0.0, 0.0, S, Am, B, dy);
+              const A inv = static_cast<A>(1.0 / sum);
+              grad_row<scalar_t, A>([&](int64_t j) { return buf[j] * inv; }, row, gout + i * K, K, r, S, Am, B, bin);
+            }
           }
         }
       });
@@ -214,21 +240,10 @@ struct AgeCpu {
                                   gv[2], gv[3], S, Am, B, dy);
           const int64_t bin = (p.target && p.include_softmax) ? ages.bin(i) : int64_t(-1);
           const scalar_t* __restrict row = z + i * K;
-          scalar_t* __restrict o = out + i * K;
           // lse as a pair Lh + Ll in A: z - lse = (z - Lh) - Ll
           const A Lh = static_cast<A>(r.lse), Ll = static_cast<A>(r.lse - double(Lh));
-          // mj as a pair too: j - mj = (j - mh) - ml, exact to one rounding of A
-          const A mh = static_cast<A>(r.mj), ml = static_cast<A>(r.mj - double(mh)), va = static_cast<A>(r.v);
-          const A Sa = static_cast<A>(S), Aa = static_cast<A>(Am), Ba = static_cast<A>(B);
-#pragma omp simd
-          for (int64_t j = 0; j < K; ++j) {
-            const A pj = math::exp_softmax((static_cast<A>(row[j]) - Lh) - Ll);
-            o[j] = static_cast<scalar_t>(dlogit<A>(pj, (static_cast<A>(int32_t(j)) - mh) - ml, va, Sa, Aa, Ba));
-          }
-          if (bin >= 0) {  // the target bin, with its -S, in float64
-            const double pb = std::exp(double(static_cast<A>(row[bin])) - r.lse);
-            o[bin] = out_cast<scalar_t>(dlogit<double>(pb, double(bin) - r.mj, r.v, S, Am, B) - S);
-          }
+          grad_row<scalar_t, A>([&](int64_t j) { return math::exp_softmax((static_cast<A>(row[j]) - Lh) - Ll); }, row,
+                                out + i * K, K, r, S, Am, B, bin);
           if (gt_out) gt_out[i] = dy;
         }
       });

@@ -5,6 +5,8 @@
 //   ... in the acc type; the lanes are combined in double by an xor butterfly (every lane gets
 //   the same sum: each step adds a pair in both orders, and addition commutes exactly). The
 //   order depends on K only: deterministic, no atomics.
+// - The one-pass op (mean_variance_loss_with_grad) adds a fourth pass over the row, still in
+//   cache, for the total's gradient (grad_row, as the backward kernel).
 // - Three passes over the row as on CPU (max; sum_j e_j and sum_j j e_j; sum_j (j - mj)^2 e_j,
 //   the exponentials recomputed), so the variance is taken about the row's own mean; the
 //   exponentials in the acc type, the moments' sums in float64 (the lanes' too).
@@ -81,9 +83,39 @@ struct Ages {
   }
 };
 
+// dL/dz of row i (age_math.h dlogit) by the warp; the target bin, with its -S, in float64; a bad
+// bin (bad: the softmax term on, no bin) is never used as an index: the row is NaN.
+template <class scalar_t>
+__device__ __forceinline__ void grad_row(const scalar_t* row, scalar_t* o, int64_t K, int lane, const RowMoments& r,
+                                         double S, double Am, double B, int64_t bin, bool bad) {
+  using A = acc_t<scalar_t>;
+  if (bad) {
+    for (int64_t j = lane; j < K; j += 32) o[j] = out_cast<scalar_t>(std::numeric_limits<double>::quiet_NaN());
+    return;
+  }
+  const A Lh = static_cast<A>(r.lse), Ll = static_cast<A>(r.lse - double(Lh));
+  const A mh = static_cast<A>(r.mj), ml = static_cast<A>(r.mj - double(mh)), va = static_cast<A>(r.v);
+  const A Sa = static_cast<A>(S), Aa = static_cast<A>(Am), Ba = static_cast<A>(B);
+  for (int64_t j = lane; j < K; j += 32) {
+    if (j == bin) {
+      const double pb = ::exp(double(static_cast<A>(row[j])) - r.lse);
+      o[j] = out_cast<scalar_t>(dlogit<double>(pb, double(j) - r.mj, r.v, S, Am, B) - S);
+    } else {
+      const A pj = math::exp_softmax((static_cast<A>(row[j]) - Lh) - Ll);
+      o[j] = static_cast<scalar_t>(dlogit<A>(pj, (static_cast<A>(j) - mh) - ml, va, Sa, Aa, Ba));
+    }
+  }
+}
+
+// The one-pass path's gradient: the total's, for a unit upstream gradient (unit = 1/N for 'mean').
+struct OnePass {
+  void* grad;  // [N, K] in scalar_t, or null
+  double unit, lm, lv;
+};
+
 template <class scalar_t>
 __global__ void moments_kernel(const scalar_t* __restrict z, int64_t N, int64_t K, Ages ages, bool soft_on,
-                               double* __restrict stats, double* __restrict terms) {
+                               double* __restrict stats, double* __restrict terms, OnePass one) {
   using A = acc_t<scalar_t>;
   const int lane = threadIdx.x & 31;
   const int64_t warp = threadIdx.x >> 5;
@@ -109,8 +141,14 @@ __global__ void moments_kernel(const scalar_t* __restrict z, int64_t N, int64_t 
       s2 += double(math::exp_softmax(static_cast<A>(row[j]) - mx)) * d * d;
     }
     const double v = warp_sum_all(s2) / sum;
+    const RowMoments r{double(mx) + ::log(sum), mj, v};
+    if (one.grad != nullptr) {  // the row is in cache: a fourth pass writes the total's gradient
+      double S = 0.0, Am = 0.0, B = 0.0, dy = 0.0;
+      row_coefs(r, ages.y(i), ages.start, soft_on, one.lm, one.lv, one.unit, 0.0, 0.0, 0.0, S, Am, B, dy);
+      const int64_t bin = soft_on ? ages.bin(i) : int64_t(-1);
+      grad_row(row, static_cast<scalar_t*>(one.grad) + i * K, K, lane, r, S, Am, B, bin, soft_on && bin < 0);
+    }
     if (lane == 0) {
-      const RowMoments r{double(mx) + ::log(sum), mj, v};
       stats[3 * i] = r.lse;
       stats[3 * i + 1] = r.mj;
       stats[3 * i + 2] = r.v;
@@ -188,26 +226,9 @@ __global__ void backward_kernel(const scalar_t* __restrict z, int64_t N, int64_t
     double S = 0.0, Am = gv[2], B = gv[3], dy = 0.0;  // age_from_logits: dL/dm, dL/dv
     if (has_target) row_coefs(r, ages.y(i), ages.start, soft_on, lm, lv, gv[0], gv[1], gv[2], gv[3], S, Am, B, dy);
     const int64_t bin = (has_target && soft_on) ? ages.bin(i) : int64_t(-1);
-    scalar_t* o = out + i * K;
-    if (has_target && soft_on && bin < 0) {  // a bad bin: never used as an index
-      for (int64_t j = lane; j < K; j += 32) o[j] = out_cast<scalar_t>(std::numeric_limits<double>::quiet_NaN());
-      if (lane == 0 && grad_target) grad_target[i] = std::numeric_limits<double>::quiet_NaN();
-      continue;
-    }
-    const scalar_t* row = z + i * K;
-    const A Lh = static_cast<A>(r.lse), Ll = static_cast<A>(r.lse - double(Lh));
-    const A mh = static_cast<A>(r.mj), ml = static_cast<A>(r.mj - double(mh)), va = static_cast<A>(r.v);
-    const A Sa = static_cast<A>(S), Aa = static_cast<A>(Am), Ba = static_cast<A>(B);
-    for (int64_t j = lane; j < K; j += 32) {
-      if (j == bin) {  // the target bin, with its -S, in float64
-        const double pb = ::exp(double(static_cast<A>(row[j])) - r.lse);
-        o[j] = out_cast<scalar_t>(dlogit<double>(pb, double(j) - r.mj, r.v, S, Am, B) - S);
-      } else {
-        const A pj = math::exp_softmax((static_cast<A>(row[j]) - Lh) - Ll);
-        o[j] = static_cast<scalar_t>(dlogit<A>(pj, (static_cast<A>(j) - mh) - ml, va, Sa, Aa, Ba));
-      }
-    }
-    if (lane == 0 && grad_target) grad_target[i] = dy;
+    const bool bad = has_target && soft_on && bin < 0;
+    grad_row(z + i * K, out + i * K, K, lane, r, S, Am, B, bin, bad);
+    if (lane == 0 && grad_target) grad_target[i] = bad ? std::numeric_limits<double>::quiet_NaN() : dy;
   }
 }
 
@@ -229,13 +250,15 @@ Ages ages_of(const AgeProblem& p) {
 }  // namespace
 
 struct AgeCuda {
-  static void moments(const AgeProblem& p, Tensor& stats, Tensor* terms) {
+  static void moments(const AgeProblem& p, Tensor& stats, Tensor* terms, Tensor* grad) {
     if (p.N == 0) return;
     on_device(p, [&](auto tag, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       moments_kernel<scalar_t><<<row_grid(p.N), kWarps * 32, 0, stream>>>(
           ptr<const scalar_t>(p.logits), p.N, p.K, ages_of(p), p.include_softmax, ptr<double>(stats),
-          terms ? ptr<double>(*terms) : nullptr);
+          terms ? ptr<double>(*terms) : nullptr,
+          OnePass{grad ? grad->data_ptr() : nullptr, p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0,
+                  p.lambda_mean, p.lambda_var});
       check_launch("lossext::age moments kernel");
     });
   }

@@ -4,8 +4,10 @@
 //
 // The pattern: a row-wise softmax with a per-row regression on its moments. A Device provides
 // (tensors contiguous; N rows, K bins):
-//   moments(const AgeProblem&, Tensor& stats [N, 3] f64, Tensor* terms [N, 3] f64)
-//        per row lse, m - start_age, v; with terms (the loss), also L_s, L_m, L_v per row
+//   moments(const AgeProblem&, Tensor& stats [N, 3] f64, Tensor* terms [N, 3] f64, Tensor* grad [N, K])
+//        per row lse, m - start_age, v; with terms (the loss), also L_s, L_m, L_v per row; with
+//        grad (the one-pass path), also dL/dz of the total for a unit upstream gradient, from the
+//        same pass over the row
 //   finalize(const AgeProblem&, const Tensor& terms, Tensor* out[4])
 //        total, softmax, mean and variance terms, reduced (or per row), in the logits' dtype
 //   moments_out(const AgeProblem&, const Tensor& stats, Tensor& mean, Tensor& var)
@@ -127,19 +129,37 @@ inline std::optional<Tensor> check_grad(const char* op, const char* name, const 
 
 template <class Device>
 struct MeanVarianceKernels {
-  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward(Tensor logits, Tensor target, double lambda_mean,
-                                                                    double lambda_var, int64_t start_age,
-                                                                    bool include_softmax, int64_t reduction) {
-    const char* op = "lossext::mean_variance_loss";
+  using Outs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+  // The loss (and, with grad, its one-pass gradient): outputs 0-3, stats.
+  static Outs run(const char* op, Tensor logits, Tensor target, double lambda_mean, double lambda_var,
+                  int64_t start_age, bool include_softmax, int64_t reduction, std::optional<Tensor>* grad) {
     AgeProblem p = prepare(op, logits, &target, lambda_mean, lambda_var, start_age, include_softmax, reduction);
     Tensor stats = new_tensor({p.N, 3}, ScalarType::Double, p.logits);
     Tensor terms = new_tensor({p.N, 3}, ScalarType::Double, p.logits);
-    Device::moments(p, stats, &terms);
+    if (grad != nullptr) *grad = new_tensor({p.N, p.K}, p.logits.scalar_type(), p.logits);
+    Device::moments(p, stats, &terms, grad != nullptr ? &**grad : nullptr);
     const bool per_row = p.reduction == Reduction::None;
     Tensor outs[4] = {new_out(p, per_row), new_out(p, per_row), new_out(p, per_row), new_out(p, per_row)};
     Tensor* out_ptrs[4] = {&outs[0], &outs[1], &outs[2], &outs[3]};
     Device::finalize(p, terms, out_ptrs);
     return {outs[0], outs[1], outs[2], outs[3], stats};
+  }
+
+  static Outs forward(Tensor logits, Tensor target, double lambda_mean, double lambda_var, int64_t start_age,
+                      bool include_softmax, int64_t reduction) {
+    return run("lossext::mean_variance_loss", logits, target, lambda_mean, lambda_var, start_age, include_softmax,
+               reduction, nullptr);
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> with_grad(Tensor logits, Tensor target,
+                                                                              double lambda_mean, double lambda_var,
+                                                                              int64_t start_age, bool include_softmax,
+                                                                              int64_t reduction) {
+    std::optional<Tensor> grad;
+    auto o = run("lossext::mean_variance_loss_with_grad", logits, target, lambda_mean, lambda_var, start_age,
+                 include_softmax, reduction, &grad);
+    return {std::get<0>(o), std::get<1>(o), std::get<2>(o), std::get<3>(o), std::get<4>(o), *grad};
   }
 
   static std::tuple<Tensor, Tensor> backward(std::optional<Tensor> grad_loss, std::optional<Tensor> grad_softmax,
@@ -167,7 +187,7 @@ struct AgeFromLogitsKernels {
     const char* op = "lossext::age_from_logits";
     AgeProblem p = prepare(op, logits, nullptr, 0.0, 0.0, start_age, false, 0);
     Tensor stats = new_tensor({p.N, 3}, ScalarType::Double, p.logits);
-    Device::moments(p, stats, nullptr);
+    Device::moments(p, stats, nullptr, nullptr);
     Tensor mean = new_out(p, true), var = new_out(p, true);
     Device::moments_out(p, stats, mean, var);
     return {mean, var, stats};
@@ -189,6 +209,7 @@ struct AgeFromLogitsKernels {
 template <class Device, class Lib>
 void register_age_kernels(Lib& m) {
   m.impl("mean_variance_loss", TORCH_BOX(&MeanVarianceKernels<Device>::forward));
+  m.impl("mean_variance_loss_with_grad", TORCH_BOX(&MeanVarianceKernels<Device>::with_grad));
   m.impl("mean_variance_loss_backward", TORCH_BOX(&MeanVarianceKernels<Device>::backward));
   m.impl("age_from_logits", TORCH_BOX(&AgeFromLogitsKernels<Device>::forward));
   m.impl("age_from_logits_backward", TORCH_BOX(&AgeFromLogitsKernels<Device>::backward));

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .._core import validation as V
 from .._core.autograd import call as call_op
-from . import ops  # noqa: F401  (registers fake kernels and autograd)
+from . import ops  # registers fake kernels and autograd
 
 __all__ = ["mean_variance_loss", "age_from_logits", "MeanVarianceComponents"]
 
@@ -70,12 +70,17 @@ def mean_variance_outputs(fn: str, logits: Tensor, target: Tensor, lambda_mean: 
     target = _ages(fn, target, logits.shape[0], logits)
     check_settings(fn, lambda_mean, lambda_var, start_age)
     red = V.reduction_enum(fn, reduction)
+    one_pass = ops.one_pass_applies(logits, target)  # the forward writes the total's gradient too
     if torch.jit.is_scripting():
+        if one_pass:
+            o = torch.ops.lossext.mean_variance_loss_with_grad(logits, target, lambda_mean, lambda_var, start_age,
+                                                               include_softmax, red)
+            return o[0], o[1], o[2], o[3]
         out = torch.ops.lossext.mean_variance_loss(logits, target, lambda_mean, lambda_var, start_age,
                                                    include_softmax, red)
     else:
-        out = _eager_call(fn, "mean_variance_loss", logits, target, lambda_mean, lambda_var, start_age,
-                          include_softmax, red)
+        out = _eager_call(fn, "mean_variance_loss_with_grad" if one_pass else "mean_variance_loss", logits, target,
+                          lambda_mean, lambda_var, start_age, include_softmax, red)
     return out[0], out[1], out[2], out[3]
 
 

@@ -128,6 +128,7 @@ def _raw_calls(sample):
     gen = torch.Generator().manual_seed(1)
     grads = [torch.randn(out[0].shape, generator=gen, dtype=torch.float64).to(x.device, x.dtype) for _ in range(4)]
     return [("mean_variance_loss", (x, t, *p)),
+            ("mean_variance_loss_with_grad", (x, t, *p)),
             ("mean_variance_loss_backward", (*grads, x, t, out[4].detach(), *p)),
             ("mean_variance_loss_backward", (grads[0], None, None, grads[3], x, t, out[4].detach(), *p)),
             ("age_from_logits", (x, p[2])),
@@ -171,6 +172,7 @@ def _raw_errors(device):
         (name, (x, t, p[0], math.inf, *p[2:]), "'lambda_var' must be finite and >= 0"),
         (name, (x, t, *p[:2], 2 ** 60, *p[3:]), "'start_age' must be in"),
         (name, (x, t, *p[:-1], 5), "'reduction' must be"),
+        (f"{name}_with_grad", (x, t[:2], *p), "'target' must have shape"),
         (f"{name}_backward", (torch.ones(4, device=device), None, None, None, x, t, stats, *p),
          "'grad_loss' must be 0-dim"),
         (f"{name}_backward", (g.double(), None, None, None, x, t, stats, *p), "'grad_loss' has dtype"),
@@ -315,7 +317,7 @@ OP_ROWS = [
     OpInfo(
         name="mean_variance_loss",
         op=LF.mean_variance_loss, ref=R.mean_variance_loss, module=LN.MeanVarianceLoss,
-        raw_ops=["mean_variance_loss", "mean_variance_loss_backward", "age_from_logits", "age_from_logits_backward"],
+        raw_ops=["mean_variance_loss", "mean_variance_loss_with_grad", "mean_variance_loss_backward", "age_from_logits", "age_from_logits_backward"],
         hyper=dict(lambda_mean=0.2, lambda_var=0.05, start_age=0),
         sample_inputs=_samples, edge_inputs=_edges, error_inputs=_errors, bench_input=_bench,
         raw_calls=_raw_calls, module_call=_module, jit_source=_jit, raw_error_inputs=_raw_errors, tol=_TOL,

@@ -10,7 +10,12 @@ Ops (reduction: 0 none, 1 mean, 2 sum):
 
 target: int64 or float64 ages; grad_target [N] float64 for float64 ages, else empty. stats
 [N, 3] float64 (lse, m - start_age, v per row) is saved for the backward and is not
-differentiable. Forward-mode AD raises NotImplementedError; double backward is refused.
+differentiable. The one-pass op mean_variance_loss_with_grad(...same...) -> (loss, softmax,
+mean, variance, stats, grad_logits) also writes grad_logits, the total's gradient for a unit
+upstream gradient (1/N included for 'mean'), in the same pass over each row: its backward is
+then one multiply (lossext/_core/pointwise.py has the same two paths). The functional API takes
+it where `one_pass_applies` says; the choice was measured (benchmarks/RESULTS.md, age suite).
+Forward-mode AD raises NotImplementedError; double backward is refused.
 Autocast: both run in float32 (as F.cross_entropy).
 """
 import torch
@@ -25,13 +30,31 @@ def _out(x, n, per_row):
     return x.new_empty((n,) if per_row else ())
 
 
-@torch.library.register_fake("lossext::mean_variance_loss")
-def _(logits, target, lambda_mean, lambda_var, start_age, include_softmax, reduction):
-    check_same_device("mean_variance_loss", "logits", logits, ("target", target))
+def _mv_fake(logits, target, reduction, name):
+    check_same_device(name, "logits", logits, ("target", target))
     n = logits.shape[0]
     per_row = reduction == 0
     return (_out(logits, n, per_row), _out(logits, n, per_row), _out(logits, n, per_row), _out(logits, n, per_row),
             logits.new_empty((n, 3), dtype=torch.float64))
+
+
+@torch.library.register_fake("lossext::mean_variance_loss")
+def _(logits, target, lambda_mean, lambda_var, start_age, include_softmax, reduction):
+    return _mv_fake(logits, target, reduction, "mean_variance_loss")
+
+
+@torch.library.register_fake("lossext::mean_variance_loss_with_grad")
+def _(logits, target, lambda_mean, lambda_var, start_age, include_softmax, reduction):
+    return _mv_fake(logits, target, reduction, "mean_variance_loss_with_grad") + (logits.new_empty(logits.shape),)
+
+
+def one_pass_applies(logits: torch.Tensor, target: torch.Tensor) -> bool:
+    """Where the functional API takes mean_variance_loss_with_grad (scriptable, so that scripted
+    and eager calls agree): logits that require grad, in float32 or float64 (a float16/bfloat16
+    one-pass buffer would underflow before a loss scale multiplies it), and a target that does
+    not (dL/dy comes from the recompute op)."""
+    return ((logits.dtype == torch.float32 or logits.dtype == torch.float64) and logits.requires_grad
+            and not target.requires_grad and torch.is_grad_enabled())
 
 
 @torch.library.register_fake("lossext::mean_variance_loss_backward")
@@ -73,6 +96,27 @@ def _mv_backward(ctx, g_loss, g_soft, g_mean, g_var, _g_stats):
     return (g if need[0] else None, gt if need[1] and target.dtype == torch.float64 else None) + none[2:]
 
 
+def _mv_one_pass_setup(ctx, inputs, output):
+    ctx.params = inputs[2:]
+    ctx.mark_non_differentiable(output[4], output[5])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs[0], inputs[1], output[4], output[5])
+
+
+def _mv_one_pass_backward(ctx, g_loss, g_soft, g_mean, g_var, _g_stats, _g_grad):
+    logits, target, stats, grad = ctx.saved_tensors
+    none = (None,) * (2 + len(ctx.params))
+    if g_loss is None and g_soft is None and g_mean is None and g_var is None:
+        return none
+    need = ctx.needs_input_grad
+    if g_soft is None and g_mean is None and g_var is None and not need[1] and not torch.is_grad_enabled():
+        # only the total: its saved gradient times the upstream one (per row for 'none')
+        return (g_loss.unsqueeze(-1) * grad if g_loss.dim() == 1 else g_loss * grad,) + none[1:]
+    # the terms' gradients, dL/dy or create_graph (whose double backward must raise): recompute
+    g, gt = call_op("mean_variance_loss_backward", g_loss, g_soft, g_mean, g_var, logits, target, stats, *ctx.params)
+    return (g if need[0] else None, gt if need[1] and target.dtype == torch.float64 else None) + none[2:]
+
+
 def _age_setup(ctx, inputs, output):
     ctx.start_age = inputs[1]
     ctx.mark_non_differentiable(output[2])
@@ -89,8 +133,12 @@ def _age_backward(ctx, g_mean, g_var, _g_stats):
 
 register_autograd("mean_variance_loss", setup_context=_mv_setup, backward=_mv_backward,
                   what="lossext.mean_variance_loss")
+register_autograd("mean_variance_loss_with_grad", setup_context=_mv_one_pass_setup, backward=_mv_one_pass_backward,
+                  what="lossext.mean_variance_loss")
 register_autograd("age_from_logits", setup_context=_age_setup, backward=_age_backward, what="lossext.age_from_logits")
 amp.register("mean_variance_loss", "fp32")
+amp.register("mean_variance_loss_with_grad", "fp32")
 amp.register("age_from_logits", "fp32")
 refuse_double_backward("mean_variance_loss", ["mean_variance_loss_backward"])
+refuse_double_backward("mean_variance_loss_with_grad", ["mean_variance_loss_backward"])
 refuse_double_backward("age_from_logits", ["age_from_logits_backward"])
