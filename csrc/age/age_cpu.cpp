@@ -5,7 +5,8 @@
 //   and every CPU variant.
 // - A row is read twice (max; exp into a row buffer), the buffer once (sum_j e_j, sum_j j e_j,
 //   sum_j j^2 e_j); the one-pass op (mean_variance_loss_with_grad) reads the buffer once more for
-//   the gradient, p_j = e_j / sum, so that the backward is one multiply and no second exp. The exponentials are in the acc type, the moments' sums in float64, where
+//   the gradient, p_j = e_j / sum, so that the backward is one multiply and no second exp. The
+//   exponentials are in the acc type, the moments' sums in float64, where
 //   v = E[j^2] - mj^2 loses only ~1e-16 K^2 (in float32 it would cancel: v ~ 1 against mj^2 ~ 1e4).
 // - Bin indices enter the math as int32 (K < 2^31, checked): AVX2 has no packed int64 -> float
 //   conversion, and an int64 one left the loops scalar (12 ns per element in the backward).
@@ -136,7 +137,7 @@ struct AgeCpu {
       double* st = ptr<double>(stats);
       double* tm = terms ? ptr<double>(*terms) : nullptr;
       scalar_t* gout = grad ? ptr<scalar_t>(*grad) : nullptr;  // one pass: terms and target present
-      const double unit = p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0;
+      const double unit = row_weight(p);
       const Ages ages(p);
       const int64_t K = p.K, start = p.start;
       const bool soft_on = p.include_softmax;
@@ -227,7 +228,7 @@ struct AgeCpu {
       const scalar_t* gp[4] = {ptr<const scalar_t>(g.total), ptr<const scalar_t>(g.soft), ptr<const scalar_t>(g.mean),
                                ptr<const scalar_t>(g.var)};
       const bool per_row = p.reduction == Reduction::None;
-      const double inv = p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0;
+      const double inv = row_weight(p);
       const Ages ages(p);
       const int64_t K = p.K, start = p.start;
       parallel_rows(p.N, K, [&](int64_t b, int64_t e) {

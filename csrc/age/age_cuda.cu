@@ -257,8 +257,7 @@ struct AgeCuda {
       moments_kernel<scalar_t><<<row_grid(p.N), kWarps * 32, 0, stream>>>(
           ptr<const scalar_t>(p.logits), p.N, p.K, ages_of(p), p.include_softmax, ptr<double>(stats),
           terms ? ptr<double>(*terms) : nullptr,
-          OnePass{grad ? grad->data_ptr() : nullptr, p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0,
-                  p.lambda_mean, p.lambda_var});
+          OnePass{grad ? grad->data_ptr() : nullptr, row_weight(p), p.lambda_mean, p.lambda_var});
       check_launch("lossext::age moments kernel");
     });
   }
@@ -297,7 +296,7 @@ struct AgeCuda {
       using scalar_t = decltype(tag);
       GradIn gin{{ptr<const scalar_t>(g.total), ptr<const scalar_t>(g.soft), ptr<const scalar_t>(g.mean),
                   ptr<const scalar_t>(g.var)},
-                 p.reduction == Reduction::None, p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0};
+                 p.reduction == Reduction::None, row_weight(p)};
       backward_kernel<scalar_t><<<row_grid(p.N), kWarps * 32, 0, stream>>>(
           ptr<const scalar_t>(p.logits), p.N, p.K, ages_of(p), p.target.has_value(), p.include_softmax,
           p.lambda_mean, p.lambda_var, gin, ptr<const double>(stats), ptr<scalar_t>(grad),

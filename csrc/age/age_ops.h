@@ -51,6 +51,10 @@ struct AgeGrads {
   std::optional<Tensor> total, soft, mean, var;
 };
 
+// A row's weight in a reduced loss: 1/N for 'mean', else 1 (the backward and the one-pass
+// gradient scale the upstream gradient by it).
+inline double row_weight(const AgeProblem& p) { return p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0; }
+
 inline Tensor new_tensor(std::vector<int64_t> sizes, ScalarType st, const Tensor& like) {
   return torch::stable::empty(sizes, st, std::nullopt, like.device());
 }

@@ -317,7 +317,8 @@ OP_ROWS = [
     OpInfo(
         name="mean_variance_loss",
         op=LF.mean_variance_loss, ref=R.mean_variance_loss, module=LN.MeanVarianceLoss,
-        raw_ops=["mean_variance_loss", "mean_variance_loss_with_grad", "mean_variance_loss_backward", "age_from_logits", "age_from_logits_backward"],
+        raw_ops=["mean_variance_loss", "mean_variance_loss_with_grad", "mean_variance_loss_backward", "age_from_logits",
+                 "age_from_logits_backward"],
         hyper=dict(lambda_mean=0.2, lambda_var=0.05, start_age=0),
         sample_inputs=_samples, edge_inputs=_edges, error_inputs=_errors, bench_input=_bench,
         raw_calls=_raw_calls, module_call=_module, jit_source=_jit, raw_error_inputs=_raw_errors, tol=_TOL,

@@ -86,14 +86,19 @@ def _mv_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1], output[4])
 
 
-def _mv_backward(ctx, g_loss, g_soft, g_mean, g_var, _g_stats):
-    logits, target, stats = ctx.saved_tensors
-    none = (None,) * (2 + len(ctx.params))
-    if g_loss is None and g_soft is None and g_mean is None and g_var is None:
-        return none
+def _recompute(ctx, logits, target, stats, g_loss, g_soft, g_mean, g_var):
+    """The inputs' gradients from mean_variance_loss_backward over the saved stats."""
     g, gt = call_op("mean_variance_loss_backward", g_loss, g_soft, g_mean, g_var, logits, target, stats, *ctx.params)
     need = ctx.needs_input_grad
-    return (g if need[0] else None, gt if need[1] and target.dtype == torch.float64 else None) + none[2:]
+    gt = gt if need[1] and target.dtype == torch.float64 else None
+    return (g if need[0] else None, gt) + (None,) * len(ctx.params)
+
+
+def _mv_backward(ctx, g_loss, g_soft, g_mean, g_var, _g_stats):
+    logits, target, stats = ctx.saved_tensors
+    if g_loss is None and g_soft is None and g_mean is None and g_var is None:
+        return (None,) * (2 + len(ctx.params))
+    return _recompute(ctx, logits, target, stats, g_loss, g_soft, g_mean, g_var)
 
 
 def _mv_one_pass_setup(ctx, inputs, output):
@@ -108,13 +113,12 @@ def _mv_one_pass_backward(ctx, g_loss, g_soft, g_mean, g_var, _g_stats, _g_grad)
     none = (None,) * (2 + len(ctx.params))
     if g_loss is None and g_soft is None and g_mean is None and g_var is None:
         return none
-    need = ctx.needs_input_grad
-    if g_soft is None and g_mean is None and g_var is None and not need[1] and not torch.is_grad_enabled():
+    if g_soft is None and g_mean is None and g_var is None and not ctx.needs_input_grad[1] \
+            and not torch.is_grad_enabled():
         # only the total: its saved gradient times the upstream one (per row for 'none')
         return (g_loss.unsqueeze(-1) * grad if g_loss.dim() == 1 else g_loss * grad,) + none[1:]
     # the terms' gradients, dL/dy or create_graph (whose double backward must raise): recompute
-    g, gt = call_op("mean_variance_loss_backward", g_loss, g_soft, g_mean, g_var, logits, target, stats, *ctx.params)
-    return (g if need[0] else None, gt if need[1] and target.dtype == torch.float64 else None) + none[2:]
+    return _recompute(ctx, logits, target, stats, g_loss, g_soft, g_mean, g_var)
 
 
 def _age_setup(ctx, inputs, output):
