@@ -28,47 +28,22 @@
 #include <torch/csrc/stable/ops.h>
 
 #include "../common/cpu_isa.h"
+#include "metric_cpu.h"
 #include "metric_ops.h"
 
 namespace lossext {
 namespace metric {
 namespace {
+using namespace cpu;
 
-constexpr int64_t kWorkPerTask = int64_t(1) << 15;  // elements per parallel task, at least
 constexpr int64_t kTileRows = 256;
 constexpr int64_t kTileCols = 512;
-
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
-
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(cols, 1)); }
-
-template <class F>
-void parallel_rows(int64_t n, int64_t cols, const F& f) {
-  torch::stable::parallel_for(0, n, row_grain(cols), [&](int64_t b, int64_t e) { cpu_detail::with_cpu_isa(f, b, e); });
-}
 
 void check_targets(const Problem& p) {
   const int64_t* t = ptr<const int64_t>(p.target);
   for (int64_t i = 0; i < p.N; ++i)
     LOSSEXT_CHECK(t[i] >= 0 && t[i] < p.C, p.op, ": argument 'target' has value ", t[i], " at index ", i,
                   ", outside [0, ", p.C, ")");
-}
-
-// sum_d (a_d - b_d)^2 in A, in lane_sum's fixed order.
-template <class A, class scalar_t>
-__attribute__((always_inline)) inline A sq_dist(const scalar_t* __restrict a, const scalar_t* __restrict b, int64_t D) {
-  return cpu_detail::lane_sum<A>(0, D, [&](int64_t d) {
-    const A x = static_cast<A>(a[d]) - static_cast<A>(b[d]);
-    return x * x;
-  });
-}
-
-template <class A, class scalar_t>
-__attribute__((always_inline)) inline A sq_norm(const scalar_t* __restrict a, int64_t D) {
-  return cpu_detail::lane_sum<A>(0, D, [&](int64_t d) {
-    const A x = static_cast<A>(a[d]);
-    return x * x;
-  });
 }
 
 // G_i = dReducedLoss / dloss_i in A.

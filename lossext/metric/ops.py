@@ -11,6 +11,23 @@ row's hardest negative class (-1: none), saved for the backward, not differentia
 Forward mode: one backward pass contracted with the tangents; a centers tangent at
 reduction='none' raises NotImplementedError (it needs per-row center gradients).
 Double backward raises NotImplementedError. Autocast: both run in float32 (as F.mse_loss).
+
+Pair-based ops (csrc/metric/pair_ops.h; schemas in metric_schema.cpp):
+  triplet_margin_loss(embeddings, labels, ref_embeddings, ref_labels, exclude_self, margin, mining,
+                      distance, soft_margin, reduction) -> (loss, hard [N, 2] int64, counts [4] int64)
+  triplet_margin_loss_backward(grad_output, embeddings, labels, ref_embeddings, ref_labels, hard, counts,
+                               exclude_self, margin, mining, distance, soft_margin, reduction, ref_grad)
+                               -> (grad_embeddings, grad_ref_embeddings)
+  contrastive_loss(embeddings, labels, ref_embeddings, ref_labels, exclude_self, pos_margin, neg_margin,
+                   distance, reduction) -> (loss, counts)
+  contrastive_loss_backward(grad_output, ..., counts, exclude_self, pos_margin, neg_margin, distance,
+                            reduction, ref_grad) -> (grad_embeddings, grad_ref_embeddings)
+reduction: 0 none (per-anchor sums), 1 mean over the valid terms, 2 sum, 3 mean over the terms
+with a positive loss. ref_grad False: grad_ref_embeddings is [0, D]. The functions pass the batch
+as its own reference (the same tensor twice, exclude_self True): autograd adds the two gradients.
+Forward mode: one backward pass contracted with the tangents; at reduction 'none' only for a
+tangent of the embeddings alone when the reference is another tensor (otherwise
+NotImplementedError: it needs per-anchor reference gradients). Autocast: float32.
 """
 import torch
 
@@ -127,5 +144,88 @@ def _tc_jvp(ctx, t_f, _t_target, t_c, *_t_params):
 register_autograd("triplet_center_loss", setup_context=_tc_setup, backward=_tc_backward, jvp=_tc_jvp)
 amp.register("triplet_center_loss", "fp32")
 
+# ---- pair-based losses -----------------------------------------------------------------------------
+
+def _pair_loss_like(x, reduction):
+    return x.new_empty((x.shape[0],) if reduction == 0 else ())
+
+
+@torch.library.register_fake("lossext::triplet_margin_loss")
+def _(x, y, r, ry, exclude_self, margin, mining, distance, soft, reduction):
+    check_same_device("triplet_margin_loss", "embeddings", x, ("labels", y), ("ref_embeddings", r), ("ref_labels", ry))
+    return (_pair_loss_like(x, reduction), x.new_empty((x.shape[0], 2), dtype=torch.int64),
+            x.new_empty((4,), dtype=torch.int64))
+
+
+@torch.library.register_fake("lossext::contrastive_loss")
+def _(x, y, r, ry, exclude_self, pos_margin, neg_margin, distance, reduction):
+    check_same_device("contrastive_loss", "embeddings", x, ("labels", y), ("ref_embeddings", r), ("ref_labels", ry))
+    return _pair_loss_like(x, reduction), x.new_empty((4,), dtype=torch.int64)
+
+
+def _pair_grads_like(x, r, ref_grad):
+    return x.new_empty(x.shape), r.new_empty((r.shape[0] if ref_grad else 0, r.shape[1]))
+
+
+@torch.library.register_fake("lossext::triplet_margin_loss_backward")
+def _(grad, x, y, r, ry, hard, counts, exclude_self, margin, mining, distance, soft, reduction, ref_grad):
+    check_same_device("triplet_margin_loss_backward", "embeddings", x, ("labels", y), ("ref_embeddings", r),
+                      ("ref_labels", ry), ("hard", hard), ("counts", counts), ("grad_output", grad))
+    return _pair_grads_like(x, r, ref_grad)
+
+
+@torch.library.register_fake("lossext::contrastive_loss_backward")
+def _(grad, x, y, r, ry, counts, exclude_self, pos_margin, neg_margin, distance, reduction, ref_grad):
+    check_same_device("contrastive_loss_backward", "embeddings", x, ("labels", y), ("ref_embeddings", r),
+                      ("ref_labels", ry), ("counts", counts), ("grad_output", grad))
+    return _pair_grads_like(x, r, ref_grad)
+
+
+def _pair_setup(saved_outputs):
+    def setup(ctx, inputs, output):
+        ctx.flags = inputs[4:]
+        saved = [output[k] for k in saved_outputs]
+        for t in saved:
+            ctx.mark_non_differentiable(t)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*inputs[:4], *saved)
+        ctx.save_for_forward(*inputs[:4], *saved)
+    return setup
+
+
+def _pair_backward_fn(backward_op, n_inputs):
+    def backward(ctx, grad, *_rest):
+        x, y, r, ry, *saved = ctx.saved_tensors
+        if grad is None:
+            return (None,) * n_inputs
+        need = ctx.needs_input_grad
+        ge, gr = call_op(backward_op, grad, x, y, r, ry, *saved, *ctx.flags, bool(need[2]))
+        return ((ge if need[0] else None), None, (gr if need[2] else None)) + (None,) * (n_inputs - 3)
+
+    def jvp(ctx, t_x, _t_y, t_r, *_t_params):
+        x, y, r, ry, *saved = ctx.saved_tensors
+        red = ctx.flags[-1]
+        ref_grad = t_r is not None
+        if red == 0 and ref_grad:
+            raise NotImplementedError(f"lossext.{backward_op[:-9]}: forward-mode AD at reduction='none' with respect "
+                                      "to the reference embeddings (or the batch as its own reference) is not "
+                                      "implemented (it needs per-anchor reference gradients)")
+        ge, gr = call_op(backward_op, _unit(x, red), x, y, r, ry, *saved, *ctx.flags, ref_grad)
+        out = _jvp_total(backward_op[:-9], x, t_x, None, red, ge, None)
+        if ref_grad:
+            out = out + _dot(gr, t_r, red)
+        return (out,) + (None,) * len(saved)
+    return backward, jvp
+
+
+_tb, _tj = _pair_backward_fn("triplet_margin_loss_backward", 10)
+register_autograd("triplet_margin_loss", setup_context=_pair_setup([1, 2]), backward=_tb, jvp=_tj)
+amp.register("triplet_margin_loss", "fp32")
+_cb, _cj = _pair_backward_fn("contrastive_loss_backward", 9)
+register_autograd("contrastive_loss", setup_context=_pair_setup([1]), backward=_cb, jvp=_cj)
+amp.register("contrastive_loss", "fp32")
+
+refuse_double_backward("triplet_margin_loss", ["triplet_margin_loss_backward"])
+refuse_double_backward("contrastive_loss", ["contrastive_loss_backward"])
 refuse_double_backward("center_loss", ["center_loss_backward"])
 refuse_double_backward("triplet_center_loss", ["triplet_center_loss_backward"])

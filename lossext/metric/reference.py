@@ -2,7 +2,8 @@
 PyTorch user writes (the benchmarks' eager and torch.compile baselines)."""
 import torch
 
-__all__ = ["center_loss", "triplet_center_loss", "center_loss_composite", "triplet_center_loss_composite"]
+__all__ = ["center_loss", "triplet_center_loss", "center_loss_composite", "triplet_center_loss_composite",
+           "triplet_margin_loss", "contrastive_loss"]
 
 
 def _reduce(per_row, reduction):
@@ -65,3 +66,106 @@ def triplet_center_loss_composite(features, target, centers, margin=5.0, distanc
         mask = mask | ~present[None, :]
     dn = d.masked_fill(mask, float("inf")).min(1).values
     return _reduce(torch.relu(dp + margin - dn), reduction)
+
+
+# ---- pair-based losses: float64 references spelled out anchor by anchor ------------------------
+
+def _pair_setup(embeddings, labels, ref_embeddings, ref_labels, distance, squared, normalize):
+    x, r = embeddings, embeddings if ref_embeddings is None else ref_embeddings
+    y = labels.long()
+    ry = y if ref_labels is None else ref_labels.long()
+    if normalize or distance == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1, eps=1e-12)
+        r = torch.nn.functional.normalize(r, dim=1, eps=1e-12) if ref_embeddings is not None else x
+    if distance == "cosine":
+        d = 1.0 - x @ r.T
+    else:
+        s = ((x[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+        d = s if squared else s.clamp_min(1e-12).sqrt()
+    same = y[:, None] == ry[None, :]
+    valid = torch.ones_like(same)
+    if ref_embeddings is None:
+        valid &= ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return d, same & valid, ~same & valid
+
+
+def _first(values, largest):
+    """The index of the max (largest) or min, the lowest among ties."""
+    best = values.max() if largest else values.min()
+    return int((values == best).nonzero()[0, 0])
+
+
+def _pair_reduce(per_anchor, terms, reduction, default):
+    """terms: [(sum, valid count, nonzero count)] per kind (one for triplets, pos and neg pairs for
+    contrastive); 'mean' is `default` ('mean_all' or 'mean_nonzero'); a mean of no terms is 0."""
+    if reduction == "none":
+        return per_anchor
+    if reduction == "sum":
+        return per_anchor.sum()
+    kind = default if reduction == "mean" else reduction
+    total = per_anchor.new_zeros(())
+    for s, nv, nz in terms:
+        n = nv if kind == "mean_all" else nz
+        if n > 0:
+            total = total + s / n
+    return total
+
+
+def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", distance="euclidean", squared=False,
+                        normalize=False, soft_margin=False, reduction="mean", ref_embeddings=None, ref_labels=None):
+    """Triplet loss with online mining (FaceNet, Schroff et al., CVPR 2015, Eq. 1; Hermans et al.,
+    2017, Eqs. 4-5), anchor by anchor over the [N, M] distances. v = d_ap - d_an + margin, h = relu
+    (soft_margin: v = d_ap - d_an, h = softplus). batch_hard: the farthest positive and nearest
+    negative; batch_all: every (positive, negative); semi_hard: per positive the nearest negative
+    farther than it, else the farthest negative (TensorFlow Addons). Ties: the lowest index. An
+    anchor without a positive or a negative has no triplet. 'mean': batch_all over the triplets
+    with a positive loss, the others over all their triplets; 'none': per-anchor sums."""
+    d, pos, neg = _pair_setup(embeddings, labels, ref_embeddings, ref_labels, distance, squared, normalize)
+    m = 0.0 if soft_margin else margin
+    h = torch.nn.functional.softplus if soft_margin else torch.relu
+    per_anchor, total, nv, nz = [], d.new_zeros(()), 0, 0
+    for a in range(d.shape[0]):
+        P, Q = pos[a].nonzero()[:, 0], neg[a].nonzero()[:, 0]
+        if len(P) == 0 or len(Q) == 0:
+            per_anchor.append(d.new_zeros(()))
+            continue
+        dp, dn = d[a, P], d[a, Q]
+        if mining == "batch_hard":
+            v = dp[_first(dp.detach(), True)] - dn[_first(dn.detach(), False)] + m
+        elif mining == "batch_all":
+            v = (dp[:, None] - dn[None, :] + m).reshape(-1)
+        else:
+            chosen = []
+            for k in range(len(P)):
+                out = dn.detach() > dp[k].detach()
+                if out.any():
+                    q = int(out.nonzero()[_first(dn.detach()[out], False), 0])
+                else:
+                    q = _first(dn.detach(), True)
+                chosen.append(dn[q])
+            v = dp - torch.stack(chosen) + m
+        loss = h(v)
+        per_anchor.append(loss.sum())
+        total = total + loss.sum()
+        nv += loss.numel()
+        nz += int((loss.detach() > 0).sum())
+    per_anchor = torch.stack(per_anchor) if per_anchor else d.new_zeros((0,))
+    default = "mean_nonzero" if mining == "batch_all" else "mean_all"
+    return _pair_reduce(per_anchor, [(total, nv, nz)], reduction, default)
+
+
+def contrastive_loss(embeddings, labels, pos_margin=0.0, neg_margin=1.0, distance="euclidean", reduction="mean",
+                     ref_embeddings=None, ref_labels=None):
+    """Contrastive loss (Hadsell et al., CVPR 2006) in pytorch-metric-learning's form: positive pairs
+    relu(d - pos_margin), negative pairs relu(neg_margin - d), over every ordered pair (a, j);
+    'mean' (pml's AvgNonZeroReducer) averages the positive and the negative terms each over those
+    with a positive loss and adds the two; 'mean_all' over all of them; 'none': per-anchor sums."""
+    squared = distance == "squared_euclidean"
+    d, pos, neg = _pair_setup(embeddings, labels, ref_embeddings, ref_labels,
+                              "euclidean" if squared else distance, squared, False)
+    lp = torch.relu(d - pos_margin) * pos
+    ln = torch.relu(neg_margin - d) * neg
+    per_anchor = lp.sum(1) + ln.sum(1)
+    terms = [(lp.sum(), int(pos.sum()), int((lp.detach() > 0).sum())),
+             (ln.sum(), int(neg.sum()), int((ln.detach() > 0).sum()))]
+    return _pair_reduce(per_anchor, terms, reduction, "mean_nonzero")
