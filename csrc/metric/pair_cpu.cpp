@@ -275,7 +275,8 @@ inline Totals totals(const std::vector<AnchorResult>& res) {
   return t;
 }
 
-// A sum over `count` terms for a mean: 0 when there are none (pytorch-metric-learning's reducers).
+// A sum over `count` terms for a mean: 0 when there are none (pytorch-metric-learning's reducers:
+// a batch without a triplet does not stop training).
 inline double mean_of(double s, int64_t count) { return count > 0 ? s / double(count) : 0.0; }
 
 inline bool nonzero_divisor(const PairProblem& p) { return p.reduction == PairReduction::MeanNonzero; }
@@ -333,7 +334,9 @@ struct PairCpu {
         out[0] = static_cast<scalar_t>(s);
       } else {
         const int k = nonzero_divisor(p) ? 1 : 0;
-        out[0] = static_cast<scalar_t>(mean_of(t.sum_pos, t.cnt[k]) + mean_of(t.sum_neg, t.cnt[k + 2]));
+        // an empty batch: NaN, as torch's mean of nothing; a batch without terms: 0
+        out[0] = static_cast<scalar_t>(p.N == 0 ? std::numeric_limits<double>::quiet_NaN()
+                                                : mean_of(t.sum_pos, t.cnt[k]) + mean_of(t.sum_neg, t.cnt[k + 2]));
       }
     });
   }

@@ -10,6 +10,8 @@
 // hard: batch_hard's (positive, negative) reference index per anchor (-1: none); the other
 // minings leave it -1 (their backward mines again). counts: (valid, nonzero) of the triplets or
 // positive pairs, then (valid, nonzero) of the negative pairs (contrastive; 0 for triplets).
+// A mean over no terms is 0 (pytorch-metric-learning's reducers), except for an empty batch
+// (N = 0): NaN, as torch's mean of nothing.
 // Memory beyond the inputs and outputs: O(N + M) vectors plus per-task rows of M and tiles;
 // never N x M. Every gradient row is summed in a fixed order (no atomics).
 #pragma once

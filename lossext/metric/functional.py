@@ -166,9 +166,17 @@ def _one_of(fn: str, name: str, value: str, allowed: List[str]) -> str:
     return value
 
 
+def _choice_index(fn: str, name: str, value: str, allowed: List[str]) -> int:
+    _one_of(fn, name, value, allowed)
+    for i in range(len(allowed)):
+        if allowed[i] == value:
+            return i
+    return -1
+
+
 def pair_reduction_enum(fn: str, reduction: str, default: int) -> int:
     """'mean' is `default` (1: over all valid terms, 3: over those with a positive loss)."""
-    _one_of(fn, "reduction", reduction, PAIR_REDUCTIONS)
+    _one_of(fn, "reduction", reduction, ["none", "mean", "sum", "mean_all", "mean_nonzero"])
     if reduction == "none":
         return 0
     if reduction == "sum":
@@ -248,11 +256,10 @@ def triplet_margin(fn: str, embeddings: Tensor, labels: Tensor, margin: float, m
         V.tensor(fn, "ref_labels", ref_labels, optional=True)
         embeddings, ref_embeddings = _eager_pair(fn, embeddings, ref_embeddings)
     check_nonnegative(fn, "margin", margin)
-    _one_of(fn, "mining", mining, MININGS)
-    _one_of(fn, "distance", distance, TRIPLET_DISTANCES)
+    mine = _choice_index(fn, "mining", mining, ["batch_hard", "batch_all", "semi_hard"])
+    _one_of(fn, "distance", distance, ["euclidean", "cosine"])
     if squared and distance == "cosine":
         raise ValueError(fn + ": squared=True applies to distance='euclidean', got distance='cosine'")
-    mine = MININGS.index(mining)
     red = pair_reduction_enum(fn, reduction, 3 if mining == "batch_all" else 1)
     dist = 2 if distance == "cosine" else (0 if squared else 1)
     x, y, r, ry, self_ref = pair_inputs(fn, embeddings, labels, ref_embeddings, ref_labels,
@@ -321,10 +328,9 @@ def contrastive(fn: str, embeddings: Tensor, labels: Tensor, pos_margin: float, 
         embeddings, ref_embeddings = _eager_pair(fn, embeddings, ref_embeddings)
     check_nonnegative(fn, "pos_margin", pos_margin)
     check_nonnegative(fn, "neg_margin", neg_margin)
-    _one_of(fn, "distance", distance, CONTRASTIVE_DISTANCES)
-    red = pair_reduction_enum(fn, reduction, 3)
-    dist = CONTRASTIVE_DISTANCES.index(distance)
+    dist = _choice_index(fn, "distance", distance, ["euclidean", "squared_euclidean", "cosine"])
     dist = 1 if dist == 0 else (0 if dist == 1 else 2)
+    red = pair_reduction_enum(fn, reduction, 3)
     x, y, r, ry, self_ref = pair_inputs(fn, embeddings, labels, ref_embeddings, ref_labels, distance == "cosine")
     if torch.jit.is_scripting():
         return torch.ops.lossext.contrastive_loss(x, y, r, ry, self_ref, pos_margin, neg_margin, dist, red)[0]

@@ -2,13 +2,15 @@
 
 Every Module checks its arguments at construction, shows them in its repr and is scriptable
 (torch.jit.script)."""
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
 from .._core import validation as V
 from . import functional as F
 
-__all__ = ["CenterLoss", "TripletCenterLoss"]
+__all__ = ["CenterLoss", "TripletCenterLoss", "TripletMarginLoss", "ContrastiveLoss"]
 
 UPDATES = ["autograd", "paper"]
 
@@ -106,3 +108,65 @@ class TripletCenterLoss(nn.Module):
     def extra_repr(self):
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, margin={self.margin!r}, "
                 f"distance={self.distance!r}, negatives={self.negatives!r}, reduction={self.reduction!r}")
+
+
+class TripletMarginLoss(nn.Module):
+    r"""Triplet loss with online mining over the batch (or a reference set): batch-hard (Hermans et
+    al., 2017), batch-all, or semi-hard (FaceNet). Unlike torch.nn.TripletMarginLoss, which takes
+    ready-made (anchor, positive, negative) rows, it takes embeddings and labels and mines the
+    triplets itself, in tiles (no [N, M] matrix).
+
+    forward(embeddings [N, D], labels [N], ref_embeddings [M, D] = None, ref_labels [M] = None)
+    -> the loss (see lossext.functional.triplet_margin_loss).
+    """
+
+    def __init__(self, margin=0.2, mining="batch_hard", distance="euclidean", squared=False, normalize=False,
+                 soft_margin=False, reduction="mean"):
+        super().__init__()
+        n = type(self).__name__
+        self._fn = n
+        self.margin = F.check_nonnegative(n, "margin", V.number(n, "margin", margin))
+        self.mining = F._eager_choice(n, "mining", mining, F.MININGS)
+        self.distance = F._eager_choice(n, "distance", distance, F.TRIPLET_DISTANCES)
+        self.squared = V.flag(n, "squared", squared)
+        if self.squared and self.distance == "cosine":
+            raise ValueError(f"{n}: squared=True applies to distance='euclidean', got distance='cosine'")
+        self.normalize = V.flag(n, "normalize", normalize)
+        self.soft_margin = V.flag(n, "soft_margin", soft_margin)
+        self.reduction = F._eager_choice(n, "reduction", reduction, F.PAIR_REDUCTIONS)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, ref_embeddings: Optional[Tensor] = None,
+                ref_labels: Optional[Tensor] = None) -> Tensor:
+        return F.triplet_margin(self._fn, embeddings, labels, self.margin, self.mining, self.distance, self.squared,
+                                self.normalize, self.soft_margin, self.reduction, ref_embeddings, ref_labels)
+
+    def extra_repr(self):
+        return (f"margin={self.margin!r}, mining={self.mining!r}, distance={self.distance!r}, squared={self.squared}, "
+                f"normalize={self.normalize}, soft_margin={self.soft_margin}, reduction={self.reduction!r}")
+
+
+class ContrastiveLoss(nn.Module):
+    r"""Contrastive loss over every pair of the batch (or with a reference set), in
+    pytorch-metric-learning's form (Hadsell et al., CVPR 2006).
+
+    forward(embeddings [N, D], labels [N], ref_embeddings [M, D] = None, ref_labels [M] = None)
+    -> the loss (see lossext.functional.contrastive_loss).
+    """
+
+    def __init__(self, pos_margin=0.0, neg_margin=1.0, distance="euclidean", reduction="mean"):
+        super().__init__()
+        n = type(self).__name__
+        self._fn = n
+        self.pos_margin = F.check_nonnegative(n, "pos_margin", V.number(n, "pos_margin", pos_margin))
+        self.neg_margin = F.check_nonnegative(n, "neg_margin", V.number(n, "neg_margin", neg_margin))
+        self.distance = F._eager_choice(n, "distance", distance, F.CONTRASTIVE_DISTANCES)
+        self.reduction = F._eager_choice(n, "reduction", reduction, F.PAIR_REDUCTIONS)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, ref_embeddings: Optional[Tensor] = None,
+                ref_labels: Optional[Tensor] = None) -> Tensor:
+        return F.contrastive(self._fn, embeddings, labels, self.pos_margin, self.neg_margin, self.distance,
+                             self.reduction, ref_embeddings, ref_labels)
+
+    def extra_repr(self):
+        return (f"pos_margin={self.pos_margin!r}, neg_margin={self.neg_margin!r}, distance={self.distance!r}, "
+                f"reduction={self.reduction!r}")

@@ -97,13 +97,16 @@ def _first(values, largest):
 
 def _pair_reduce(per_anchor, terms, reduction, default):
     """terms: [(sum, valid count, nonzero count)] per kind (one for triplets, pos and neg pairs for
-    contrastive); 'mean' is `default` ('mean_all' or 'mean_nonzero'); a mean of no terms is 0."""
+    contrastive); 'mean' is `default` ('mean_all' or 'mean_nonzero'); a mean of no terms is 0
+    (pytorch-metric-learning's reducers), of an empty batch NaN (torch's mean of nothing)."""
     if reduction == "none":
         return per_anchor
     if reduction == "sum":
         return per_anchor.sum()
     kind = default if reduction == "mean" else reduction
-    total = per_anchor.new_zeros(())
+    if per_anchor.shape[0] == 0:
+        return per_anchor.sum() / 0.0  # an empty batch: NaN, as torch's mean of nothing
+    total = per_anchor.sum() * 0.0
     for s, nv, nz in terms:
         n = nv if kind == "mean_all" else nz
         if n > 0:
@@ -123,11 +126,12 @@ def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", dis
     d, pos, neg = _pair_setup(embeddings, labels, ref_embeddings, ref_labels, distance, squared, normalize)
     m = 0.0 if soft_margin else margin
     h = torch.nn.functional.softplus if soft_margin else torch.relu
-    per_anchor, total, nv, nz = [], d.new_zeros(()), 0, 0
+    zero = d.sum() * 0.0  # a zero in the graph (the inputs take a zero gradient)
+    per_anchor, total, nv, nz = [], zero, 0, 0
     for a in range(d.shape[0]):
         P, Q = pos[a].nonzero()[:, 0], neg[a].nonzero()[:, 0]
         if len(P) == 0 or len(Q) == 0:
-            per_anchor.append(d.new_zeros(()))
+            per_anchor.append(zero)
             continue
         dp, dn = d[a, P], d[a, Q]
         if mining == "batch_hard":
@@ -149,7 +153,7 @@ def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", dis
         total = total + loss.sum()
         nv += loss.numel()
         nz += int((loss.detach() > 0).sum())
-    per_anchor = torch.stack(per_anchor) if per_anchor else d.new_zeros((0,))
+    per_anchor = torch.stack(per_anchor) if per_anchor else zero.reshape(1)[:0]
     default = "mean_nonzero" if mining == "batch_all" else "mean_all"
     return _pair_reduce(per_anchor, [(total, nv, nz)], reduction, default)
 
