@@ -207,3 +207,178 @@ def test_deterministic_center_gradient_threads():
         finally:
             torch.set_num_threads(old)
     assert torch.equal(outs[0], outs[1])
+
+
+# ---- triplet_margin_loss and contrastive_loss ------------------------------------------------------
+
+pml = pytest.importorskip("pytorch_metric_learning")
+from pytorch_metric_learning import distances as pml_d, losses as pml_l, miners as pml_m, reducers as pml_r  # noqa: E402
+
+
+def _batch(n=24, d=6, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=D64), torch.randint(0, classes, (n,), generator=g)
+
+
+def _pml_distance(distance, squared, normalize):
+    if distance == "cosine":
+        return pml_d.CosineSimilarity()
+    return pml_d.LpDistance(normalize_embeddings=normalize, p=2, power=2 if squared else 1)
+
+
+def _both(ours, theirs, x, *extra):
+    xs = [x.clone().requires_grad_(True)] + [e.clone().requires_grad_(True) for e in extra]
+    xt = [x.clone().requires_grad_(True)] + [e.clone().requires_grad_(True) for e in extra]
+    a, b = ours(*xs), theirs(*xt)
+    ga = torch.autograd.grad(a, xs)
+    gb = torch.autograd.grad(b, xt)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("distance,squared,normalize", [("euclidean", False, False), ("euclidean", True, False),
+                                                        ("euclidean", False, True), ("cosine", False, False)])
+@pytest.mark.parametrize("reduction,reducer", [("mean", pml_r.MeanReducer), ("mean_nonzero", pml_r.AvgNonZeroReducer),
+                                               ("sum", pml_r.SumReducer)])
+def test_batch_hard_matches_pml(distance, squared, normalize, reduction, reducer):
+    """pml's TripletMarginLoss on BatchHardMiner's triplets: 'mean' is its MeanReducer (Hermans et
+    al.'s mean over the anchors), 'mean_nonzero' its default AvgNonZeroReducer."""
+    x, y = _batch()
+    dist = _pml_distance(distance, squared, normalize)
+    loss = pml_l.TripletMarginLoss(margin=0.3, distance=dist, reducer=reducer())
+    miner = pml_m.BatchHardMiner(distance=dist)
+    _both(lambda e: LF.triplet_margin_loss(e, y, 0.3, "batch_hard", distance, squared, normalize, reduction=reduction),
+          lambda e: loss(e, y, miner(e, y)), x)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_batch_all_matches_pml(soft):
+    """pml's TripletMarginLoss with no miner takes every triplet and averages the positive ones
+    (AvgNonZeroReducer): batch_all's 'mean' (Hermans et al.). soft: pml's smooth_loss at margin 0
+    is Hermans's soft margin."""
+    x, y = _batch()
+    dist = _pml_distance("euclidean", False, False)
+    loss = pml_l.TripletMarginLoss(margin=0.0 if soft else 0.5, distance=dist, smooth_loss=soft)
+    _both(lambda e: LF.triplet_margin_loss(e, y, 0.5, "batch_all", soft_margin=soft), lambda e: loss(e, y), x)
+    loss = pml_l.TripletMarginLoss(margin=0.5, distance=dist, reducer=pml_r.MeanReducer())
+    _both(lambda e: LF.triplet_margin_loss(e, y, 0.5, "batch_all", reduction="mean_all"), lambda e: loss(e, y), x)
+
+
+def test_batch_hard_with_a_reference_set_matches_pml():
+    """A cross-batch reference (no self-exclusion): pml's miner and loss with ref_emb."""
+    x, y = _batch(10, 5, 3, 1)
+    r, ry = _batch(40, 5, 4, 2)
+    dist = _pml_distance("euclidean", False, False)
+    loss = pml_l.TripletMarginLoss(margin=0.2, distance=dist, reducer=pml_r.MeanReducer())
+    miner = pml_m.BatchHardMiner(distance=dist)
+    _both(lambda e, f: LF.triplet_margin_loss(e, y, ref_embeddings=f, ref_labels=ry),
+          lambda e, f: loss(e, y, miner(e, y, f, ry), f, ry), x, r)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+@pytest.mark.parametrize("reduction,reducer", [("mean", pml_r.AvgNonZeroReducer), ("mean_all", pml_r.MeanReducer)])
+def test_contrastive_matches_pml(distance, reduction, reducer):
+    x, y = _batch()
+    dist = (pml_d.CosineSimilarity() if distance == "cosine" else
+            pml_d.LpDistance(normalize_embeddings=False, power=2 if distance == "squared_euclidean" else 1))
+    pm, nm = (0.1, 0.7) if distance == "cosine" else (0.5, 3.0)
+    if distance == "cosine":  # pml's margins are on the similarity: d = 1 - s
+        theirs = pml_l.ContrastiveLoss(pos_margin=1 - pm, neg_margin=1 - nm, distance=dist, reducer=reducer())
+    else:
+        theirs = pml_l.ContrastiveLoss(pos_margin=pm, neg_margin=nm, distance=dist, reducer=reducer())
+    _both(lambda e: LF.contrastive_loss(e, y, pm, nm, distance, reduction), lambda e: theirs(e, y), x)
+    r, ry = _batch(15, 6, 5, 3)
+    _both(lambda e, f: LF.contrastive_loss(e, y, pm, nm, distance, reduction, f, ry),
+          lambda e, f: theirs(e, y, ref_emb=f, ref_labels=ry), x, r)
+
+
+def test_semi_hard_by_hand():
+    """FaceNet's semi-hard negative (TensorFlow Addons' rule) on a 1-D batch worked by hand. pml's
+    TripletMarginMiner('semihard') is another rule (every negative with d_ap < d_an < d_ap + m),
+    so it is not the peer here."""
+    x = torch.tensor([[0.0], [1.0], [1.5], [3.0], [-0.5]], dtype=D64)
+    y = torch.tensor([0, 0, 1, 1, 2])
+    m = 1.0
+    # anchor 0: positive 1 (d 1); negatives at 1.5 (2), 3 (3), 0.5 (4): nearest farther than 1 is 1.5
+    # anchor 1: positive 0 (d 1); negatives 0.5 (2), 2 (3), 1.5 (4): nearest farther than 1 is 1.5 (4)
+    # anchor 2: positive 3 (d 1.5); negatives 1.5 (0), 0.5 (1), 2 (4): nearest farther than 1.5 is 2
+    # anchor 3: positive 2 (d 1.5); negatives 3 (0), 2 (1), 3.5 (4): nearest farther is 2
+    # anchor 4: no positive
+    want = [1 - 1.5 + m, 1 - 1.5 + m, 1.5 - 2 + m, 1.5 - 2 + m]
+    got = LF.triplet_margin_loss(x, y, m, "semi_hard", reduction="none")
+    torch.testing.assert_close(got, torch.tensor(want + [0.0], dtype=D64))
+    torch.testing.assert_close(LF.triplet_margin_loss(x, y, m, "semi_hard"), torch.tensor(sum(want) / 4, dtype=D64))
+    # no negative farther than the positive: the farthest negative (anchor 0: positive at 5)
+    x2 = torch.tensor([[0.0], [5.0], [1.0], [2.0]], dtype=D64)
+    y2 = torch.tensor([0, 0, 1, 1])
+    got = LF.triplet_margin_loss(x2, y2, m, "semi_hard", reduction="none")
+    assert got[0].item() == pytest.approx(5 - 2 + m)
+
+
+def test_batch_hard_by_hand_and_ties_lowest_index():
+    x = torch.tensor([[0.0], [2.0], [-2.0], [1.0], [-1.0]], dtype=D64, requires_grad=True)
+    y = torch.tensor([0, 0, 0, 1, 1])
+    loss = LF.triplet_margin_loss(x, y, 0.5, "batch_hard", reduction="none")
+    # anchor 0: positives at 2 and -2 tie (the lower index, 1, wins), negatives at 1 and -1 tie (3 wins)
+    assert loss[0].item() == pytest.approx(2 - 1 + 0.5)
+    (g,) = torch.autograd.grad(loss[0], x)
+    # d(d_01 - d_03)/dx: x0 gets sign(x0 - x1) - sign(x0 - x3) = -1 + 1 = 0; x1: +1; x3: -1
+    torch.testing.assert_close(g[:, 0], torch.tensor([0.0, 1.0, 0.0, -1.0, 0.0], dtype=D64))
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all", "semi_hard"])
+def test_triplet_no_positive_or_no_negative_is_zero(mining):
+    for y in (torch.zeros(6, dtype=torch.long), torch.arange(6)):  # one class; every row its own
+        x = torch.randn(6, 4, dtype=D64, requires_grad=True)
+        for red in ("mean", "sum", "mean_all", "mean_nonzero"):
+            loss = LF.triplet_margin_loss(x, y, mining=mining, reduction=red)
+            (g,) = torch.autograd.grad(loss, x)
+            assert loss.item() == 0.0 and (g == 0).all()
+    x = torch.randn(1, 4, dtype=D64)
+    assert LF.triplet_margin_loss(x, torch.zeros(1, dtype=torch.long), mining=mining).item() == 0.0
+
+
+def test_anchors_without_triplets_count_in_no_divisor():
+    x, _ = _batch(6, 3)
+    y = torch.tensor([0, 0, 1, 1, 2, 3])  # anchors 4 and 5 have no positive
+    per = LF.triplet_margin_loss(x, y, 1.0, "batch_hard", reduction="none")
+    assert per[4] == 0 and per[5] == 0
+    torch.testing.assert_close(LF.triplet_margin_loss(x, y, 1.0, "batch_hard"), per[:4].mean())
+
+
+def test_duplicate_embeddings_have_finite_gradients():
+    x = torch.randn(3, 5, dtype=D64)[[0, 0, 1, 1, 2, 2]].clone().requires_grad_(True)
+    y = torch.tensor([0, 0, 1, 1, 0, 2])
+    for mining in ("batch_hard", "batch_all", "semi_hard"):
+        (g,) = torch.autograd.grad(LF.triplet_margin_loss(x, y, mining=mining), x)
+        assert g.isfinite().all()
+    (g,) = torch.autograd.grad(LF.contrastive_loss(x, y), x)
+    assert g.isfinite().all()
+
+
+def test_reference_without_grad_and_as_a_leaf():
+    x, y = _batch(8, 4, 3)
+    r, ry = _batch(20, 4, 3, 4)
+    xg = x.clone().requires_grad_(True)
+    loss = LF.triplet_margin_loss(xg, y, ref_embeddings=r, ref_labels=ry)
+    (g,) = torch.autograd.grad(loss, xg)
+    rg = r.clone().requires_grad_(True)
+    loss2 = LF.triplet_margin_loss(xg, y, ref_embeddings=rg, ref_labels=ry)
+    g1, g2 = torch.autograd.grad(loss2, (xg, rg))
+    torch.testing.assert_close(g1, g)
+    assert g2.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all", "semi_hard"])
+def test_triplet_float32_large_reference_matches(mining):
+    """More anchors than a tile (256) and references than a tile (512), float32."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 16, generator=g)
+    y = torch.randint(0, 40, (300,), generator=g)
+    r = torch.randn(700, 16, generator=g)
+    ry = torch.randint(0, 40, (700,), generator=g)
+    kw = dict(mining=mining, margin=0.1, ref_embeddings=r, ref_labels=ry)
+    ours = LF.triplet_margin_loss(x, y, **kw)
+    want = R.triplet_margin_loss(x.double(), y, **dict(kw, ref_embeddings=r.double()))
+    torch.testing.assert_close(ours.double(), want, rtol=1e-4, atol=1e-5)
