@@ -361,8 +361,15 @@ struct PairCpu {
       const bool dotk = p.dist == PairDistance::Dot;
       const A m = p.soft ? A(0) : A(p.margin);
       scalar_t* gep = ptr<scalar_t>(ge);
-      // the references' accumulators (A): dL/dr_j, summed in anchor order across the waves
-      std::vector<A> racc(p.ref_grad ? M * D : 0, A(0));
+      // the references' accumulators (A): dL/dr_j, summed in anchor order across the waves (in
+      // grad_ref itself when it is in A)
+      constexpr bool kInPlace = std::is_same_v<scalar_t, A>;
+      std::vector<A> racc_buf(p.ref_grad && !kInPlace ? M * D : 0, A(0));
+      A* racc = racc_buf.data();
+      if constexpr (kInPlace) {
+        racc = ptr<A>(gr);
+        if (p.ref_grad) std::fill(racc, racc + M * D, A(0));
+      }
       const int64_t wave = std::max<int64_t>(1, kWaveEntries / std::max<int64_t>(M, 1));
       std::vector<std::vector<Entry>> entries(std::min(wave, std::max<int64_t>(N, 1)));
       for (int64_t w0 = 0; w0 < N; w0 += wave) {
@@ -438,7 +445,7 @@ struct PairCpu {
         torch::stable::parallel_for(0, M, row_grain(D), [&](int64_t b, int64_t e) {
           cpu_detail::with_cpu_isa([&](int64_t jb, int64_t je) {
             for (int64_t j = jb; j < je; ++j) {
-              A* __restrict g = racc.data() + j * D;
+              A* __restrict g = racc + j * D;
               const scalar_t* __restrict rj = P.r + j * D;
               for (int64_t q = off[j]; q < off[j + 1]; ++q) {
                 const A c = A(order[q].second);
@@ -456,7 +463,7 @@ struct PairCpu {
           }, b, e);
         });
       }
-      if (p.ref_grad) {
+      if (p.ref_grad && !kInPlace) {
         scalar_t* grp = ptr<scalar_t>(gr);
         for (int64_t k = 0; k < M * D; ++k) grp[k] = static_cast<scalar_t>(racc[k]);
       }

@@ -41,8 +41,9 @@
 // - No atomics anywhere (floating or integer); every sum is in a fixed order that depends on the
 //   shapes only. 64-bit element offsets, grids capped at kMaxGrid with grid-stride loops, the
 //   current stream of the embeddings' device, a launch check after every launch.
-// - Memory beyond the inputs and outputs: [N] vectors, the [M, D] accumulator (more than one chunk
-//   and ref_grad) and the chunk's scratch (at most kScratchBytes, or one row of M); never N x M.
+// - Memory beyond the inputs and outputs: [N] vectors, the [M, D] accumulator (half types, more
+//   than one chunk and ref_grad; float32 and float64 accumulate in grad_ref itself) and the chunk's
+//   scratch (at most kScratchBytes, or one row of M); never N x M.
 // - A saved hard index outside [-1, M) (the CPU checks it on the host: a sync here) gives the
 //   anchor a NaN gradient row and no reference gradient.
 #include <cuda_runtime.h>
@@ -454,7 +455,7 @@ __global__ void __launch_bounds__(kThreads) pair_rows_kernel(RowArgs<scalar_t> g
 }
 
 // counts = the anchors' counts; loss (reduced) from the anchors' sums, by one block in a fixed
-// order. A mean over no term is 0.
+// order. A mean over no term is 0, except for an empty batch (N = 0): NaN.
 template <class scalar_t>
 __global__ void __launch_bounds__(kFinal)
     pair_total_kernel(const double* __restrict__ psum, const int64_t* __restrict__ pcnt, int64_t N,
@@ -480,7 +481,7 @@ __global__ void __launch_bounds__(kFinal)
       const int k = red == PairReduction::MeanNonzero ? 1 : 0;
       const double mp = c[k] > 0 ? sp / double(c[k]) : 0.0;
       const double mn = c[k + 2] > 0 ? sn / double(c[k + 2]) : 0.0;
-      loss[0] = to_s<scalar_t>(mp + mn);
+      loss[0] = to_s<scalar_t>(N == 0 ? nan_v<double>() : mp + mn);  // an empty batch: NaN (torch's mean)
     }
   }
 }
@@ -624,7 +625,7 @@ __global__ void __launch_bounds__(kThreads)
     pair_grad_ref_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ r,
                          const acc_t<scalar_t>* __restrict__ sv, const acc_t<scalar_t>* __restrict__ W, int64_t a0,
                          int64_t R, int64_t M, int64_t D, PairDistance dist, bool first, bool last,
-                         acc_t<scalar_t>* __restrict__ racc, scalar_t* __restrict__ gr) {
+                         acc_t<scalar_t>* racc, scalar_t* gr) {  // racc may be gr (float32, float64)
   using A = acc_t<scalar_t>;
   const bool dotk = dist == PairDistance::Dot;
   for (int64_t j = blockIdx.x; j < M; j += gridDim.x) {
@@ -781,7 +782,10 @@ struct PairCuda {
       Tensor W = new_tensor({R * M}, acc_st, p.x);
       Tensor lst = new_tensor({lists ? R * M : 0}, ScalarType::Long, p.x);
       Tensor dl = new_tensor({lists ? R * M : 0}, acc_st, p.x);
-      Tensor racc = new_tensor({ref_grad && chunks > 1 ? M * D : 0}, acc_st, p.x);
+      // the references' accumulator across the chunks: grad_ref itself when it is in A
+      constexpr bool kInPlace = std::is_same_v<scalar_t, A>;
+      Tensor racc = new_tensor({ref_grad && chunks > 1 && !kInPlace ? M * D : 0}, acc_st, p.x);
+      A* racc_p = kInPlace ? ptr<A>(gr) : ptr<A>(racc);
       RowArgs<scalar_t> g = row_args<scalar_t>(p);
       g.sv = ptr<const A>(sv);
       g.lst = ptr<int64_t>(lst);
@@ -805,7 +809,7 @@ struct PairCuda {
         if (ref_grad) {
           pair_grad_ref_kernel<scalar_t><<<grid_for(M, 1), kThreads, 0, stream>>>(
               ptr<const scalar_t>(p.x), ptr<const scalar_t>(p.r), ptr<const A>(sv), ptr<const A>(W), a0, rows, M, D,
-              p.dist, c == 0, c == chunks - 1, ptr<A>(racc), ptr<scalar_t>(gr));
+              p.dist, c == 0, c == chunks - 1, racc_p, ptr<scalar_t>(gr));
           check_launch("lossext::metric pair reference-gradient kernel");
         }
       }

@@ -764,7 +764,7 @@ OP_ROWS += [
         jit_source=_pair_jit("triplet_margin_loss"), raw_error_inputs=_pair_raw_errors("triplet_margin_loss", False),
         tol=_PAIR_TOL, module_samples=_pair_modules(LN.TripletMarginLoss, [dict(), dict(mining="batch_all"),
                                                                            dict(mining="semi_hard", distance="cosine")]),
-        fuzz=_pair_fuzz("triplet_margin_loss", False), bench_generic=False,
+        fuzz=_pair_fuzz("triplet_margin_loss", False), bench_generic=False, bench_ref=R.triplet_margin_loss_composite,
     ),
     OpInfo(
         name="contrastive_loss", op=LF.contrastive_loss, ref=R.contrastive_loss,
@@ -776,6 +776,6 @@ OP_ROWS += [
         raw_calls=_contrastive_raw_calls, module_call=_pair_module_call(LN.ContrastiveLoss),
         jit_source=_pair_jit("contrastive_loss"), raw_error_inputs=_pair_raw_errors("contrastive_loss", True),
         tol=_PAIR_TOL, module_samples=_pair_modules(LN.ContrastiveLoss, [dict(), dict(distance="cosine")]),
-        fuzz=_pair_fuzz("contrastive_loss", True), bench_generic=False,
+        fuzz=_pair_fuzz("contrastive_loss", True), bench_generic=False, bench_ref=R.contrastive_loss_composite,
     ),
 ]

@@ -3,7 +3,8 @@ PyTorch user writes (the benchmarks' eager and torch.compile baselines)."""
 import torch
 
 __all__ = ["center_loss", "triplet_center_loss", "center_loss_composite", "triplet_center_loss_composite",
-           "triplet_margin_loss", "contrastive_loss"]
+           "triplet_margin_loss", "contrastive_loss", "triplet_margin_loss_composite",
+           "contrastive_loss_composite"]
 
 
 def _reduce(per_row, reduction):
@@ -173,3 +174,85 @@ def contrastive_loss(embeddings, labels, pos_margin=0.0, neg_margin=1.0, distanc
     terms = [(lp.sum(), int(pos.sum()), int((lp.detach() > 0).sum())),
              (ln.sum(), int(neg.sum()), int((ln.detach() > 0).sum()))]
     return _pair_reduce(per_anchor, terms, reduction, "mean_nonzero")
+
+
+def _composite_distances(x, r, distance, squared, normalize):
+    if normalize or distance == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+        r = torch.nn.functional.normalize(r, dim=1)
+    if distance == "cosine":
+        return 1.0 - x @ r.T
+    d = torch.cdist(x, r)
+    return d * d if squared else d
+
+
+def triplet_margin_loss_composite(embeddings, labels, margin=0.2, mining="batch_hard", distance="euclidean",
+                                  squared=False, normalize=False, soft_margin=False, reduction="mean",
+                                  ref_embeddings=None, ref_labels=None):
+    """The vectorized composite a PyTorch user writes (the benchmarks' eager and torch.compile
+    baseline): the [N, M] distances by cdist, label masks, then per mining a masked max/min
+    (batch_hard) or the [N, M, M] triplet tensor (batch_all, semi_hard); 'mean' as the op's."""
+    self_ref = ref_embeddings is None
+    r = embeddings if self_ref else ref_embeddings
+    ry = labels if self_ref else ref_labels
+    d = _composite_distances(embeddings, r, distance, squared, normalize)
+    same = labels[:, None] == ry[None, :]
+    pos = same
+    if self_ref:
+        pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=d.device)
+    neg = ~same
+    m = 0.0 if soft_margin else margin
+    h = torch.nn.functional.softplus if soft_margin else torch.relu
+    if mining == "batch_hard":
+        dp = d.masked_fill(~pos, float("-inf")).max(1).values
+        dn = d.masked_fill(~neg, float("inf")).min(1).values
+        valid = pos.any(1) & neg.any(1)
+        loss = torch.where(valid, h(dp - dn + m), torch.zeros_like(dp))
+        return _reduce_valid(loss, valid, reduction, "mean_all")
+    v = d[:, :, None] - d[:, None, :] + m                               # [N, M(p), M(n)]
+    if mining == "semi_hard":
+        dn = d[:, None, :].expand_as(v)
+        farther = neg[:, None, :] & (dn > d[:, :, None])
+        nearest = dn.masked_fill(~farther, float("inf")).min(2).values
+        farthest = d.masked_fill(~neg, float("-inf")).max(1).values[:, None].expand_as(nearest)
+        chosen = torch.where(farther.any(2), nearest, farthest)
+        valid = pos & neg.any(1, keepdim=True)
+        loss = torch.where(valid, h(d - chosen + m), torch.zeros_like(d))
+        return _reduce_valid(loss, valid, reduction, "mean_all")
+    valid = pos[:, :, None] & neg[:, None, :]
+    loss = torch.where(valid, h(v), torch.zeros_like(v))
+    return _reduce_valid(loss, valid, reduction, "mean_nonzero")
+
+
+def _reduce_valid(loss, valid, reduction, default):
+    if reduction == "none":
+        return loss.reshape(loss.shape[0], -1).sum(1)
+    if reduction == "sum":
+        return loss.sum()
+    kind = default if reduction == "mean" else reduction
+    n = valid.sum() if kind == "mean_all" else (loss > 0).sum()
+    return loss.sum() / n.clamp_min(1)
+
+
+def contrastive_loss_composite(embeddings, labels, pos_margin=0.0, neg_margin=1.0, distance="euclidean",
+                               reduction="mean", ref_embeddings=None, ref_labels=None):
+    """The vectorized composite: the [N, M] distances, masks, two hinges, pml's reducers."""
+    self_ref = ref_embeddings is None
+    r = embeddings if self_ref else ref_embeddings
+    ry = labels if self_ref else ref_labels
+    d = _composite_distances(embeddings, r, "cosine" if distance == "cosine" else "euclidean",
+                             distance == "squared_euclidean", False)
+    same = labels[:, None] == ry[None, :]
+    pos = same
+    if self_ref:
+        pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=d.device)
+    neg = ~same
+    lp = torch.where(pos, torch.relu(d - pos_margin), torch.zeros_like(d))
+    ln = torch.where(neg, torch.relu(neg_margin - d), torch.zeros_like(d))
+    if reduction == "none":
+        return lp.sum(1) + ln.sum(1)
+    if reduction == "sum":
+        return lp.sum() + ln.sum()
+    if reduction == "mean_all":
+        return lp.sum() / pos.sum().clamp_min(1) + ln.sum() / neg.sum().clamp_min(1)
+    return lp.sum() / (lp > 0).sum().clamp_min(1) + ln.sum() / (ln > 0).sum().clamp_min(1)

@@ -869,12 +869,13 @@ def targets_markdown(rows: List[Dict], mode: str = "full") -> str:
 
 
 def bench_row(op, case_name, args, kwargs, grad_args, mode, floor_bytes, grad_bytes, device, dtype, config,
-              providers=PROVIDERS, log=print):
+              providers=PROVIDERS, log=print, fns=None):
     """measure() on one case of a family suite (lossext/<family>/bench.py), plus the peak memory
-    above the gradients the call returns (grad_bytes; forward mode returns none)."""
+    above the gradients the call returns (grad_bytes; forward mode returns none). fns: a
+    provider's function instead of the row's (e.g. a peer library as 'torch')."""
     from .opinfo import SampleInput, op_by_name
     info = op_by_name(op)  # lossext: info.op; eager / compile: info.bench_ref, the peers' composite
-    fns = {p: provider_fn(info, p, device, dtype) for p in providers}
+    fns = {p: (fns or {}).get(p) or provider_fn(info, p, device, dtype) for p in providers}
     sample = SampleInput(args, kwargs, case_name)
     row = {"op": op, "case": case_name, "mode": mode, "device": torch.device(device).type,
            "dtype": str(dtype).replace("torch.", ""), "floor_bytes": floor_bytes}
