@@ -108,7 +108,14 @@ def render(rows, device, cmd):
              "- Peak memory on the CPU counts the allocations the profiler attributes to the call; the "
              "triplet-center kernel's per-thread distance tile (256 x 512 float32 = 0.5 MiB a worker thread, "
              "from torch's allocator on the pool's threads) may not show: its bound is 0.5 MiB x threads + "
-             "O(N + C) per-row state.", "",
+             "O(N + C) per-row state.",
+             "- triplet_margin_loss rows: the 'eager' column is pytorch-metric-learning itself (TripletMarginLoss "
+             "with BatchHardMiner, MeanReducer; batch_all: every triplet, AvgNonZeroReducer), 'compile' is "
+             "torch.compile of `triplet_margin_loss_composite` (cdist, masks, masked max/min; batch_all's "
+             "[N, N, N] composite is not run). The kernel's own buffers (std::vector, not seen by the profiler) "
+             "are bounded: batch_hard's forward keeps 4 values per anchor and |r_j|^2 per reference plus the "
+             "256 x 512 tiles; the backward's entries are 2 per anchor (one wave); batch_all's rows are 4 x M "
+             "values per task and its entries at most 2^20 per wave (16 MiB).", "",
              "| op | case | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | lossext / floor | "
              "peak above grads MiB lossext / eager / compile |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
