@@ -5,7 +5,9 @@
 //   2. their gradients (features and centers) against central finite differences, in float64;
 //   3. argument checks;
 //   4. training: 4 Gaussian classes in 8-D, an MLP to 4-D features, centers as a parameter, SGD,
-//      150 steps. Fails unless the final total loss is < 0.5 x the initial one.
+//      150 steps. Fails unless the final total loss is < 0.5 x the initial one;
+//   5. triplet_margin_loss (batch-hard by hand, batch-all gradients against finite differences, a
+//      reference set's gradient) and contrastive_loss against its formula.
 // Exits non-zero on any failure.
 #include <torch/torch.h>
 
@@ -112,5 +114,47 @@ int main() {
   }
   std::printf("lossext %s: Triplet-Center + softmax, loss %.4f -> %.4f\n", lossext::version(), first, last);
   check(std::isfinite(last) && last < 0.5 * first, "the loss falls by half");
+
+  // 5. pair losses
+  auto x1 = torch::tensor({0.0, 2.0, -2.0, 1.0, -1.0}, dbl).reshape({5, 1});
+  auto y1 = torch::tensor({0, 0, 0, 1, 1}, torch::kLong);
+  auto per = lossext::triplet_margin_loss(x1, y1, {.margin = 0.5, .reduction = lossext::PairReduction::None});
+  check(std::abs(per[0].item<double>() - 1.5) < 1e-12, "batch-hard: farthest positive 2, nearest negative 1");
+  auto e = torch::randn({10, 3}, dbl), ey = torch::randint(0, 3, {10}, torch::kLong);
+  const lossext::TripletMarginOptions ba{.margin = 0.5, .mining = lossext::Mining::BatchAll};
+  auto eg = e.clone().requires_grad_(true);
+  lossext::triplet_margin_loss(eg, ey, ba).backward();
+  for (int k = 0; k < 3; ++k) {
+    auto ep = e.clone(), em = e.clone();
+    ep[2][k] += h;
+    em[2][k] -= h;
+    const double num = (lossext::triplet_margin_loss(ep, ey, ba).item<double>() -
+                        lossext::triplet_margin_loss(em, ey, ba).item<double>()) / (2 * h);
+    check(std::abs(num - eg.grad()[2][k].item<double>()) < 1e-6, "d triplet_margin_loss (batch_all) / d embeddings");
+  }
+  auto ref = torch::randn({7, 3}, dbl).requires_grad_(true);
+  auto refy = torch::randint(0, 3, {7}, torch::kLong);
+  lossext::triplet_margin_loss(e, ey, {}, ref, refy).backward();
+  check(ref.grad().defined() && ref.grad().abs().sum().item<double>() > 0, "a reference set takes gradients");
+  // contrastive: relu(d - 0.2) over positive pairs, relu(1.5 - d) over negative ones, each kind
+  // averaged over its non-zero terms
+  double sp = 0, sn = 0;
+  int64_t np = 0, nn = 0;
+  for (int64_t i = 0; i < 10; ++i)
+    for (int64_t j = 0; j < 10; ++j) {
+      if (i == j) continue;
+      const double d = (e[i] - e[j]).pow(2).sum().sqrt().item<double>();
+      const double v = ey[i].item<int64_t>() == ey[j].item<int64_t>() ? std::max(d - 0.2, 0.0) : std::max(1.5 - d, 0.0);
+      if (ey[i].item<int64_t>() == ey[j].item<int64_t>()) {
+        sp += v;
+        np += v > 0;
+      } else {
+        sn += v;
+        nn += v > 0;
+      }
+    }
+  const double want = (np ? sp / np : 0.0) + (nn ? sn / nn : 0.0);
+  const double got = lossext::contrastive_loss(e, ey, {.pos_margin = 0.2, .neg_margin = 1.5}).item<double>();
+  check(std::abs(got - want) < 1e-12, "contrastive_loss equals its formula (pml's AvgNonZeroReducer)");
   return failures == 0 ? 0 : 1;
 }
