@@ -56,12 +56,14 @@
 #include <torch/csrc/stable/library.h>
 
 #include "../common/pointwise_cuda.cuh"
+#include "metric_cuda.cuh"
 #include "pair_ops.h"
 
 namespace lossext {
 namespace metric {
 namespace {
 
+using namespace cuda;
 using cuda_detail::block_sum;
 using cuda_detail::check_launch;
 using cuda_detail::current_stream;
@@ -69,37 +71,10 @@ using cuda_detail::current_stream;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kFinal = cuda_detail::kFinalThreads;
-constexpr int64_t kMaxGrid = 65535;
 constexpr int64_t kScratchBytes = int64_t(64) << 20;  // a chunk's scratch (unless one row needs more)
 constexpr unsigned kFull = 0xffffffffu;
 
-// ---- helpers (as metric_cuda.cu's) ------------------------------------------------------------
-
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
-
-inline int grid_for(int64_t n, int64_t per_block) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + per_block - 1) / per_block, kMaxGrid)));
-}
-
-template <class T> __device__ __forceinline__ T nan_v() { return std::numeric_limits<T>::quiet_NaN(); }
-
-template <class scalar_t, class V>
-__device__ __forceinline__ scalar_t to_s(V v) {
-  if constexpr (std::is_same_v<scalar_t, double> || std::is_same_v<scalar_t, float>) {
-    return static_cast<scalar_t>(v);
-  } else {
-    return static_cast<scalar_t>(static_cast<float>(v));
-  }
-}
-
-template <class A, class scalar_t>
-__device__ __forceinline__ A to_a(scalar_t v) {
-  if constexpr (std::is_same_v<scalar_t, double> || std::is_same_v<scalar_t, float>) {
-    return static_cast<A>(v);
-  } else {
-    return static_cast<A>(static_cast<float>(v));
-  }
-}
+// ---- helpers ----------------------------------------------------------------------------------
 
 __device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
 __device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
