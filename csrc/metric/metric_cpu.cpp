@@ -185,9 +185,8 @@ struct MetricCpu {
       std::vector<unsigned char> present(C, p.batch ? 0 : 1);
       if (p.batch)
         for (int64_t i = 0; i < N; ++i) present[t[i]] = 1;
-      // screening bound: |s~ - s| <= tol (|f|^2 + |c|^2) for the GEMM's s~ and the exact s, both
-      // sums of D products in A (gamma_D = D eps bounds each, with the norms' and the additions')
-      const A tol = A((4.5 * double(D) + 16.0) * double(std::numeric_limits<A>::epsilon()));
+      // screening bound for the GEMM's s~ and the exact s (metric_cpu.h)
+      const ScreenBound<A> tol = screen_bound<A>(D);
       const int64_t tiles = (N + kTileRows - 1) / kTileRows;
       // at least two tasks, so that with several threads even one tile runs in a parallel region
       // (where MKL is single-threaded: the same calls for any thread count)
@@ -231,7 +230,7 @@ struct MetricCpu {
                   if (arg[r] >= 0) {
                     const A approx = nf[r] + nc[cls] - A(2) * pr[j];
                     // (NaN and inf pass to the exact comparison)
-                    if (approx - tol * (nf[r] + nc[cls]) > best[r]) continue;
+                    if (approx - (tol.rel * (nf[r] + nc[cls]) + tol.abs) > best[r]) continue;
                   }
                   const A key = min_key(sq_dist<A>(fi, c + cls * D, D), euclid);
                   if (better(key, cls, best[r], arg[r])) {

@@ -182,9 +182,8 @@ void batch_hard_forward(const PairProblem& p, std::vector<AnchorResult>& res, in
   parallel_rows(M, D, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) nr[j] = sq_norm<A>(Pt.r + j * D, D);
   });
-  // |s~ - s| <= tol (|a|^2 + |r|^2) (and |t~ - t| within it) for the GEMM's value and the exact
-  // one, both sums of D products in A
-  const A tol = A((4.5 * double(D) + 16.0) * double(std::numeric_limits<A>::epsilon()));
+  // |s~ - s| (and |t~ - t|) within the bound for the GEMM's value and the exact one
+  const ScreenBound<A> tol = screen_bound<A>(D);
   const int64_t tiles = (N + kPairTileRows - 1) / kPairTileRows;
   torch::stable::parallel_for(0, std::max<int64_t>(tiles, 2), 1, [&](int64_t tb, int64_t te) {
     for (int64_t tile = tb; tile < std::min(te, tiles); ++tile) {
@@ -223,7 +222,7 @@ void batch_hard_forward(const PairProblem& p, std::vector<AnchorResult>& res, in
             for (int64_t jj = 0; jj < k; ++jj) {
               const int64_t j = c0 + jj;
               if (p.exclude_self && j == a) continue;
-              const A scale = tol * (na[q] + nr[j]);
+              const A scale = tol.rel * (na[q] + nr[j]) + tol.abs;
               const A approx = dotk ? -pr[jj] : na[q] + nr[j] - A(2) * pr[jj];
               const bool is_pos = Pt.ry[j] == ya;
               // (NaN and inf pass to the exact comparison)
