@@ -304,7 +304,7 @@ struct PairCpu {
     int64_t* hd = ptr<int64_t>(hard);
     std::fill(hd, hd + 2 * p.N, int64_t(-1));
     std::vector<AnchorResult> res(p.N);
-    dispatch_floating(p.x.scalar_type(), p.op, [&](auto tag) {
+    dispatch_pair(p, [&](auto tag) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       if (p.mining == Mining::BatchHard) {
@@ -350,7 +350,7 @@ struct PairCpu {
         for (int k = 0; k < 2; ++k)
           LOSSEXT_CHECK(hd[2 * a + k] >= -1 && hd[2 * a + k] < M, p.op, ": argument 'hard' has value ",
                         hd[2 * a + k], " at [", a, ", ", k, "], outside [-1, ", M, ") (it is the forward's output)");
-    dispatch_floating(p.x.scalar_type(), p.op, [&](auto tag) {
+    dispatch_pair(p, [&](auto tag) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
       const Ptrs<scalar_t> P(p);

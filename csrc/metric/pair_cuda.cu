@@ -644,7 +644,7 @@ void on_pair_device(const PairProblem& p, F&& f) {
   const int32_t dev = p.x.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   cudaStream_t stream = current_stream(dev);
-  dispatch_floating(p.x.scalar_type(), p.op, [&](auto tag) { f(tag, stream); });
+  dispatch_pair(p, [&](auto tag) { f(tag, stream); });
 }
 
 template <class scalar_t>

@@ -121,6 +121,42 @@ inline void check_saved(const PairProblem& p, const char* name, const Tensor& t,
   LOSSEXT_CHECK(t.device() == p.x.device(), p.op, ": argument '", name, "' is on a different device than embeddings");
 }
 
+// float16 / bfloat16 run as float32, their accumulation type: the host converts the embeddings
+// (and grad_output) once and rounds the results once, so the kernels are compiled for float and
+// double only (half the code, the same values: they would convert every element to float anyway).
+inline bool is_half(ScalarType st) { return st == ScalarType::Half || st == ScalarType::BFloat16; }
+
+inline Tensor converted(const Tensor& t, ScalarType st) {
+  if (t.scalar_type() == st) return t;
+  std::vector<int64_t> sizes(t.dim());
+  for (int64_t k = 0; k < t.dim(); ++k) sizes[k] = t.size(k);
+  Tensor o = new_tensor(sizes, st, t);
+  torch::stable::copy_(o, t);
+  return o;
+}
+
+// Calls f(float{}) or f(double{}) (pair kernels: half types were converted to float32).
+template <class F>
+void dispatch_pair(const PairProblem& p, F&& f) {
+  if (p.x.scalar_type() == ScalarType::Double) {
+    f(double{});
+  } else {
+    STD_TORCH_CHECK(p.x.scalar_type() == ScalarType::Float, p.op, ": unsupported dtype ",
+                    torch::headeronly::toString(p.x.scalar_type()));
+    f(float{});
+  }
+}
+
+// The problem in float32 for half inputs (the shared batch stays one tensor).
+inline ScalarType to_compute_type(PairProblem& p) {
+  const ScalarType st = p.x.scalar_type();
+  if (!is_half(st)) return st;
+  const bool same = p.exclude_self && p.r.data_ptr() == p.x.data_ptr();
+  p.x = converted(p.x, ScalarType::Float);
+  p.r = same ? p.x : converted(p.r, ScalarType::Float);
+  return st;
+}
+
 template <class Device>
 struct PairKernels {
   static Tensor new_pair_loss(const PairProblem& p) {
@@ -128,12 +164,13 @@ struct PairKernels {
     return new_tensor({}, p.x.scalar_type(), p.x);
   }
 
-  static std::tuple<Tensor, Tensor, Tensor> forward(const PairProblem& p) {
+  static std::tuple<Tensor, Tensor, Tensor> forward(PairProblem& p) {
+    const ScalarType st = to_compute_type(p);
     Tensor loss = new_pair_loss(p);
     Tensor hard = new_tensor({p.N, 2}, ScalarType::Long, p.x);
     Tensor counts = new_tensor({4}, ScalarType::Long, p.x);
     Device::pair_forward(p, loss, hard, counts);
-    return {loss, hard, counts};
+    return {converted(loss, st), hard, counts};
   }
 
   static std::tuple<Tensor, Tensor> backward(PairProblem& p, const Tensor& grad_output, const Tensor& hard,
@@ -141,11 +178,12 @@ struct PairKernels {
     check_pair_grad_output(p, grad_output);
     check_saved(p, "counts", counts, {4});
     p.ref_grad = ref_grad;
+    const ScalarType st = to_compute_type(p);
     Tensor ge = new_tensor({p.N, p.D}, p.x.scalar_type(), p.x);
     Tensor gr = new_tensor({ref_grad ? p.M : 0, p.D}, p.x.scalar_type(), p.x);
-    Device::pair_backward(p, torch::stable::contiguous(grad_output), torch::stable::contiguous(hard),
-                          torch::stable::contiguous(counts), ge, gr);
-    return {ge, gr};
+    Device::pair_backward(p, torch::stable::contiguous(converted(grad_output, p.x.scalar_type())),
+                          torch::stable::contiguous(hard), torch::stable::contiguous(counts), ge, gr);
+    return {converted(ge, st), converted(gr, st)};
   }
 
   static std::tuple<Tensor, Tensor, Tensor> triplet(Tensor x, Tensor y, Tensor r, Tensor ry, bool exclude_self,
