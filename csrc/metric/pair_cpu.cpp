@@ -172,7 +172,8 @@ __attribute__((always_inline)) inline AnchorResult anchor_terms(const PairProble
 // from GEMM tiles and decided on exact distances.
 template <class scalar_t, class A>
 void batch_hard_forward(const PairProblem& p, std::vector<AnchorResult>& res, int64_t* hard) {
-  constexpr bool kConvert = !std::is_same_v<scalar_t, A>;  // half types: tiles in float32
+  // (half types arrive as float32, pair_ops.h: kConvert is false for the two instantiations)
+  constexpr bool kConvert = !std::is_same_v<scalar_t, A>;
   const ScalarType acc_st = acc_scalar_type(p.x.scalar_type());
   const Ptrs<scalar_t> Pt(p);
   const int64_t N = p.N, M = p.M, D = p.D;

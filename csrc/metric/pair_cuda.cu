@@ -41,9 +41,10 @@
 // - No atomics anywhere (floating or integer); every sum is in a fixed order that depends on the
 //   shapes only. 64-bit element offsets, grids capped at kMaxGrid with grid-stride loops, the
 //   current stream of the embeddings' device, a launch check after every launch.
-// - Memory beyond the inputs and outputs: [N] vectors, the [M, D] accumulator (half types, more
-//   than one chunk and ref_grad; float32 and float64 accumulate in grad_ref itself) and the chunk's
-//   scratch (at most kScratchBytes, or one row of M); never N x M.
+// - float16/bfloat16 arrive as float32 (pair_ops.h converts them once on the host), so the
+//   kernels are instantiated for float and double; they accumulate in grad_ref itself.
+// - Memory beyond the inputs and outputs: [N] vectors and the chunk's scratch (at most
+//   kScratchBytes, or one row of M); never N x M.
 // - A saved hard index outside [-1, M) (the CPU checks it on the host: a sync here) gives the
 //   anchor a NaN gradient row and no reference gradient.
 #include <cuda_runtime.h>
