@@ -1,5 +1,5 @@
-// CPU helpers of the metric-learning kernels (metric_cpu.cpp, pair_cpu.cpp): row loops and the
-// fixed-order (lane_sum) distance sums, so that results are bitwise equal for any thread count
+// CPU helpers of the metric-learning kernels (metric_cpu.cpp, pair_cpu.cpp), beside the shared
+// ones of common/cpu_helpers.h: the fixed-order (lane_sum) distance sums, so that results are bitwise equal for any thread count
 // and every instruction-set variant.
 #pragma once
 
@@ -11,6 +11,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/cpu_helpers.h"
 #include "../common/cpu_isa.h"
 
 namespace lossext {
@@ -19,16 +20,10 @@ namespace cpu {
 
 using torch::stable::Tensor;
 
-constexpr int64_t kWorkPerTask = int64_t(1) << 15;  // elements per parallel task, at least
-
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
-
-inline int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(cols, 1)); }
-
-template <class F>
-void parallel_rows(int64_t n, int64_t cols, const F& f) {
-  torch::stable::parallel_for(0, n, row_grain(cols), [&](int64_t b, int64_t e) { cpu_detail::with_cpu_isa(f, b, e); });
-}
+using lossext::cpu_helpers::kWorkPerTask;
+using lossext::cpu_helpers::parallel_rows;
+using lossext::cpu_helpers::ptr;
+using lossext::cpu_helpers::row_grain;
 
 // sum_d (a_d - b_d)^2 in A, in lane_sum's fixed order.
 template <class A, class scalar_t>

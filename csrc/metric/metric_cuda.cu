@@ -27,7 +27,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "../common/pointwise_cuda.cuh"
-#include "metric_cuda.cuh"
+#include "../common/cuda_helpers.cuh"
 #include "metric_ops.h"
 
 namespace lossext {

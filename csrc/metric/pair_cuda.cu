@@ -57,7 +57,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "../common/pointwise_cuda.cuh"
-#include "metric_cuda.cuh"
+#include "../common/cuda_helpers.cuh"
 #include "pair_ops.h"
 
 namespace lossext {

@@ -1,6 +1,5 @@
-// CUDA helpers of the metric-learning kernels (metric_cuda.cu, pair_cuda.cu): pointers, grid sizes
-// (capped, for grid-stride loops), NaN, and the conversions of half types through float (as on
-// the CPU).
+// CUDA helpers shared by the families' kernels (lossext::cuda): pointers, grid sizes (capped, for
+// grid-stride loops), NaN, and the conversions of half types through float (as on the CPU).
 #pragma once
 
 #include <algorithm>
@@ -11,7 +10,6 @@
 #include <torch/csrc/stable/tensor.h>
 
 namespace lossext {
-namespace metric {
 namespace cuda {
 
 constexpr int64_t kMaxGrid = 65535;
@@ -43,5 +41,4 @@ __device__ __forceinline__ A to_a(scalar_t v) {
 }
 
 }  // namespace cuda
-}  // namespace metric
 }  // namespace lossext
