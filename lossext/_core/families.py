@@ -25,7 +25,8 @@ FAMILIES = (
     "landmark",  # Wing, Adaptive Wing
     "margin",    # SphereFace, CosFace, ArcFace, combined margin, fused normalized linear
     "age",       # Mean-Variance (age estimation)
-    "metric",    # Center loss, Triplet-Center loss
+    "metric",    # Center loss, Triplet-Center loss, triplet (online mining), contrastive
+    "detection",  # YOLOv2 region, sigmoid and softmax focal, IoU-family box losses
 )
 
 

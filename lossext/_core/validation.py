@@ -138,16 +138,18 @@ def check_device(fn: str, name: str, t: Tensor, other_name: str, other: Tensor):
                          + str(other.device))
 
 
-def check_pair(fn: str, input: Tensor, target: Tensor):
-    """input and target: floating tensors of the same shape, dtype and device."""
-    check_float_tensor(fn, "input", input)
-    check_float_tensor(fn, "target", target)
+def check_pair(fn: str, input: Tensor, target: Tensor, input_name: str = "input", target_name: str = "target"):
+    """input and target: floating tensors of the same shape, dtype and device (named as the
+    function names them, e.g. torchvision's inputs and targets)."""
+    check_float_tensor(fn, input_name, input)
+    check_float_tensor(fn, target_name, target)
     if target.dtype != input.dtype:
-        raise TypeError(fn + ": target dtype " + str(target.dtype) + " does not match input dtype " + str(input.dtype))
+        raise TypeError(fn + ": " + target_name + " dtype " + str(target.dtype) + " does not match " + input_name
+                        + " dtype " + str(input.dtype))
     if target.shape != input.shape:
-        raise ValueError(fn + ": target shape " + str(list(target.shape)) + " does not match input shape "
-                         + str(list(input.shape)))
-    check_device(fn, "target", target, "input", input)
+        raise ValueError(fn + ": " + target_name + " shape " + str(list(target.shape)) + " does not match "
+                         + input_name + " shape " + str(list(input.shape)))
+    check_device(fn, target_name, target, input_name, input)
 
 
 def _broadcasts_to(shape: List[int], to: List[int]) -> bool:
@@ -160,18 +162,18 @@ def _broadcasts_to(shape: List[int], to: List[int]) -> bool:
     return True
 
 
-def prepare_weight(fn: str, weight: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
+def prepare_weight(fn: str, weight: Optional[Tensor], input: Tensor, input_name: str = "input") -> Optional[Tensor]:
     """An optional per-element weight broadcastable to input; returned expanded to input's shape
     in input's dtype (bool and integer masks are converted). Autograd sums the expanded gradient
     back to weight's own shape."""
     if weight is None:
         return None
-    check_device(fn, "weight", weight, "input", input)
+    check_device(fn, "weight", weight, input_name, input)
     if weight.is_complex():
         raise TypeError(fn + ": weight must be real, got " + str(weight.dtype))
     if not _broadcasts_to(weight.shape, input.shape):
-        raise ValueError(fn + ": weight of shape " + str(list(weight.shape)) + " does not broadcast to input shape "
-                         + str(list(input.shape)))
+        raise ValueError(fn + ": weight of shape " + str(list(weight.shape)) + " does not broadcast to " + input_name
+                         + " shape " + str(list(input.shape)))
     if weight.dtype != input.dtype:
         weight = weight.to(input.dtype)
     return weight.expand(input.shape)

@@ -1,0 +1,201 @@
+// Per-box math of the IoU-family box losses, shared by the CPU and CUDA kernels. Boxes are
+// (x1, y1, x2, y2); T is the accumulation type. Forward and hand-written reverse pass.
+//
+//   IoU  (1 - IoU):        IoU = I / (U + eps),  U = A1 + A2 - I
+//   GIoU (Rezatofighi et al., CVPR 2019, Alg. 1):  1 - IoU + (C - U) / (C + eps), C the
+//        smallest enclosing box's area
+//   DIoU (Zheng et al., AAAI 2020, Eq. 6):  1 - IoU + rho^2 / (c^2 + eps), rho the distance of
+//        the centres, c the enclosing box's diagonal
+//   CIoU (ibid., Eq. 8-11):  DIoU + alpha v,  v = 4/pi^2 (atan(w2/h2) - atan(w1/h1))^2,
+//        alpha = v / (1 - IoU + v + eps) a constant (no gradient), as torchvision computes it.
+//
+// On valid boxes (x2 > x1, y2 > y1) these are torchvision's generalized_box_iou_loss,
+// distance_box_iou_loss, complete_box_iou_loss formulas, and the gradients are its autograd's,
+// including min/max ties, where torch.minimum/maximum give each side half the gradient.
+// Degenerate boxes, defined so that values and gradients are always finite:
+//   - widths and heights enter the areas and CIoU's aspect as max(x2 - x1, 0): a box with
+//     x2 < x1 is empty (area 0), its gradient through the width is 0 (torchvision takes the
+//     negative width as is: negative areas, a union that can vanish);
+//   - CIoU's aspect is atan2(w, h), equal to atan(w / h) for h > 0, pi/2 for h = 0 < w, 0 for
+//     w = h = 0, with derivatives h / (w^2 + h^2) and -w / (w^2 + h^2) (0 at w = h = 0), where
+//     torchvision's w / h is inf or NaN and its gradient NaN;
+//   - the enclosing box's area is max(cw, 0) max(ch, 0); with eps > 0 every quotient has a
+//     positive denominator. GIoU of an empty box with itself is 1 (I = U = C = 0), as in
+//     torchvision: the IoU of empty boxes is 0, never 0/0.
+#pragma once
+
+#include <cmath>
+
+#include "../common/config.h"
+
+namespace lossext {
+namespace detection {
+
+enum class BoxMode : int64_t { IoU = 0, GIoU = 1, DIoU = 2, CIoU = 3 };
+
+template <class T>
+struct Box {
+  T x1, y1, x2, y2;
+};
+
+// max(a, b) / min(a, b) and the share of the gradient each side takes (1, 0 or 1/2 on ties).
+template <class T>
+struct Pick {
+  T v, ga, gb;
+};
+template <class T>
+LOSSEXT_HD Pick<T> pick_max(T a, T b) {
+  return a > b ? Pick<T>{a, T(1), T(0)} : (a < b ? Pick<T>{b, T(0), T(1)} : Pick<T>{a, T(0.5), T(0.5)});
+}
+template <class T>
+LOSSEXT_HD Pick<T> pick_min(T a, T b) {
+  return a < b ? Pick<T>{a, T(1), T(0)} : (a > b ? Pick<T>{b, T(0), T(1)} : Pick<T>{a, T(0.5), T(0.5)});
+}
+// NaN coordinates: comparisons are false, so pick_* takes the tie branch and NaN propagates.
+
+template <class T>
+struct BoxGrad {
+  T g[8];  // d loss / d (x1, y1, x2, y2) of box 1, then of box 2
+};
+
+template <class T>
+struct BoxIouOp {
+  BoxMode mode;
+  T eps;
+
+  static BoxIouOp make(int64_t mode, double eps) { return {static_cast<BoxMode>(mode), T(eps)}; }
+
+  static constexpr double kFourOverPi2 = 0.40528473456935108578;  // 4 / pi^2
+
+  // The forward quantities, kept for the reverse pass.
+  struct Fwd {
+    T w1, h1, w2, h2;          // clamped at 0
+    Pick<T> ix1, iy1, ix2, iy2;  // intersection corners
+    T iw, ih;
+    bool overlap;
+    T inter, D, iou;           // D = U + eps
+    Pick<T> cx1, cy1, cx2, cy2;  // enclosing box corners
+    T cw, ch;                  // enclosing box sides (unclamped)
+    T C, Ce;                   // GIoU: max(cw,0) max(ch,0), C + eps
+    T rx, ry, rho2, c2;        // DIoU: half the centre offsets' doubles, rho^2, diagonal^2 + eps
+    T t1, t2, v, alpha;        // CIoU
+    T loss;
+  };
+
+  LOSSEXT_HD Fwd forward(const Box<T>& a, const Box<T>& b) const {
+    Fwd f;
+    const T dw1 = a.x2 - a.x1, dh1 = a.y2 - a.y1, dw2 = b.x2 - b.x1, dh2 = b.y2 - b.y1;
+    f.w1 = dw1 < T(0) ? T(0) : dw1;
+    f.h1 = dh1 < T(0) ? T(0) : dh1;
+    f.w2 = dw2 < T(0) ? T(0) : dw2;
+    f.h2 = dh2 < T(0) ? T(0) : dh2;
+    f.ix1 = pick_max(a.x1, b.x1);
+    f.iy1 = pick_max(a.y1, b.y1);
+    f.ix2 = pick_min(a.x2, b.x2);
+    f.iy2 = pick_min(a.y2, b.y2);
+    f.iw = f.ix2.v - f.ix1.v;
+    f.ih = f.iy2.v - f.iy1.v;
+    f.overlap = f.iw > T(0) && f.ih > T(0);
+    f.inter = f.overlap ? f.iw * f.ih : T(0);
+    const T U = f.w1 * f.h1 + f.w2 * f.h2 - f.inter;
+    f.D = U + eps;
+    f.iou = f.inter / f.D;
+    f.loss = T(1) - f.iou;
+    if (mode == BoxMode::IoU) return f;
+    f.cx1 = pick_min(a.x1, b.x1);
+    f.cy1 = pick_min(a.y1, b.y1);
+    f.cx2 = pick_max(a.x2, b.x2);
+    f.cy2 = pick_max(a.y2, b.y2);
+    f.cw = f.cx2.v - f.cx1.v;
+    f.ch = f.cy2.v - f.cy1.v;
+    if (mode == BoxMode::GIoU) {
+      f.C = (f.cw < T(0) ? T(0) : f.cw) * (f.ch < T(0) ? T(0) : f.ch);
+      f.Ce = f.C + eps;
+      f.loss += (f.C - U) / f.Ce;
+      return f;
+    }
+    // centres' offset: ((x1 + x2) - (X1 + X2)) / 2, as torchvision's (x_p - x_g)
+    f.rx = (a.x2 + a.x1) / T(2) - (b.x1 + b.x2) / T(2);
+    f.ry = (a.y2 + a.y1) / T(2) - (b.y1 + b.y2) / T(2);
+    f.rho2 = f.rx * f.rx + f.ry * f.ry;
+    f.c2 = f.cw * f.cw + f.ch * f.ch + eps;
+    f.loss += f.rho2 / f.c2;
+    if (mode == BoxMode::DIoU) return f;
+    f.t1 = std::atan2(f.w1, f.h1);
+    f.t2 = std::atan2(f.w2, f.h2);
+    const T dt = f.t2 - f.t1;
+    f.v = T(kFourOverPi2) * dt * dt;
+    f.alpha = f.v / (T(1) - f.iou + f.v + eps);
+    f.loss += f.alpha * f.v;
+    return f;
+  }
+
+  LOSSEXT_HD T value(const Box<T>& a, const Box<T>& b) const { return forward(a, b).loss; }
+
+  // d loss / d coordinates times g.
+  LOSSEXT_HD BoxGrad<T> backward(const Box<T>& a, const Box<T>& b, T g) const {
+    const Fwd f = forward(a, b);
+    BoxGrad<T> r;
+    for (int k = 0; k < 8; ++k) r.g[k] = T(0);
+    T* ga = r.g;      // box 1: x1, y1, x2, y2
+    T* gb = r.g + 4;  // box 2
+    // loss = 1 - I / D (+ terms); D = A1 + A2 - I + eps
+    T gI = -g / f.D;                    // through IoU's numerator
+    T gU = g * f.iou / f.D;             // through IoU's denominator
+    if (mode == BoxMode::GIoU) gU -= g / f.Ce;  // (C - U) / (C + eps)
+    gI -= gU;                           // U = A1 + A2 - I
+    // areas A = w h (w, h clamped: no gradient where the side is negative)
+    const T gw1 = a.x2 - a.x1 < T(0) ? T(0) : gU * f.h1, gh1 = a.y2 - a.y1 < T(0) ? T(0) : gU * f.w1;
+    const T gw2 = b.x2 - b.x1 < T(0) ? T(0) : gU * f.h2, gh2 = b.y2 - b.y1 < T(0) ? T(0) : gU * f.w2;
+    T gw1t = gw1, gh1t = gh1, gw2t = gw2, gh2t = gh2;
+    // intersection I = iw ih where it overlaps
+    if (f.overlap) {
+      const T giw = gI * f.ih, gih = gI * f.iw;
+      ga[2] += giw * f.ix2.ga; gb[2] += giw * f.ix2.gb;
+      ga[0] -= giw * f.ix1.ga; gb[0] -= giw * f.ix1.gb;
+      ga[3] += gih * f.iy2.ga; gb[3] += gih * f.iy2.gb;
+      ga[1] -= gih * f.iy1.ga; gb[1] -= gih * f.iy1.gb;
+    }
+    T gcw = T(0), gch = T(0);
+    if (mode == BoxMode::GIoU) {
+      // (C - U) / Ce: dC = g (Ce - (C - U)) / Ce^2 = g (U + eps) / Ce^2
+      const T gC = g * f.D / (f.Ce * f.Ce);
+      gcw = f.cw < T(0) ? T(0) : gC * (f.ch < T(0) ? T(0) : f.ch);
+      gch = f.ch < T(0) ? T(0) : gC * (f.cw < T(0) ? T(0) : f.cw);
+    } else if (mode != BoxMode::IoU) {
+      const T grho = g / f.c2;
+      const T gc2 = -g * f.rho2 / (f.c2 * f.c2);
+      gcw = T(2) * f.cw * gc2;
+      gch = T(2) * f.ch * gc2;
+      // rho^2 = rx^2 + ry^2, rx = (x1 + x2)/2 - (X1 + X2)/2
+      const T grx = grho * T(2) * f.rx / T(2), gry = grho * T(2) * f.ry / T(2);
+      ga[0] += grx; ga[2] += grx; gb[0] -= grx; gb[2] -= grx;
+      ga[1] += gry; ga[3] += gry; gb[1] -= gry; gb[3] -= gry;
+      if (mode == BoxMode::CIoU) {
+        // alpha v, alpha constant: dv = 2 (4/pi^2) (t2 - t1) d(t2 - t1); t = atan2(w, h)
+        const T gt2 = g * f.alpha * T(2) * T(kFourOverPi2) * (f.t2 - f.t1);
+        const T n1 = f.w1 * f.w1 + f.h1 * f.h1, n2 = f.w2 * f.w2 + f.h2 * f.h2;
+        if (n1 > T(0)) {
+          if (!(a.x2 - a.x1 < T(0))) gw1t -= gt2 * f.h1 / n1;
+          if (!(a.y2 - a.y1 < T(0))) gh1t += gt2 * f.w1 / n1;
+        }
+        if (n2 > T(0)) {
+          if (!(b.x2 - b.x1 < T(0))) gw2t += gt2 * f.h2 / n2;
+          if (!(b.y2 - b.y1 < T(0))) gh2t -= gt2 * f.w2 / n2;
+        }
+      }
+    }
+    // enclosing box: cw = max(x2, X2) - min(x1, X1)
+    ga[2] += gcw * f.cx2.ga; gb[2] += gcw * f.cx2.gb;
+    ga[0] -= gcw * f.cx1.ga; gb[0] -= gcw * f.cx1.gb;
+    ga[3] += gch * f.cy2.ga; gb[3] += gch * f.cy2.gb;
+    ga[1] -= gch * f.cy1.ga; gb[1] -= gch * f.cy1.gb;
+    // widths and heights: w = x2 - x1
+    ga[2] += gw1t; ga[0] -= gw1t; ga[3] += gh1t; ga[1] -= gh1t;
+    gb[2] += gw2t; gb[0] -= gw2t; gb[3] += gh2t; gb[1] -= gh2t;
+    return r;
+  }
+};
+
+}  // namespace detection
+}  // namespace lossext

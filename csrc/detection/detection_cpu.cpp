@@ -1,0 +1,248 @@
+// CPU kernels of the detection family's focal and box losses (sigmoid_focal_loss on the
+// element-wise pattern's CpuDevice).
+//
+// Determinism: reductions run over fixed chunks of boxes or rows (whatever the thread count),
+// each summed in lane_sum's fixed order per block into a double, the chunks then added in
+// order on one thread: results are bitwise equal for 1 and N threads and for every
+// instruction-set variant.
+// Bad labels (softmax focal: outside [0, C) and not ignore_index) raise before any row is read.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include <torch/csrc/stable/library.h>
+
+#include "../common/cpu_helpers.h"
+#include "../common/cpu_isa.h"
+#include "../common/pointwise_cpu.h"
+#include "detection_ops.h"
+
+namespace lossext {
+namespace detection {
+namespace {
+
+using cpu_helpers::ptr;
+
+constexpr int64_t kChunk = 4096;  // boxes (or rows) per fixed chunk of a reduction
+constexpr int64_t kBlock = cpu_detail::kTile;  // terms per lane_sum call, added into a double
+
+template <class T> const T* opt_ptr(const std::optional<Tensor>& t) {
+  return t ? static_cast<const T*>(t->data_ptr()) : nullptr;
+}
+
+// f(chunk, b, e) for every fixed chunk [b, e) of [0, n), in parallel.
+template <class F>
+void for_chunks(int64_t n, int64_t work_per_item, const F& f) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  cpu_helpers::parallel_rows(chunks, kChunk * work_per_item, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) f(c, c * kChunk, std::min(n, (c + 1) * kChunk));
+  });
+}
+
+inline double sum_in_order(const std::vector<double>& v) {
+  double s = 0.0;
+  for (double x : v) s += x;
+  return s;
+}
+
+template <class A, class scalar_t>
+inline Box<A> load_box(const scalar_t* p) {
+  return {static_cast<A>(p[0]), static_cast<A>(p[1]), static_cast<A>(p[2]), static_cast<A>(p[3])};
+}
+
+template <class scalar_t>
+void box_forward_t(const BoxProblem& p, Tensor& loss) {
+  using A = acc_t<scalar_t>;
+  const auto op = BoxIouOp<A>::make(p.mode, p.eps);
+  const scalar_t* b1 = ptr<const scalar_t>(p.boxes1);
+  const scalar_t* b2 = ptr<const scalar_t>(p.boxes2);
+  scalar_t* out = ptr<scalar_t>(loss);
+  if (p.reduction == Reduction::None) {
+    for_chunks(p.n, 8, [&](int64_t, int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) out[k] = static_cast<scalar_t>(op.value(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k)));
+    });
+    return;
+  }
+  std::vector<double> partial((p.n + kChunk - 1) / kChunk, 0.0);
+  for_chunks(p.n, 8, [&](int64_t c, int64_t b, int64_t e) {
+    double s = 0.0;
+    for (int64_t blk = b; blk < e; blk += kBlock) {
+      s += double(cpu_detail::lane_sum<A>(blk, std::min(e, blk + kBlock), [&](int64_t k) {
+        return op.value(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k));
+      }));
+    }
+    partial[c] = s;
+  });
+  const double total = sum_in_order(partial);
+  // 'mean' of no boxes is 0 (torchvision's box losses)
+  const double r = p.reduction == Reduction::Mean ? (p.n > 0 ? total / double(p.n) : 0.0) : total;
+  *out = static_cast<scalar_t>(r);
+}
+
+template <class scalar_t>
+void box_backward_t(const BoxProblem& p, const Tensor& grad_output, Tensor& grad1, Tensor& grad2) {
+  using A = acc_t<scalar_t>;
+  const auto op = BoxIouOp<A>::make(p.mode, p.eps);
+  const scalar_t* b1 = ptr<const scalar_t>(p.boxes1);
+  const scalar_t* b2 = ptr<const scalar_t>(p.boxes2);
+  const scalar_t* go = ptr<const scalar_t>(grad_output);
+  scalar_t* g1 = ptr<scalar_t>(grad1);
+  scalar_t* g2 = ptr<scalar_t>(grad2);
+  const bool per_box = p.reduction == Reduction::None;
+  const A scale = static_cast<A>(p.grad_scale());
+  const A go0 = per_box ? A(0) : static_cast<A>(go[0]) * scale;
+  for_chunks(p.n, 16, [&](int64_t, int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const A g = per_box ? static_cast<A>(go[k]) : go0;
+      const BoxGrad<A> r = op.backward(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k), g);
+      for (int j = 0; j < 4; ++j) {
+        g1[4 * k + j] = static_cast<scalar_t>(r.g[j]);
+        g2[4 * k + j] = static_cast<scalar_t>(r.g[4 + j]);
+      }
+    }
+  });
+}
+
+// ---- softmax focal loss --------------------------------------------------------------------
+
+void check_targets(const FocalProblem& p) {
+  const int64_t* t = ptr<const int64_t>(p.target);
+  const int64_t rows = p.N * p.S;
+  for (int64_t i = 0; i < rows; ++i) {
+    LOSSEXT_CHECK(t[i] == p.ignore_index || (t[i] >= 0 && t[i] < p.C), p.op, ": argument 'target' has value ", t[i],
+                  " at index ", i, ", outside [0, ", p.C, ") and not ignore_index (", p.ignore_index, ")");
+  }
+}
+
+int64_t count_kept(const FocalProblem& p) {
+  const int64_t* t = ptr<const int64_t>(p.target);
+  int64_t n = 0;
+  for (int64_t i = 0, rows = p.N * p.S; i < rows; ++i) n += t[i] != p.ignore_index;
+  return n;
+}
+
+// One row's softmax statistics: the max and the sum of exp(z - max), in a fixed order.
+template <class A, class scalar_t>
+struct RowStats {
+  A m, sum;
+};
+
+template <class A, class scalar_t>
+inline RowStats<A, scalar_t> row_stats(const scalar_t* z, int64_t C, int64_t S) {
+  A m = static_cast<A>(z[0]);
+  for (int64_t c = 1; c < C; ++c) {
+    const A v = static_cast<A>(z[c * S]);
+    m = (v > m || v != v) ? v : m;  // NaN wins (propagates)
+  }
+  const A mm = m;
+  const A sum = cpu_detail::lane_sum<A>(0, C, [&](int64_t c) { return math::exp_softmax(static_cast<A>(z[c * S]) - mm); });
+  return {m, sum};
+}
+
+// The row's class factor w_t alpha_t (1 where neither is given).
+template <class A, class scalar_t>
+inline A class_factor(const scalar_t* alpha, const scalar_t* weight, int64_t t) {
+  A f = A(1);
+  if (alpha) f *= static_cast<A>(alpha[t]);
+  if (weight) f *= static_cast<A>(weight[t]);
+  return f;
+}
+
+template <class scalar_t>
+void focal_forward_t(const FocalProblem& p, Tensor& loss) {
+  using A = acc_t<scalar_t>;
+  check_targets(p);
+  const scalar_t* z = ptr<const scalar_t>(p.logits);
+  const int64_t* tg = ptr<const int64_t>(p.target);
+  const scalar_t* al = opt_ptr<scalar_t>(p.alpha);
+  const scalar_t* wt = opt_ptr<scalar_t>(p.weight);
+  const int64_t rows = p.N * p.S, C = p.C, S = p.S;
+  const A gamma = static_cast<A>(p.gamma);
+  auto row_loss = [&](int64_t r) -> A {
+    const int64_t t = tg[r];
+    if (t == p.ignore_index) return A(0);
+    const scalar_t* zr = z + (r / S) * C * S + r % S;
+    const auto st = row_stats<A>(zr, C, S);
+    const A lp = static_cast<A>(zr[t * S]) - st.m - math::log(st.sum);
+    return class_factor<A>(al, wt, t) * focal_value(lp, gamma);
+  };
+  if (p.reduction == Reduction::None) {
+    scalar_t* out = ptr<scalar_t>(loss);
+    for_chunks(rows, C, [&](int64_t, int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) out[r] = static_cast<scalar_t>(row_loss(r));
+    });
+    return;
+  }
+  std::vector<double> partial((rows + kChunk - 1) / kChunk, 0.0);
+  for_chunks(rows, C, [&](int64_t c, int64_t b, int64_t e) {
+    double s = 0.0;
+    for (int64_t r = b; r < e; ++r) s += double(row_loss(r));
+    partial[c] = s;
+  });
+  const double total = sum_in_order(partial);
+  // 'mean': over the rows not ignored (0 / 0 = NaN when every row is, as F.cross_entropy)
+  const double r = p.reduction == Reduction::Mean ? total / double(count_kept(p)) : total;
+  *ptr<scalar_t>(loss) = static_cast<scalar_t>(r);
+}
+
+template <class scalar_t>
+void focal_backward_t(const FocalProblem& p, const Tensor& grad_output, Tensor& grad) {
+  using A = acc_t<scalar_t>;
+  check_targets(p);
+  const scalar_t* z = ptr<const scalar_t>(p.logits);
+  const int64_t* tg = ptr<const int64_t>(p.target);
+  const scalar_t* al = opt_ptr<scalar_t>(p.alpha);
+  const scalar_t* wt = opt_ptr<scalar_t>(p.weight);
+  const scalar_t* go = ptr<const scalar_t>(grad_output);
+  scalar_t* g = ptr<scalar_t>(grad);
+  const int64_t rows = p.N * p.S, C = p.C, S = p.S;
+  const A gamma = static_cast<A>(p.gamma);
+  const bool per_row = p.reduction == Reduction::None;
+  const double scale = p.reduction == Reduction::Mean ? 1.0 / double(count_kept(p)) : 1.0;
+  const A go0 = per_row ? A(0) : static_cast<A>(double(go[0]) * scale);
+  for_chunks(rows, 2 * C, [&](int64_t, int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t off = (r / S) * C * S + r % S;
+      const scalar_t* zr = z + off;
+      scalar_t* gr = g + off;
+      const int64_t t = tg[r];
+      if (t == p.ignore_index) {
+        for (int64_t c = 0; c < C; ++c) gr[c * S] = static_cast<scalar_t>(0.0f);
+        continue;
+      }
+      const auto st = row_stats<A>(zr, C, S);
+      const A lse = st.m + math::log(st.sum);
+      const A lp = static_cast<A>(zr[t * S]) - lse;
+      const A up = per_row ? static_cast<A>(go[r]) : go0;
+      // dFL/dz_c = f A (delta_c - p_c)
+      const A k = up * class_factor<A>(al, wt, t) * focal_coef(lp, gamma);
+      for (int64_t c = 0; c < C; ++c) {
+        const A pc = math::exp_softmax(static_cast<A>(zr[c * S]) - st.m) / st.sum;
+        gr[c * S] = static_cast<scalar_t>(k * ((c == t ? A(1) : A(0)) - pc));
+      }
+    }
+  });
+}
+
+struct DetectionCpu {
+  static void box_forward(const BoxProblem& p, Tensor& loss) {
+    dispatch_floating(p.boxes1.scalar_type(), p.op, [&](auto tag) { box_forward_t<decltype(tag)>(p, loss); });
+  }
+  static void box_backward(const BoxProblem& p, const Tensor& go, Tensor& g1, Tensor& g2) {
+    dispatch_floating(p.boxes1.scalar_type(), p.op, [&](auto tag) { box_backward_t<decltype(tag)>(p, go, g1, g2); });
+  }
+  static void softmax_focal_forward(const FocalProblem& p, Tensor& loss) {
+    dispatch_floating(p.logits.scalar_type(), p.op, [&](auto tag) { focal_forward_t<decltype(tag)>(p, loss); });
+  }
+  static void softmax_focal_backward(const FocalProblem& p, const Tensor& go, Tensor& grad) {
+    dispatch_floating(p.logits.scalar_type(), p.op, [&](auto tag) { focal_backward_t<decltype(tag)>(p, go, grad); });
+  }
+};
+
+}  // namespace
+}  // namespace detection
+}  // namespace lossext
+
+STABLE_TORCH_LIBRARY_IMPL(lossext, CPU, m) {
+  lossext::detection::register_detection_kernels<lossext::CpuDevice, lossext::detection::DetectionCpu>(m);
+}

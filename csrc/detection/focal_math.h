@@ -1,0 +1,101 @@
+// Per-element and per-row math of the focal losses (Lin et al., "Focal Loss for Dense Object
+// Detection", ICCV 2017), shared by the CPU and CUDA kernels. T is the accumulation type.
+#pragma once
+
+#include <cmath>
+
+#include "../common/config.h"
+#include "../common/math.h"
+
+namespace lossext {
+namespace detection {
+
+LOSSEXT_HD float expm1(float x) { return ::expm1f(x); }
+LOSSEXT_HD double expm1(double x) { return ::expm1(x); }
+
+// m^g for m >= 0 (or NaN), g >= 0: 0^0 = 1 (as torch.pow), 0^g = 0.
+template <class T>
+LOSSEXT_HD T pow_nonneg(T m, T g) {
+  return m == T(0) ? (g == T(0) ? T(1) : T(0)) : math::exp(g * math::log(m));
+}
+
+// Sigmoid focal loss, Eq. (5) with the alpha-balanced form of Sec. 3.2, in torchvision's
+// (fvcore's) reading for soft targets y in [0, 1]:
+//   p = sigmoid(x),  ce = BCE-with-logits(x, y),  p_t = p y + (1 - p)(1 - y),
+//   alpha_t = alpha y + (1 - alpha)(1 - y)   (1 when alpha < 0: the weighting disabled),
+//   FL = alpha_t ce (1 - p_t)^gamma.
+// 1 - p_t is formed as m = p (1 - y) + sigmoid(-x) y (no cancellation where p -> 1), and
+// ce = (1 - y) x + max(-x, 0) + log1p(exp(-|x|)) (torch's stable form).
+template <class T>
+struct SigmoidFocalOp {
+  T alpha, gamma;
+  bool balanced;
+
+  static SigmoidFocalOp make(double alpha, double gamma) { return {T(alpha), T(gamma), alpha >= 0.0}; }
+
+  struct Terms {
+    T s, sc;   // sigmoid(x), sigmoid(-x)
+    T ce, m, f;  // BCE, 1 - p_t, m^gamma
+    T at;      // alpha_t
+  };
+  LOSSEXT_HD Terms terms(T x, T y) const {
+    Terms t;
+    const T e = math::exp(-std::abs(x));
+    const T r = T(1) / (T(1) + e);
+    const bool pos = x >= T(0);
+    t.s = pos ? r : e * r;
+    t.sc = pos ? e * r : r;
+    t.ce = (T(1) - y) * x + (pos ? T(0) : -x) + math::log1p_nonneg(e);
+    t.m = t.s * (T(1) - y) + t.sc * y;
+    t.f = pow_nonneg(t.m, gamma);
+    t.at = balanced ? alpha * y + (T(1) - alpha) * (T(1) - y) : T(1);
+    return t;
+  }
+  // d(m^gamma)/dm = gamma m^(gamma - 1); at m = 0 its limit times dm (which vanishes with m)
+  // is taken as 0 for every gamma (gamma = 1: 1), where torchvision's autograd gives 0 * inf = NaN
+  // for gamma < 1 at saturated logits.
+  LOSSEXT_HD T dpow(const Terms& t) const {
+    return t.m > T(0) ? gamma * t.f / t.m : (gamma == T(1) ? T(1) : T(0));
+  }
+  LOSSEXT_HD T value(T x, T y) const {
+    const Terms t = terms(x, y);
+    return t.at * t.ce * t.f;
+  }
+  // dFL/dx = alpha_t [(p - y) m^g + ce g m^(g-1) p (1 - p)(1 - 2y)],  p - y = p (1 - y) - (1 - p) y.
+  LOSSEXT_HD T dinput(T x, T y) const {
+    const Terms t = terms(x, y);
+    const T dce = t.s * (T(1) - y) - t.sc * y;
+    const T dm = t.s * t.sc * (T(1) - T(2) * y);
+    return t.at * (dce * t.f + t.ce * dpow(t) * dm);
+  }
+  // dFL/dy = (2 alpha - 1) ce m^g + alpha_t [-x m^g + ce g m^(g-1) (1 - 2p)]
+  // (dce/dy = -x, dm/dy = (1 - p) - p, dalpha_t/dy = 2 alpha - 1).
+  LOSSEXT_HD T dtarget(T x, T y) const {
+    const Terms t = terms(x, y);
+    const T dat = balanced ? T(2) * alpha - T(1) : T(0);
+    return dat * t.ce * t.f + t.at * (-x * t.f + t.ce * dpow(t) * (t.sc - t.s));
+  }
+};
+
+// Softmax focal loss of one row (Lin et al., Eq. (5) over a softmax, as mmcv's
+// softmax_focal_loss): with lp = log p_t (log-softmax at the target class) and q = 1 - p_t,
+//   FL = -w_t alpha_t q^gamma lp,
+// and over the logits z_c (delta_c = [c == t], p_c the softmax)
+//   dFL/dz_c = w_t alpha_t A (delta_c - p_c),   A = q^gamma (gamma p_t lp / q - 1),
+// where p_t lp / q -> -1 as q -> 0 (A = -1 at gamma = 0: the cross-entropy's p - delta).
+// q = -expm1(lp) keeps its precision where p_t -> 1.
+template <class T>
+LOSSEXT_HD T focal_coef(T lp, T gamma) {
+  const T p = math::exp(lp);
+  const T q = -detection::expm1(lp);
+  const T ratio = q > T(0) ? p * lp / q : T(-1);
+  return pow_nonneg(q, gamma) * (gamma * ratio - T(1));
+}
+
+template <class T>
+LOSSEXT_HD T focal_value(T lp, T gamma) {
+  return -pow_nonneg(T(-detection::expm1(lp)), gamma) * lp;
+}
+
+}  // namespace detection
+}  // namespace lossext

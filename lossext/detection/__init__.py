@@ -1,0 +1,16 @@
+"""Detection: the YOLOv2 region loss (darknet's region layer), the sigmoid and softmax focal
+losses (Lin et al., ICCV 2017) and the IoU-family box losses (IoU, GIoU, DIoU, CIoU).
+
+sigmoid_focal_loss is element-wise, on the shared pattern (csrc/common/pointwise_*); the
+others have their own op bodies (csrc/detection/detection_ops.h), math (focal_math.h,
+box_math.h) and kernels. C++ API: include/lossext/detection.h.
+"""
+
+README_ROWS = [
+    dict(loss="Sigmoid focal", paper="Lin et al., ICCV 2017, Eq. 5", functional=["sigmoid_focal_loss"],
+         modules=["SigmoidFocalLoss"], note="torchvision.ops.sigmoid_focal_loss's values, gradients and checks"),
+    dict(loss="Softmax focal", paper="Lin et al., ICCV 2017, Eq. 5", functional=["softmax_focal_loss"],
+         modules=["SoftmaxFocalLoss"], note="per-class alpha and weight, ignore_index"),
+    dict(loss="IoU / GIoU / DIoU / CIoU", paper="Rezatofighi et al., CVPR 2019; Zheng et al., AAAI 2020",
+         functional=["box_iou_loss"], modules=["BoxIoULoss"], note="finite on degenerate boxes"),
+]

@@ -1,0 +1,235 @@
+"""Detection losses (functional): the sigmoid and softmax focal losses (Lin et al., ICCV 2017)
+and the IoU-family box losses (IoU, GIoU, DIoU, CIoU).
+
+Each function is scriptable (torch.jit.script); eager calls also accept numpy numbers, follow
+autocast (float32, as F.cross_entropy) and torch.func transforms."""
+import math
+from typing import List, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .._core import pointwise
+from .._core import validation as V
+from .._core.autograd import call as call_op
+from . import ops
+
+__all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
+
+
+def _check_alpha(fn: str, alpha: float) -> float:
+    if not (alpha == -1.0 or (alpha >= 0.0 and alpha <= 1.0)):
+        raise ValueError(fn + ": alpha must be in [0, 1] or -1 (no weighting), got " + str(alpha))
+    return alpha
+
+
+def _check_gamma(fn: str, gamma: float) -> float:
+    if not (gamma >= 0.0 and gamma < math.inf):
+        raise ValueError(fn + ": gamma must be finite and >= 0, got " + str(gamma))
+    return gamma
+
+
+def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
+                       reduction: str = "none", weight: Optional[Tensor] = None) -> Tensor:
+    r"""The sigmoid focal loss of RetinaNet (Lin et al., ICCV 2017, Eq. 5), as
+    ``torchvision.ops.sigmoid_focal_loss``:
+
+    .. math:: FL = \alpha_t \, \mathrm{BCE}(x, y) \, (1 - p_t)^\gamma,\quad
+              p_t = p y + (1 - p)(1 - y),\ \alpha_t = \alpha y + (1 - \alpha)(1 - y),
+
+    :math:`p = \sigma(x)`. ``alpha = -1`` disables the weighting (:math:`\alpha_t = 1`);
+    ``alpha`` outside [0, 1] otherwise, a negative ``gamma`` or a bad ``reduction`` raise
+    ValueError. 'mean' is over all elements. Defaults are the paper's (α = 0.25, γ = 2) and
+    torchvision's reduction ('none').
+
+    Args:
+        inputs: logits, a floating tensor of any shape.
+        targets: labels in [0, 1] (soft labels allowed) of inputs' shape.
+        weight: optional per-element weight broadcastable to inputs (an addition to
+            torchvision's signature), e.g. a mask of the anchors that count.
+
+    Gradients flow to inputs, targets and weight. Saturated logits give finite gradients for
+    every γ ≥ 0 (torchvision's autograd gives 0 · inf = NaN there for γ < 1).
+    """
+    fn = "sigmoid_focal_loss"
+    if not torch.jit.is_scripting():
+        inputs, targets = V.promote(fn, "fp32", ("inputs", "targets"), inputs, targets)
+        alpha, gamma = V.number(fn, "alpha", alpha), V.number(fn, "gamma", gamma)
+        reduction = V.reduction(fn, reduction)
+        weight = V.tensor(fn, "weight", weight, True)
+    red = V.reduction_enum(fn, reduction)
+    V.check_pair(fn, inputs, targets, "inputs", "targets")
+    _check_alpha(fn, alpha)
+    _check_gamma(fn, gamma)
+    w = V.prepare_weight(fn, weight, inputs, "inputs")
+    if torch.jit.is_scripting():
+        if ops.SIGMOID_FOCAL_ONE_PASS and pointwise.one_pass_applies(inputs, red):
+            return torch.ops.lossext.sigmoid_focal_loss_with_grad(inputs, targets, w, alpha, gamma, red)[0]
+        return torch.ops.lossext.sigmoid_focal_loss(inputs, targets, w, alpha, gamma, red)
+    return pointwise.call(fn, inputs, targets, w, (alpha, gamma), red)
+
+
+def _mode_enum(fn: str, mode: str) -> int:
+    if mode == "iou":
+        return 0
+    if mode == "giou":
+        return 1
+    if mode == "diou":
+        return 2
+    if mode == "ciou":
+        return 3
+    raise ValueError(fn + ": mode must be 'iou', 'giou', 'diou' or 'ciou', got '" + mode + "'")
+
+
+def _check_boxes(fn: str, name: str, boxes: Tensor) -> Tensor:
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(fn + ": " + name + " must be real boxes, got " + str(boxes.dtype))
+    if boxes.dim() == 0 or boxes.shape[-1] != 4:
+        raise ValueError(fn + ": " + name + " must have shape [..., 4] (x1, y1, x2, y2), got "
+                         + str(list(boxes.shape)))
+    if not boxes.is_floating_point():
+        boxes = boxes.float()  # as torchvision's _upcast_non_float
+    return boxes
+
+
+def box_iou_loss(boxes1: Tensor, boxes2: Tensor, mode: str = "giou", eps: float = 1e-7,
+                 reduction: str = "none") -> Tensor:
+    r"""IoU-family loss of box pairs: ``mode`` 'iou' (1 − IoU), 'giou' (Rezatofighi et al.,
+    CVPR 2019), 'diou' or 'ciou' (Zheng et al., AAAI 2020), box by box.
+
+    Boxes are (x1, y1, x2, y2) ``[..., 4]``; the two broadcast against each other. On valid
+    boxes (x2 > x1, y2 > y1) values and gradients are torchvision's
+    ``generalized_box_iou_loss``, ``distance_box_iou_loss``, ``complete_box_iou_loss`` (CIoU's
+    α a constant, as torchvision computes it under no_grad). Degenerate boxes (zero width or
+    height, points, x2 < x1) give finite values and gradients, always: widths and heights
+    are max(x2 − x1, 0), CIoU's aspect is atan2(w, h); see docs/detection.md for the values
+    and where torchvision gives NaN.
+
+    'none' returns the boxes' batch shape; 'mean' of no boxes is 0 (torchvision's). Integer
+    boxes are converted to float32 (as torchvision); half inputs compute in float32. Gradients
+    flow to both box tensors.
+    """
+    fn = "box_iou_loss"
+    if not torch.jit.is_scripting():
+        V.tensor(fn, "boxes1", boxes1)
+        V.tensor(fn, "boxes2", boxes2)
+        eps = V.number(fn, "eps", eps)
+        reduction = V.reduction(fn, reduction)
+        if not isinstance(mode, str):
+            raise TypeError(f"{fn}: mode must be a str, got {type(mode).__name__} ({mode!r})")
+    m = _mode_enum(fn, mode)
+    red = V.reduction_enum(fn, reduction)
+    boxes1 = _check_boxes(fn, "boxes1", boxes1)
+    boxes2 = _check_boxes(fn, "boxes2", boxes2)
+    V.check_device(fn, "boxes2", boxes2, "boxes1", boxes1)
+    V.check_positive(fn, "eps", eps)
+    if not torch.jit.is_scripting():
+        (boxes1, boxes2) = V.promote(fn, "fp32", ("boxes1", "boxes2"), boxes1, boxes2)
+    elif boxes1.dtype != boxes2.dtype:
+        dt = torch.promote_types(boxes1.dtype, boxes2.dtype)
+        boxes1, boxes2 = boxes1.to(dt), boxes2.to(dt)
+    if boxes1.shape != boxes2.shape:
+        if not _broadcastable(boxes1.shape, boxes2.shape):
+            raise ValueError(fn + ": boxes1 of shape " + str(list(boxes1.shape)) + " and boxes2 of shape "
+                             + str(list(boxes2.shape)) + " do not broadcast")
+        shape = torch.broadcast_shapes(boxes1.shape, boxes2.shape)
+        boxes1, boxes2 = boxes1.expand(shape), boxes2.expand(shape)
+    if torch.jit.is_scripting():
+        return torch.ops.lossext.box_iou_loss(boxes1, boxes2, m, eps, red)
+    return call_op("box_iou_loss", boxes1, boxes2, m, eps, red)
+
+
+def _broadcastable(a: List[int], b: List[int]) -> bool:
+    n = min(len(a), len(b))
+    for i in range(1, n + 1):
+        if a[-i] != b[-i] and a[-i] != 1 and b[-i] != 1:
+            return False
+    return True
+
+
+def _class_vector(fn: str, name: str, v: Optional[Tensor], logits: Tensor) -> Optional[Tensor]:
+    if v is None:
+        return None
+    C = logits.shape[1]
+    if not v.is_floating_point():
+        raise TypeError(fn + ": " + name + " must be floating point, got " + str(v.dtype))
+    if v.dim() != 1 or v.shape[0] != C:
+        raise ValueError(fn + ": " + name + " must have shape [" + str(C) + "] (one per class), got "
+                         + str(list(v.shape)))
+    V.check_device(fn, name, v, "logits", logits)
+    return v.detach().to(logits.dtype)
+
+
+def _focal_target(fn: str, target: Tensor, logits: Tensor) -> Tensor:
+    if target.dtype not in [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8]:
+        raise TypeError(fn + ": target must be integer class indices, got " + str(target.dtype))
+    want = [logits.shape[0]] + list(logits.shape[2:])
+    if list(target.shape) != want:
+        raise ValueError(fn + ": target must have shape " + str(want) + " (logits' shape without dim 1), got "
+                         + str(list(target.shape)))
+    V.check_device(fn, "target", target, "logits", logits)
+    return target.long()
+
+
+def softmax_focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
+                       alpha: Optional[Union[float, Tensor]] = None, weight: Optional[Tensor] = None,
+                       ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    r"""The softmax focal loss (Lin et al., ICCV 2017, Eq. 5 over a softmax):
+
+    .. math:: FL = -w_t \, \alpha_t \, (1 - p_t)^\gamma \log p_t,
+
+    :math:`p_t` the softmax probability of the target class, over dim 1 of ``logits``
+    [N, C, d...] (as F.cross_entropy; ``target`` [N, d...] integer classes).
+
+    Args:
+        gamma: the focusing parameter, ≥ 0 (γ = 0 is the cross-entropy).
+        alpha: None (1), a float ≥ 0 for every class, or a per-class tensor [C].
+        weight: optional per-class weight [C] (as F.cross_entropy's).
+        ignore_index: rows with this target give 0 and a zero gradient, and are never used as
+            an index.
+        reduction: 'mean' divides by the number of rows not ignored (NaN when every row is, as
+            F.cross_entropy), 'sum', or 'none' (target's shape).
+
+    Differs from mmcv's ``softmax_focal_loss`` (CUDA only), whose α is one scalar for every
+    class and whose 'mean' is over all rows, ignored ones included. ``alpha`` and ``weight``
+    take no gradient. A target outside [0, C) raises IndexError on the CPU; on CUDA it is never
+    used as an index and that row's loss (so a reduced loss) is NaN.
+    """
+    fn = "softmax_focal_loss"
+    if not torch.jit.is_scripting():
+        V.tensor(fn, "target", target)
+        (logits,) = V.promote(fn, "fp32", ("logits",), logits)
+        gamma = V.number(fn, "gamma", gamma)
+        ignore_index = V.integer(fn, "ignore_index", ignore_index)
+        reduction = V.reduction(fn, reduction)
+        weight = V.tensor(fn, "weight", weight, True)
+        if alpha is not None and not isinstance(alpha, torch.Tensor):
+            alpha = V.number(fn, "alpha", alpha)
+    V.check_float_tensor(fn, "logits", logits)
+    if logits.dim() < 2:
+        raise ValueError(fn + ": logits must be [N, C, ...], got shape " + str(list(logits.shape)))
+    if logits.shape[1] == 0:
+        raise ValueError(fn + ": logits has no classes (shape " + str(list(logits.shape)) + ")")
+    red = V.reduction_enum(fn, reduction)
+    _check_gamma(fn, gamma)
+    t = _focal_target(fn, target, logits)
+    a: Optional[Tensor] = None
+    if isinstance(alpha, Tensor):
+        a = _class_vector(fn, "alpha", alpha, logits)
+    elif alpha is not None:
+        if not (alpha >= 0.0 and alpha < math.inf):
+            raise ValueError(fn + ": alpha must be finite and >= 0, got " + str(alpha))
+        a = torch.full([logits.shape[1]], alpha, dtype=logits.dtype, device=logits.device)
+    w = _class_vector(fn, "weight", weight, logits)
+    if torch.jit.is_scripting():
+        return torch.ops.lossext.softmax_focal_loss(logits, t, a, w, gamma, ignore_index, red)
+    else:
+        return _eager_call(fn, "softmax_focal_loss", logits, t, a, w, gamma, ignore_index, red)
+
+
+def _eager_call(fn, op_name, *args):
+    """The op's output; its kernel's errors re-raised as fn's (eager only: TorchScript has no try)."""
+    try:
+        return call_op(op_name, *args)
+    except RuntimeError as e:
+        V.raise_from_kernel(fn, e)

@@ -1,0 +1,130 @@
+"""Fake kernels, autograd and autocast of the detection ops (csrc/detection).
+
+Ops (reduction: 0 none, 1 mean, 2 sum):
+  sigmoid_focal_loss(input, target, weight?, alpha, gamma, reduction) and its _with_grad,
+      _backward and _target_backward: the element-wise pattern (lossext/_core/pointwise.py)
+  box_iou_loss(boxes1, boxes2, mode, eps, reduction) -> loss
+  box_iou_loss_backward(grad_output, boxes1, boxes2, mode, eps, reduction) -> (grad_boxes1, grad_boxes2)
+  softmax_focal_loss(logits, target, alpha?, weight?, gamma, ignore_index, reduction) -> loss
+  softmax_focal_loss_backward(grad_output, logits, target, alpha?, weight?, gamma, ignore_index,
+                              reduction) -> grad_logits
+box_iou_loss's mode: 0 iou, 1 giou, 2 diou, 3 ciou; 'mean' of no boxes is 0. softmax focal's
+logits are [N, C, d...], target [N, d...]; alpha and weight are per-class constants (no
+gradient); 'mean' divides by the rows not ignored.
+Forward mode: one backward pass at reduction 'none' contracted with the tangents.
+Double backward raises NotImplementedError. Autocast: float32 (as F.cross_entropy).
+"""
+import torch
+
+from .._core import amp, pointwise
+from .._core import library  # noqa: F401  (loads the kernels)
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .._core.fake import check_same_device
+
+# One pass (the forward writes dloss/dinput) or recompute: see benchmarks/RESULTS.md (detection).
+SIGMOID_FOCAL_ONE_PASS = True
+pointwise.register("sigmoid_focal_loss", target_grad_is_neg_input_grad=False, one_pass=SIGMOID_FOCAL_ONE_PASS)
+
+
+# ---- box IoU losses -------------------------------------------------------------------------
+
+@torch.library.register_fake("lossext::box_iou_loss")
+def _(boxes1, boxes2, mode, eps, reduction):
+    check_same_device("box_iou_loss", "boxes1", boxes1, ("boxes2", boxes2))
+    return boxes1.new_empty(boxes1.shape[:-1] if reduction == 0 else ())
+
+
+@torch.library.register_fake("lossext::box_iou_loss_backward")
+def _(grad, boxes1, boxes2, mode, eps, reduction):
+    check_same_device("box_iou_loss_backward", "boxes1", boxes1, ("boxes2", boxes2), ("grad_output", grad))
+    return (torch.empty_like(boxes1, memory_format=torch.contiguous_format),
+            torch.empty_like(boxes1, memory_format=torch.contiguous_format))
+
+
+def _box_setup(ctx, inputs, output):
+    b1, b2, *params = inputs
+    ctx.params = params
+    ctx.save_for_backward(b1, b2)
+    ctx.save_for_forward(b1, b2)
+
+
+def _box_backward(ctx, grad):
+    b1, b2 = ctx.saved_tensors
+    g1, g2 = call_op("box_iou_loss_backward", grad, b1, b2, *ctx.params)
+    need = ctx.needs_input_grad
+    return (g1 if need[0] else None, g2 if need[1] else None) + (None,) * len(ctx.params)
+
+
+def _reduce(t, reduction, count=None):
+    if reduction == 0:
+        return t
+    if reduction == 2:
+        return t.sum()
+    return t.sum() / count if count is not None else t.mean()
+
+
+def _box_jvp(ctx, t1, t2, *_params):
+    b1, b2 = ctx.saved_tensors
+    mode, eps, reduction = ctx.params
+    ones = b1.new_ones(b1.shape[:-1])
+    g1, g2 = call_op("box_iou_loss_backward", ones, b1, b2, mode, eps, 0)
+    t = b1.new_zeros(b1.shape[:-1])
+    if t1 is not None:
+        t = t + (g1 * t1).sum(-1)
+    if t2 is not None:
+        t = t + (g2 * t2).sum(-1)
+    if reduction == 1 and t.numel() == 0:
+        return t.sum()  # 'mean' of no boxes is 0
+    return _reduce(t, reduction)
+
+
+register_autograd("box_iou_loss", setup_context=_box_setup, backward=_box_backward, jvp=_box_jvp,
+                  what="lossext.box_iou_loss")
+amp.register("box_iou_loss", "fp32")
+refuse_double_backward("box_iou_loss", ["box_iou_loss_backward"])
+
+
+# ---- softmax focal loss ---------------------------------------------------------------------
+
+@torch.library.register_fake("lossext::softmax_focal_loss")
+def _(logits, target, alpha, weight, gamma, ignore_index, reduction):
+    check_same_device("softmax_focal_loss", "logits", logits, ("target", target), ("alpha", alpha),
+                      ("weight", weight))
+    return logits.new_empty(target.shape if reduction == 0 else ())
+
+
+@torch.library.register_fake("lossext::softmax_focal_loss_backward")
+def _(grad, logits, target, alpha, weight, gamma, ignore_index, reduction):
+    check_same_device("softmax_focal_loss_backward", "logits", logits, ("target", target), ("alpha", alpha),
+                      ("weight", weight), ("grad_output", grad))
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _focal_setup(ctx, inputs, output):
+    logits, target, alpha, weight, *params = inputs
+    ctx.params = params
+    ctx.save_for_backward(logits, target, alpha, weight)
+    ctx.save_for_forward(logits, target, alpha, weight)
+
+
+def _focal_backward(ctx, grad):
+    logits, target, alpha, weight = ctx.saved_tensors
+    g = call_op("softmax_focal_loss_backward", grad, logits, target, alpha, weight, *ctx.params)
+    return (g if ctx.needs_input_grad[0] else None,) + (None,) * (3 + len(ctx.params))
+
+
+def _focal_jvp(ctx, tl, *_rest):
+    logits, target, alpha, weight = ctx.saved_tensors
+    gamma, ignore_index, reduction = ctx.params
+    if tl is None:
+        return logits.new_zeros(target.shape if reduction == 0 else ())
+    ones = logits.new_ones(target.shape)
+    g = call_op("softmax_focal_loss_backward", ones, logits, target, alpha, weight, gamma, ignore_index, 0)
+    t = (g * tl).sum(1)
+    return _reduce(t, reduction, (target != ignore_index).sum())
+
+
+register_autograd("softmax_focal_loss", setup_context=_focal_setup, backward=_focal_backward, jvp=_focal_jvp,
+                  what="lossext.softmax_focal_loss")
+amp.register("softmax_focal_loss", "fp32")
+refuse_double_backward("softmax_focal_loss", ["softmax_focal_loss_backward"])

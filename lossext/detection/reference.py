@@ -1,0 +1,88 @@
+"""Float64 references of the detection losses, written from the papers' formulas (and, for the
+degenerate boxes, from the definitions of csrc/detection/box_math.h)."""
+import math
+
+import torch
+
+from .._core.reference import reduce as _reduce
+
+__all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
+
+
+def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none", weight=None):
+    # Lin et al., ICCV 2017, Eq. (5) with alpha_t (Sec. 3.2), soft targets as torchvision's
+    p = torch.sigmoid(inputs)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    m = p * (1 - targets) + torch.sigmoid(-inputs) * targets  # 1 - p_t
+    loss = ce * m ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def softmax_focal_loss(logits, target, gamma=2.0, alpha=None, weight=None, ignore_index=-100, reduction="mean"):
+    # FL = -w_t alpha_t (1 - p_t)^gamma log p_t over a softmax of dim 1
+    keep = target != ignore_index
+    t = torch.where(keep, target, torch.zeros_like(target)).long()
+    lp = torch.log_softmax(logits, 1).gather(1, t.unsqueeze(1)).squeeze(1)
+    q = -torch.expm1(lp)
+    loss = -(q ** gamma) * lp
+    C = logits.shape[1]
+    if alpha is not None:
+        a = alpha if isinstance(alpha, torch.Tensor) else torch.full((C,), float(alpha), dtype=logits.dtype)
+        loss = loss * a.to(logits)[t]
+    if weight is not None:
+        loss = loss * weight.to(logits)[t]
+    loss = torch.where(keep, loss, loss * 0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / keep.sum()
+
+
+def _atan2(w, h):
+    # atan2(w, h) with the derivatives h / (w^2 + h^2), -w / (w^2 + h^2), and 0 at w = h = 0
+    n = w * w + h * h
+    safe = n > 0
+    one = torch.ones_like(w)
+    return torch.where(safe, torch.atan2(torch.where(safe, w, one), torch.where(safe, h, one)), w * 0)
+
+
+def box_iou_loss(boxes1, boxes2, mode="giou", eps=1e-7, reduction="none"):
+    # 1 - IoU; GIoU: Rezatofighi et al., CVPR 2019, Alg. 1; DIoU and CIoU: Zheng et al., AAAI 2020,
+    # Eq. (6) and (8)-(11), alpha detached as torchvision computes it. Sides clamped at 0.
+    if not boxes1.is_floating_point():
+        boxes1 = boxes1.double()
+    if not boxes2.is_floating_point():
+        boxes2 = boxes2.double()
+    boxes1, boxes2 = torch.broadcast_tensors(boxes1, boxes2)
+    x1, y1, x2, y2 = boxes1.unbind(-1)
+    X1, Y1, X2, Y2 = boxes2.unbind(-1)
+    w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
+    w2, h2 = (X2 - X1).clamp(min=0), (Y2 - Y1).clamp(min=0)
+    iw = torch.minimum(x2, X2) - torch.maximum(x1, X1)
+    ih = torch.minimum(y2, Y2) - torch.maximum(y1, Y1)
+    inter = torch.where((iw > 0) & (ih > 0), iw * ih, iw * 0)
+    union = w1 * h1 + w2 * h2 - inter
+    iou = inter / (union + eps)
+    loss = 1 - iou
+    if mode != "iou":
+        cw = torch.maximum(x2, X2) - torch.minimum(x1, X1)
+        ch = torch.maximum(y2, Y2) - torch.minimum(y1, Y1)
+        if mode == "giou":
+            area_c = cw.clamp(min=0) * ch.clamp(min=0)
+            loss = loss + (area_c - union) / (area_c + eps)
+        else:
+            rho2 = ((x2 + x1) / 2 - (X1 + X2) / 2) ** 2 + ((y2 + y1) / 2 - (Y1 + Y2) / 2) ** 2
+            loss = loss + rho2 / (cw ** 2 + ch ** 2 + eps)
+            if mode == "ciou":
+                v = (4 / math.pi ** 2) * (_atan2(w2, h2) - _atan2(w1, h1)) ** 2
+                with torch.no_grad():
+                    alpha = v / (1 - iou + v + eps)
+                loss = loss + alpha * v
+    if reduction == "mean" and loss.numel() == 0:
+        return loss.sum()  # 'mean' of no boxes is 0 (torchvision's)
+    return _reduce(loss, reduction)
