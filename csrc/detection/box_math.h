@@ -43,15 +43,18 @@ template <class T>
 struct Pick {
   T v, ga, gb;
 };
+// A NaN on either side makes every comparison false: the tie branch, whose a + b is NaN (as
+// torch.maximum/minimum propagate NaN).
 template <class T>
 LOSSEXT_HD Pick<T> pick_max(T a, T b) {
-  return a > b ? Pick<T>{a, T(1), T(0)} : (a < b ? Pick<T>{b, T(0), T(1)} : Pick<T>{a, T(0.5), T(0.5)});
+  return a > b ? Pick<T>{a, T(1), T(0)}
+               : (a < b ? Pick<T>{b, T(0), T(1)} : Pick<T>{a == b ? a : a + b, T(0.5), T(0.5)});
 }
 template <class T>
 LOSSEXT_HD Pick<T> pick_min(T a, T b) {
-  return a < b ? Pick<T>{a, T(1), T(0)} : (a > b ? Pick<T>{b, T(0), T(1)} : Pick<T>{a, T(0.5), T(0.5)});
+  return a < b ? Pick<T>{a, T(1), T(0)}
+               : (a > b ? Pick<T>{b, T(0), T(1)} : Pick<T>{a == b ? a : a + b, T(0.5), T(0.5)});
 }
-// NaN coordinates: comparisons are false, so pick_* takes the tie branch and NaN propagates.
 
 template <class T>
 struct BoxGrad {
@@ -185,11 +188,12 @@ struct BoxIouOp {
         }
       }
     }
-    // enclosing box: cw = max(x2, X2) - min(x1, X1)
-    ga[2] += gcw * f.cx2.ga; gb[2] += gcw * f.cx2.gb;
-    ga[0] -= gcw * f.cx1.ga; gb[0] -= gcw * f.cx1.gb;
-    ga[3] += gch * f.cy2.ga; gb[3] += gch * f.cy2.gb;
-    ga[1] -= gch * f.cy1.ga; gb[1] -= gch * f.cy1.gb;
+    if (mode != BoxMode::IoU) {  // enclosing box: cw = max(x2, X2) - min(x1, X1)
+      ga[2] += gcw * f.cx2.ga; gb[2] += gcw * f.cx2.gb;
+      ga[0] -= gcw * f.cx1.ga; gb[0] -= gcw * f.cx1.gb;
+      ga[3] += gch * f.cy2.ga; gb[3] += gch * f.cy2.gb;
+      ga[1] -= gch * f.cy1.ga; gb[1] -= gch * f.cy1.gb;
+    }
     // widths and heights: w = x2 - x1
     ga[2] += gw1t; ga[0] -= gw1t; ga[3] += gh1t; ga[1] -= gh1t;
     gb[2] += gw2t; gb[0] -= gw2t; gb[3] += gh2t; gb[1] -= gh2t;

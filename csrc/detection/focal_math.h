@@ -25,7 +25,8 @@ LOSSEXT_HD T pow_nonneg(T m, T g) {
 //   alpha_t = alpha y + (1 - alpha)(1 - y)   (1 when alpha < 0: the weighting disabled),
 //   FL = alpha_t ce (1 - p_t)^gamma.
 // 1 - p_t is formed as m = p (1 - y) + sigmoid(-x) y (no cancellation where p -> 1), and
-// ce = (1 - y) x + max(-x, 0) + log1p(exp(-|x|)) (torch's stable form).
+// ce = (1 - y) x + max(-x, 0) + log1p(exp(-|x|)) (torch's stable form), taken branch by branch so
+// that x = -inf gives +inf, not inf - inf.
 template <class T>
 struct SigmoidFocalOp {
   T alpha, gamma;
@@ -45,7 +46,11 @@ struct SigmoidFocalOp {
     const bool pos = x >= T(0);
     t.s = pos ? r : e * r;
     t.sc = pos ? e * r : r;
-    t.ce = (T(1) - y) * x + (pos ? T(0) : -x) + math::log1p_nonneg(e);
+    // ce = (1 - y) |x| for x >= 0, y |x| for x < 0, plus log1p(exp(-|x|)); the product is 0
+    // where its factor is 0 and |x| = inf (the limit, where 0 * inf would give NaN)
+    const T ax = std::abs(x);
+    const T wce = pos ? T(1) - y : y;
+    t.ce = (wce == T(0) && ax == T(INFINITY) ? T(0) : wce * ax) + math::log1p_nonneg(e);
     t.m = t.s * (T(1) - y) + t.sc * y;
     t.f = pow_nonneg(t.m, gamma);
     t.at = balanced ? alpha * y + (T(1) - alpha) * (T(1) - y) : T(1);

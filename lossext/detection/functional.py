@@ -24,9 +24,7 @@ def _check_alpha(fn: str, alpha: float) -> float:
 
 
 def _check_gamma(fn: str, gamma: float) -> float:
-    if not (gamma >= 0.0 and gamma < math.inf):
-        raise ValueError(fn + ": gamma must be finite and >= 0, got " + str(gamma))
-    return gamma
+    return V.check_range(fn, "gamma", gamma, 0.0, math.inf, True)
 
 
 def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
@@ -81,6 +79,12 @@ def _mode_enum(fn: str, mode: str) -> int:
     raise ValueError(fn + ": mode must be 'iou', 'giou', 'diou' or 'ciou', got '" + mode + "'")
 
 
+def check_mode_type(fn, mode):
+    """Eager only: mode is a str (TorchScript's typed signature checks it there)."""
+    if not isinstance(mode, str):
+        raise TypeError(f"{fn}: mode must be a str, got {type(mode).__name__} ({mode!r})")
+
+
 def _check_boxes(fn: str, name: str, boxes: Tensor) -> Tensor:
     if boxes.dtype == torch.bool or boxes.is_complex():
         raise TypeError(fn + ": " + name + " must be real boxes, got " + str(boxes.dtype))
@@ -115,8 +119,7 @@ def box_iou_loss(boxes1: Tensor, boxes2: Tensor, mode: str = "giou", eps: float 
         V.tensor(fn, "boxes2", boxes2)
         eps = V.number(fn, "eps", eps)
         reduction = V.reduction(fn, reduction)
-        if not isinstance(mode, str):
-            raise TypeError(f"{fn}: mode must be a str, got {type(mode).__name__} ({mode!r})")
+        check_mode_type(fn, mode)
     m = _mode_enum(fn, mode)
     red = V.reduction_enum(fn, reduction)
     boxes1 = _check_boxes(fn, "boxes1", boxes1)
@@ -217,8 +220,7 @@ def softmax_focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
     if isinstance(alpha, Tensor):
         a = _class_vector(fn, "alpha", alpha, logits)
     elif alpha is not None:
-        if not (alpha >= 0.0 and alpha < math.inf):
-            raise ValueError(fn + ": alpha must be finite and >= 0, got " + str(alpha))
+        V.check_range(fn, "alpha", alpha, 0.0, math.inf, True)
         a = torch.full([logits.shape[1]], alpha, dtype=logits.dtype, device=logits.device)
     w = _class_vector(fn, "weight", weight, logits)
     if torch.jit.is_scripting():

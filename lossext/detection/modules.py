@@ -1,4 +1,5 @@
-"""Detection loss Modules. A Module's defaults are its function's."""
+"""Detection loss Modules. Their reduction defaults to 'mean', as torch.nn's losses (and mmdet's
+FocalLoss); the functions keep torchvision's 'none' where they follow torchvision."""
 from typing import Optional
 
 import torch
@@ -13,7 +14,7 @@ __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss", "BoxIoULoss"]
 class SigmoidFocalLoss(nn.Module):
     """Sigmoid focal loss (Lin et al., ICCV 2017). See :func:`lossext.functional.sigmoid_focal_loss`."""
 
-    def __init__(self, alpha=0.25, gamma=2.0, reduction="none"):
+    def __init__(self, alpha=0.25, gamma=2.0, reduction="mean"):
         super().__init__()
         n = "SigmoidFocalLoss"
         self.alpha = F._check_alpha(n, V.number(n, "alpha", alpha))
@@ -78,11 +79,10 @@ class SoftmaxFocalLoss(nn.Module):
 class BoxIoULoss(nn.Module):
     """IoU-family box loss. See :func:`lossext.functional.box_iou_loss`."""
 
-    def __init__(self, mode="giou", eps=1e-7, reduction="none"):
+    def __init__(self, mode="giou", eps=1e-7, reduction="mean"):
         super().__init__()
         n = "BoxIoULoss"
-        if not isinstance(mode, str):
-            raise TypeError(f"{n}: mode must be a str, got {type(mode).__name__} ({mode!r})")
+        F.check_mode_type(n, mode)
         F._mode_enum(n, mode)
         self.mode = mode
         self.eps = V.check_positive(n, "eps", V.number(n, "eps", eps))

@@ -9,10 +9,25 @@ from .._core.reference import reduce as _reduce
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
 
 
+def _softplus(x):
+    # log(1 + e^x) from two smooth branches, each fed only its own side (no NaN through where)
+    pos = x > 0
+    xp, xn = torch.where(pos, x, torch.zeros_like(x)), torch.where(pos, torch.zeros_like(x), x)
+    return torch.where(pos, xp + torch.log1p(torch.exp(-xp)), torch.log1p(torch.exp(xn)))
+
+
+def _side(d):
+    # max(d, 0) with the gradient of d where d >= 0 (clamp's is 0 at d = 0; a zero width keeps
+    # torchvision's gradient, which takes the width as is)
+    return torch.where(d < 0, torch.zeros_like(d), d)  # NaN stays NaN
+
+
 def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none", weight=None):
     # Lin et al., ICCV 2017, Eq. (5) with alpha_t (Sec. 3.2), soft targets as torchvision's
     p = torch.sigmoid(inputs)
-    ce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    # BCE with logits, y softplus(-x) + (1 - y) softplus(x) (torch's log(exp(-m) + exp(-x - m))
+    # loses digits at large |x|; this form is exact at +-inf and smooth at 0)
+    ce = targets * _softplus(-inputs) + (1 - targets) * _softplus(inputs)
     m = p * (1 - targets) + torch.sigmoid(-inputs) * targets  # 1 - p_t
     loss = ce * m ** gamma
     if alpha >= 0:
@@ -28,14 +43,17 @@ def softmax_focal_loss(logits, target, gamma=2.0, alpha=None, weight=None, ignor
     t = torch.where(keep, target, torch.zeros_like(target)).long()
     lp = torch.log_softmax(logits, 1).gather(1, t.unsqueeze(1)).squeeze(1)
     q = -torch.expm1(lp)
-    loss = -(q ** gamma) * lp
+    # q^gamma, with the limit 0 (and gradient 0) at q = 0 where pow's gradient is 0 * inf
+    pos = q > 0
+    qg = torch.where(pos, torch.where(pos, q, torch.ones_like(q)) ** gamma, torch.full_like(q, float(gamma == 0)))
+    loss = -qg * lp
     C = logits.shape[1]
     if alpha is not None:
         a = alpha if isinstance(alpha, torch.Tensor) else torch.full((C,), float(alpha), dtype=logits.dtype)
         loss = loss * a.to(logits)[t]
     if weight is not None:
         loss = loss * weight.to(logits)[t]
-    loss = torch.where(keep, loss, loss * 0)
+    loss = torch.where(keep, loss, torch.zeros_like(loss))  # ignored rows: 0, gradient 0
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -61,8 +79,8 @@ def box_iou_loss(boxes1, boxes2, mode="giou", eps=1e-7, reduction="none"):
     boxes1, boxes2 = torch.broadcast_tensors(boxes1, boxes2)
     x1, y1, x2, y2 = boxes1.unbind(-1)
     X1, Y1, X2, Y2 = boxes2.unbind(-1)
-    w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
-    w2, h2 = (X2 - X1).clamp(min=0), (Y2 - Y1).clamp(min=0)
+    w1, h1 = _side(x2 - x1), _side(y2 - y1)
+    w2, h2 = _side(X2 - X1), _side(Y2 - Y1)
     iw = torch.minimum(x2, X2) - torch.maximum(x1, X1)
     ih = torch.minimum(y2, Y2) - torch.maximum(y1, Y1)
     inter = torch.where((iw > 0) & (ih > 0), iw * ih, iw * 0)
@@ -73,7 +91,7 @@ def box_iou_loss(boxes1, boxes2, mode="giou", eps=1e-7, reduction="none"):
         cw = torch.maximum(x2, X2) - torch.minimum(x1, X1)
         ch = torch.maximum(y2, Y2) - torch.minimum(y1, Y1)
         if mode == "giou":
-            area_c = cw.clamp(min=0) * ch.clamp(min=0)
+            area_c = _side(cw) * _side(ch)
             loss = loss + (area_c - union) / (area_c + eps)
         else:
             rho2 = ((x2 + x1) / 2 - (X1 + X2) / 2) ** 2 + ((y2 + y1) / 2 - (Y1 + Y2) / 2) ** 2

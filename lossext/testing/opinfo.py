@@ -108,6 +108,15 @@ class OpInfo:
     # the reference or raise naming the argument); draw is hypothesis's data.draw. Every row has
     # one (tests/test_fuzz.py); element-wise rows: lossext/testing/pointwise.py's fuzz.
     fuzz: Callable = None
+    # 'mean' of an empty input: NaN (torch's losses) unless the peer defines another value
+    # (torchvision's box losses: 0)
+    empty_mean: float = float("nan")
+    # (hyper-parameter, value) the Module must refuse with a ValueError naming it (default: the
+    # first hyper-parameter at -1.0, where -1.0 is not a legal value)
+    module_bad_hyper: Optional[Tuple[str, object]] = None
+    # sample -> True where the op's gradient is by definition not the derivative of its value
+    # (a term held constant, as CIoU's alpha): gradcheck skips it, the reference still checks it
+    gradcheck_skip: Optional[Callable[[SampleInput], bool]] = None
     family: str = ""                   # set by op_db() from the folder the row is in
 
 

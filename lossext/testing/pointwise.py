@@ -35,19 +35,23 @@ def samples(lo_x, hi_x, lo_y, hi_y, hyper):
 
 
 
-def errors(fn_name, hyper, bad_hypers):
+def errors(fn_name, hyper, bad_hypers, names=("input", "target")):
+    """names: the function's names of its input and target (torchvision's are inputs, targets)."""
+    xn, yn = names
+
     def errors(device):
         x = torch.rand(4, 3, device=device)
         y = torch.rand(4, 3, device=device)
         E = []
-        E.append(ErrorInput(SampleInput((x, torch.rand(4, 2, device=device)), dict(hyper)), ValueError, "target shape"))
-        E.append(ErrorInput(SampleInput((x.long(), y.long()), dict(hyper)), TypeError, "input must be float"))
-        E.append(ErrorInput(SampleInput((x, y.to("meta")), dict(hyper)), ValueError, "target is on"))
+        E.append(ErrorInput(SampleInput((x, torch.rand(4, 2, device=device)), dict(hyper)), ValueError,
+                            f"{yn} shape .* does not match {xn} shape"))
+        E.append(ErrorInput(SampleInput((x.long(), y.long()), dict(hyper)), TypeError, f"{xn} must be float"))
+        E.append(ErrorInput(SampleInput((x, y.to("meta")), dict(hyper)), ValueError, f"{yn} is on"))
         E.append(ErrorInput(SampleInput((x, y), dict(hyper, reduction="avg")), ValueError, "reduction must be"))
         E.append(ErrorInput(SampleInput((x, y), dict(hyper, weight=torch.rand(5, device=device))), ValueError, "weight of shape"))
         E.append(ErrorInput(SampleInput((x, y), dict(hyper, weight=torch.rand(4, 3, 2, device=device))), ValueError, "weight of shape"))
         E.append(ErrorInput(SampleInput((x, y), dict(hyper, weight=[1.0])), TypeError, "weight must be"))
-        E.append(ErrorInput(SampleInput((x, "y"), dict(hyper)), TypeError, "target must be a Tensor"))
+        E.append(ErrorInput(SampleInput((x, "y"), dict(hyper)), TypeError, f"{yn} must be a Tensor"))
         for key, value, match in bad_hypers:
             E.append(ErrorInput(SampleInput((x, y), dict(hyper, **{key: value})), ValueError, match))
         return E
@@ -146,7 +150,8 @@ TOL = {
 }
 
 
-def fuzz(fn_name, lo_x, hi_x, lo_y, hi_y, hyper, rules, big, target_specials=None):
+def fuzz(fn_name, lo_x, hi_x, lo_y, hi_y, hyper, rules, big, target_specials=None, names=("input", "target"),
+         reduction_first=False, default_reduction="mean"):
     """The row's fuzz function (lossext/testing/fuzz.py): a call of fn_name(input, target,
     *params, weight, reduction) with drawn shapes, layouts, dtypes (target's sometimes
     another: promoted), values in [lo, hi) with extremes up to big[dtype] in magnitude,
@@ -155,12 +160,16 @@ def fuzz(fn_name, lo_x, hi_x, lo_y, hi_y, hyper, rules, big, target_specials=Non
     bad argument: input, target, weight, reduction or a parameter.
     rules() -> the parameters' lossext.testing.fuzz.Real rules, in the order they are drawn (a
     `greater` rule after its other; called at fuzz time: that module imports hypothesis);
-    hyper: the defaults, in the function's order."""
+    hyper: the defaults, in the function's order; names: the function's names of input and
+    target; reduction_first: the function takes reduction before weight (torchvision's order,
+    weight an addition), whose default is default_reduction."""
+    xn, yn = names
+
     def fuzz(draw, device):
         from . import fuzz as F
         st = F.st
         params = rules()
-        bad = F.fault(draw, ["input", "target", "weight", "reduction"] + [p.name for p in params])
+        bad = F.fault(draw, [xn, yn, "weight", "reduction"] + [p.name for p in params])
         dt = F.dtype(draw)
         ydt = F.other_dtype(draw, dt)
         shp = F.shape(draw)
@@ -186,22 +195,22 @@ def fuzz(fn_name, lo_x, hi_x, lo_y, hi_y, hyper, rules, big, target_specials=Non
         red = F.reduction(draw)
         if bad == "reduction":
             red, error = F.reduction(draw, fn_name, bad=True)
-        if bad == "input":
-            x, error = (F.not_a_tensor(draw, fn_name, "input") if draw(st.booleans())
-                        else F.not_float(draw, fn_name, "input", shp, device))
-        if bad == "target":
+        if bad == xn:
+            x, error = (F.not_a_tensor(draw, fn_name, xn) if draw(st.booleans())
+                        else F.not_float(draw, fn_name, xn, shp, device))
+        if bad == yn:
             how = draw(st.sampled_from(["type", "dtype", "shape", "device"]))
             if how == "type":
-                y, error = F.not_a_tensor(draw, fn_name, "target")
+                y, error = F.not_a_tensor(draw, fn_name, yn)
             elif how == "dtype":
-                y, error = F.not_float(draw, fn_name, "target", shp, device)
+                y, error = F.not_float(draw, fn_name, yn, shp, device)
             elif how == "shape":
                 other = F.other_shape(draw, shp)
                 y = torch.zeros(other, dtype=dt, device=device)
-                error = ValueError, (rf"^{fn_name}: target shape {F.shape_text(other)} does not match input shape "
+                error = ValueError, (rf"^{fn_name}: {yn} shape {F.shape_text(other)} does not match {xn} shape "
                                      rf"{F.shape_text(shp)}$")
             else:
-                y, error = F.on_meta(fn_name, "target", x, "input", dt=dt)
+                y, error = F.on_meta(fn_name, yn, x, xn, dt=dt)
         if bad == "weight":
             how = draw(st.sampled_from(["type", "complex", "shape", "device"]))
             if how == "type":
@@ -212,12 +221,12 @@ def fuzz(fn_name, lo_x, hi_x, lo_y, hi_y, hyper, rules, big, target_specials=Non
             elif how == "shape":
                 other = F.unbroadcastable(draw, shp)
                 w = torch.ones(other, device=device)
-                error = ValueError, (rf"^{fn_name}: weight of shape {F.shape_text(other)} does not broadcast to input "
+                error = ValueError, (rf"^{fn_name}: weight of shape {F.shape_text(other)} does not broadcast to {xn} "
                                      rf"shape {F.shape_text(shp)}$")
             else:
-                w, error = F.on_meta(fn_name, "weight", x, "input", shp=w.shape)
+                w, error = F.on_meta(fn_name, "weight", x, xn, shp=w.shape)
         order = [(k, vals[k], hyper[k]) for k in hyper]
-        args, kwargs = F.arguments(draw, (x, y), order + [("weight", w, None), ("reduction", red, "mean")],
-                                   len(order) + 2)
+        tail = [("weight", w, None), ("reduction", red, default_reduction)]
+        args, kwargs = F.arguments(draw, (x, y), order + (tail[::-1] if reduction_first else tail), len(order) + 2)
         return F.FuzzCase(SampleInput(args, kwargs, f"{red}-{tuple(shp)}-{dt}"), error, dtype=rdt)
     return fuzz
