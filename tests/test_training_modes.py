@@ -259,8 +259,8 @@ def test_raw_ops_refuse_an_argument_on_another_device(info):
 # ---- friction: numbers, promotion, memory format, repr, int64 range -----------------------
 
 def _numpy(v):
-    if isinstance(v, bool) or v is None or isinstance(v, (str, torch.Tensor)):
-        return v
+    if isinstance(v, bool) or v is None or isinstance(v, (str, torch.Tensor, list, tuple)):
+        return v  # not a number (a list: the region loss's anchors)
     return np.int64(v) if isinstance(v, int) else np.float32(v) if float(np.float32(v)) == v else np.float64(v)
 
 

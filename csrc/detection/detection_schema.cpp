@@ -6,6 +6,14 @@
 // softmax_focal_loss: logits [N, C, d...], target [N, d...] int64; alpha, weight optional [C]
 // (per-class factors, no gradient); rows whose target is ignore_index give 0; 'mean' divides by
 // the rows not ignored.
+// yolov2_region_loss (region_ops.h): output [B, A (5 + C), H, W], targets float64 [B, T, 5]
+// (class, x, y, w, h; class < 0 padding), anchors float64 [A, 2]; prior_scale: a 0-dim float64
+// tensor on the output's device, the warm-up prior's scale (darknet's .01 while seen < 12800
+// images, else 0; a tensor so that a Module's image counter never syncs or recompiles). Returns the per-image losses [B], their
+// gradient d(sum)/d output (not differentiable: the backward scales it) and the statistics [7]
+// (avg_iou, recall, avg_obj, avg_anyobj, avg_cat, count, darknet_cost; float32, float64 for a
+// float64 output). yolov2_region_loss_backward(grad_output [B], grad, output) = grad_output[b] grad[b]
+// (output, the head: the result is a function of it, whose derivative is refused).
 #include <torch/csrc/stable/library.h>
 
 STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
@@ -24,4 +32,8 @@ STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
         "int ignore_index, int reduction) -> Tensor");
   m.def("softmax_focal_loss_backward(Tensor grad_output, Tensor logits, Tensor target, Tensor? alpha, "
         "Tensor? weight, float gamma, int ignore_index, int reduction) -> Tensor");
+  m.def("yolov2_region_loss(Tensor output, Tensor targets, Tensor anchors, int num_classes, float object_scale, "
+        "float noobject_scale, float class_scale, float coord_scale, float thresh, bool rescore, bool bias_match, "
+        "Tensor prior_scale, bool scale_coord_by_size) -> (Tensor, Tensor, Tensor)");
+  m.def("yolov2_region_loss_backward(Tensor grad_output, Tensor grad, Tensor output) -> Tensor");
 }

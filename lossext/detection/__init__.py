@@ -7,6 +7,8 @@ box_math.h) and kernels. C++ API: include/lossext/detection.h.
 """
 
 README_ROWS = [
+    dict(loss="YOLOv2 region", paper="Redmon & Farhadi, CVPR 2017; darknet region_layer.c",
+         functional=["yolov2_region_loss"], modules=["YOLOv2RegionLoss"], note="darknet's GPU gradient and stats"),
     dict(loss="Sigmoid focal", paper="Lin et al., ICCV 2017, Eq. 5", functional=["sigmoid_focal_loss"],
          modules=["SigmoidFocalLoss"], note="torchvision.ops.sigmoid_focal_loss's values, gradients and checks"),
     dict(loss="Softmax focal", paper="Lin et al., ICCV 2017, Eq. 5", functional=["softmax_focal_loss"],

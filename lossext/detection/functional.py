@@ -1,10 +1,11 @@
-"""Detection losses (functional): the sigmoid and softmax focal losses (Lin et al., ICCV 2017)
-and the IoU-family box losses (IoU, GIoU, DIoU, CIoU).
+"""Detection losses (functional): the YOLOv2 region loss (darknet's region layer), the sigmoid and
+softmax focal losses (Lin et al., ICCV 2017) and the IoU-family box losses (IoU, GIoU, DIoU,
+CIoU).
 
 Each function is scriptable (torch.jit.script); eager calls also accept numpy numbers, follow
 autocast (float32, as F.cross_entropy) and torch.func transforms."""
 import math
-from typing import List, Optional, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,7 +15,7 @@ from .._core import validation as V
 from .._core.autograd import call as call_op
 from . import ops
 
-__all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
+__all__ = ["yolov2_region_loss", "RegionStats", "sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
 
 
 def _check_alpha(fn: str, alpha: float) -> float:
@@ -235,3 +236,160 @@ def _eager_call(fn, op_name, *args):
         return call_op(op_name, *args)
     except RuntimeError as e:
         V.raise_from_kernel(fn, e)
+
+
+# ---- YOLOv2 region loss -----------------------------------------------------------------------
+
+class RegionStats(NamedTuple):
+    """darknet's diagnostics of a region layer (forward_region_layer's printf), 0-dim tensors:
+    average IoU of each truth with its anchor's decoded box, recall (that IoU > 0.5), average
+    objectness at the truths' anchors and over every anchor, average probability of the
+    truth's class, the truth count, and darknet_cost = sum of delta^2 (what darknet prints as
+    the cost; not the loss). Averages over nothing are 0 (darknet prints -nan)."""
+    avg_iou: Tensor
+    recall: Tensor
+    avg_obj: Tensor
+    avg_anyobj: Tensor
+    avg_cat: Tensor
+    count: Tensor
+    darknet_cost: Tensor
+
+
+# phrases of the region kernel's target checks that are a ValueError (csrc/detection/region_cpu.cpp)
+_REGION_VALUE_ERRORS = ("must be in [0, 1]", "must be > 0", "must be positive")
+
+
+def _region_eager(fn, output, targets, anchors, num_classes, scales, thresh, rescore, bias_match, seen,
+                  warmup_images, scale_coord_by_size, reduction, return_stats):
+    """The eager-only conversions: numbers, flags, anchors given as a sequence of (w, h)."""
+    V.tensor(fn, "output", output)
+    V.tensor(fn, "targets", targets)
+    if not isinstance(anchors, torch.Tensor):
+        try:
+            anchors = torch.tensor(anchors, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{fn}: anchors must be a Tensor or a sequence of (w, h) pairs, got "
+                            f"{type(anchors).__name__}") from None
+        anchors = anchors.to(output.device)
+    (output,) = V.promote(fn, "fp32", ("output",), output)
+    names = ("object_scale", "noobject_scale", "class_scale", "coord_scale")
+    scales = tuple(V.number(fn, n, v) for n, v in zip(names, scales))
+    return (output, anchors, V.integer(fn, "num_classes", num_classes), scales, V.number(fn, "thresh", thresh),
+            V.flag(fn, "rescore", rescore), V.flag(fn, "bias_match", bias_match), V.integer(fn, "seen", seen),
+            V.integer(fn, "warmup_images", warmup_images), V.flag(fn, "scale_coord_by_size", scale_coord_by_size),
+            V.reduction(fn, reduction), V.flag(fn, "return_stats", return_stats))
+
+
+def check_region(fn: str, output: Tensor, targets: Tensor, anchors: Tensor, num_classes: int, object_scale: float,
+                 noobject_scale: float, class_scale: float, coord_scale: float, thresh: float):
+    """The scriptable checks of the region loss's arguments (the function and the Module)."""
+    V.check_float_tensor(fn, "output", output)
+    if output.dim() != 4:
+        raise ValueError(fn + ": output must be [B, A * (5 + C), H, W], got shape " + str(list(output.shape)))
+    if output.shape[2] == 0 or output.shape[3] == 0:
+        raise ValueError(fn + ": output has an empty grid (shape " + str(list(output.shape)) + ")")
+    if not anchors.is_floating_point() or anchors.dim() != 2 or anchors.shape[1] != 2 or anchors.shape[0] == 0:
+        raise ValueError(fn + ": anchors must be a floating [A, 2] tensor of (w, h) in grid cells, got "
+                         + str(anchors.dtype) + " of shape " + str(list(anchors.shape)))
+    V.check_device(fn, "anchors", anchors, "output", output)  # their values: the CPU kernel checks them
+    if num_classes < 1:
+        raise ValueError(fn + ": num_classes must be >= 1, got " + str(num_classes))
+    A = anchors.shape[0]
+    if output.shape[1] != A * (5 + num_classes):
+        raise ValueError(fn + ": output has " + str(output.shape[1]) + " channels, but A * (5 + num_classes) = "
+                         + str(A) + " * (5 + " + str(num_classes) + ") = " + str(A * (5 + num_classes)))
+    if not targets.is_floating_point():
+        raise TypeError(fn + ": targets must be floating (class, x, y, w, h) rows, got " + str(targets.dtype))
+    if targets.dim() != 3 or targets.shape[2] != 5 or targets.shape[0] != output.shape[0]:
+        raise ValueError(fn + ": targets must have shape [" + str(output.shape[0]) + ", T, 5] (class, x, y, w, h), got "
+                         + str(list(targets.shape)))
+    V.check_device(fn, "targets", targets, "output", output)
+    V.check_range(fn, "object_scale", object_scale, 0.0, math.inf, True)
+    V.check_range(fn, "noobject_scale", noobject_scale, 0.0, math.inf, True)
+    V.check_range(fn, "class_scale", class_scale, 0.0, math.inf, True)
+    V.check_range(fn, "coord_scale", coord_scale, 0.0, math.inf, True)
+    V.check_finite(fn, "thresh", thresh)
+
+
+def region_call(fn: str, output: Tensor, targets: Tensor, anchors: Tensor, num_classes: int, object_scale: float,
+                noobject_scale: float, class_scale: float, coord_scale: float, thresh: float, rescore: bool,
+                bias_match: bool, prior_scale: Tensor, scale_coord_by_size: bool, red: int) -> Tuple[Tensor, Tensor]:
+    """The op's (reduced loss, stats) for checked arguments; prior_scale a 0-dim float64 tensor."""
+    args = (output, targets.detach().to(torch.float64), anchors.detach().to(torch.float64), num_classes,
+            object_scale, noobject_scale, class_scale, coord_scale, thresh, rescore, bias_match, prior_scale,
+            scale_coord_by_size)
+    if torch.jit.is_scripting():
+        per_image, _grad, stats = torch.ops.lossext.yolov2_region_loss(*args)
+    else:
+        per_image, _grad, stats = _region_call(fn, args)
+    if red == 0:
+        return per_image, stats
+    total = per_image.sum()
+    return (total if red == 2 else total / per_image.shape[0]), stats
+
+
+def _region_call(fn, args):
+    try:
+        return call_op("yolov2_region_loss", *args)
+    except RuntimeError as e:
+        V.raise_from_kernel(fn, e, None, _REGION_VALUE_ERRORS)
+
+
+def yolov2_region_loss(output: Tensor, targets: Tensor, anchors: Tensor, num_classes: int, object_scale: float = 5.0,
+                       noobject_scale: float = 1.0, class_scale: float = 1.0, coord_scale: float = 1.0,
+                       thresh: float = 0.6, rescore: bool = True, bias_match: bool = True, seen: int = 0,
+                       warmup_images: int = 12800, scale_coord_by_size: bool = True, reduction: str = "mean",
+                       return_stats: bool = False) -> Tensor:
+    r"""The YOLOv2 region loss: darknet's ``[region]`` layer (pjreddie/darknet
+    ``src/region_layer.c``, forward_region_layer), one fused op on the CPU and CUDA.
+
+    - ``output`` [B, A·(5+C), H, W]: the raw head, anchor n's channels n·(5+C) + (tx, ty, tw,
+      th, to, class logits); σ on tx, ty, to, softmax over the classes.
+    - ``targets`` [B, T, 5]: rows (class, x, y, w, h), x, y, w, h in [0, 1]; a row with
+      class < 0 is padding wherever it stands (darknet stops at the first row with x = 0).
+    - ``anchors`` [A, 2] (or a list of (w, h)): the anchors in grid cells (darknet's biases).
+
+    Each truth goes to the cell (⌊xW⌋, ⌊yH⌋), clamped so that x = 1.0 is legal, and to the
+    anchor of best shape IoU (``bias_match``; else against the predicted w, h), lowest index
+    on ties; a later truth on the same cell and anchor wins. Its terms: coordinates
+    (xW − i, yH − j, log(wW/a_w), log(hH/a_h)) at scale coord_scale·(2 − wh)
+    (``scale_coord_by_size=False``: coord_scale, AlexeyAB's fork), objectness to the IoU of
+    the decoded box (``rescore``) or 1 at object_scale, and class_scale times the softmax
+    cross-entropy. Every other anchor: objectness to 0 at noobject_scale, dropped where its
+    decoded box has IoU > ``thresh`` with a truth, and while ``seen`` (images trained on, as
+    darknet's counter) < ``warmup_images`` the prior box target (σ(tx) = σ(ty) = 0.5,
+    tw = th = 0) at scale 0.01.
+
+    The loss is Σ ½·s·(t − o)² over the squared terms plus the class terms, whose gradient is
+    darknet's GPU delta times the logistic derivative. 'sum' is darknet's per-layer sum,
+    'mean' divides by B (darknet's optimizer divides its learning rate by the batch), 'none'
+    is per image [B]. Defaults are the YOLOv2-VOC configuration's (``cfg/yolo-voc.cfg``), not
+    darknet's parser defaults. ``return_stats=True`` (eager only) returns
+    ``(loss, RegionStats)``. A class outside [0, num_classes) raises IndexError, centres
+    outside [0, 1] or widths/heights ≤ 0 ValueError (CPU; on CUDA they are not read back: a
+    bad class makes the loss NaN). Gradients flow to ``output`` only. See docs/detection.md.
+    """
+    fn = "yolov2_region_loss"
+    if not torch.jit.is_scripting():
+        (output, anchors, num_classes, scales, thresh, rescore, bias_match, seen, warmup_images,
+         scale_coord_by_size, reduction, return_stats) = _region_eager(
+            fn, output, targets, anchors, num_classes, (object_scale, noobject_scale, class_scale, coord_scale),
+            thresh, rescore, bias_match, seen, warmup_images, scale_coord_by_size, reduction, return_stats)
+        object_scale, noobject_scale, class_scale, coord_scale = scales
+    check_region(fn, output, targets, anchors, num_classes, object_scale, noobject_scale, class_scale, coord_scale, thresh)
+    if seen < 0:
+        raise ValueError(fn + ": seen must be >= 0, got " + str(seen))
+    if warmup_images < 0:
+        raise ValueError(fn + ": warmup_images must be >= 0, got " + str(warmup_images))
+    red = V.reduction_enum(fn, reduction)
+    # region_layer.c: the prior's .01 while seen < 12800 (darknet's count of images trained on)
+    prior = torch.full([], 0.01 if seen < warmup_images else 0.0, dtype=torch.float64, device=output.device)
+    loss, stats = region_call(fn, output, targets, anchors, num_classes, object_scale, noobject_scale, class_scale,
+                              coord_scale, thresh, rescore, bias_match, prior, scale_coord_by_size, red)
+    if not torch.jit.is_scripting():
+        if return_stats:
+            return loss, RegionStats(*stats.unbind(0))
+    elif return_stats:
+        raise ValueError(fn + ": return_stats=True is not supported in TorchScript (it changes the return type); "
+                         "call it eagerly")
+    return loss

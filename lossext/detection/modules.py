@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from .._core import validation as V
 from . import functional as F
 
-__all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss", "BoxIoULoss"]
+__all__ = ["YOLOv2RegionLoss", "SigmoidFocalLoss", "SoftmaxFocalLoss", "BoxIoULoss"]
 
 
 class SigmoidFocalLoss(nn.Module):
@@ -93,3 +93,56 @@ class BoxIoULoss(nn.Module):
 
     def extra_repr(self):
         return f"mode={self.mode!r}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class YOLOv2RegionLoss(nn.Module):
+    """The YOLOv2 region loss (darknet's region layer). See
+    :func:`lossext.functional.yolov2_region_loss`. The anchors are a buffer; ``seen`` (images
+    trained on, darknet's counter that ends the warm-up) is an int64 buffer that each
+    training-mode forward advances by the batch size before the loss, as darknet's
+    train_network_datum does (so the state dict carries it; set it to resume)."""
+
+    def __init__(self, anchors, num_classes, object_scale=5.0, noobject_scale=1.0, class_scale=1.0, coord_scale=1.0,
+                 thresh=0.6, rescore=True, bias_match=True, warmup_images=12800, scale_coord_by_size=True,
+                 reduction="mean"):
+        super().__init__()
+        n = "YOLOv2RegionLoss"
+        a = anchors.detach().clone() if isinstance(anchors, torch.Tensor) else torch.tensor(anchors, dtype=torch.float64)
+        if not a.is_floating_point() or a.dim() != 2 or a.shape[1] != 2 or a.shape[0] == 0 or not bool((a > 0).all()):
+            raise ValueError(f"{n}: anchors must be positive (w, h) pairs [A, 2], got {a.tolist()}")
+        self.register_buffer("anchors", a.to(torch.float64))
+        self.num_classes = V.integer(n, "num_classes", num_classes, 1)
+        for name, v in (("object_scale", object_scale), ("noobject_scale", noobject_scale),
+                        ("class_scale", class_scale), ("coord_scale", coord_scale)):
+            setattr(self, name, V.check_range(n, name, V.number(n, name, v), 0.0, float("inf"), True))
+        self.thresh = V.check_finite(n, "thresh", V.number(n, "thresh", thresh))
+        self.rescore = V.flag(n, "rescore", rescore)
+        self.bias_match = V.flag(n, "bias_match", bias_match)
+        self.warmup_images = V.integer(n, "warmup_images", warmup_images, 0)
+        self.scale_coord_by_size = V.flag(n, "scale_coord_by_size", scale_coord_by_size)
+        self.reduction = V.reduction(n, reduction)
+        self.register_buffer("seen", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, output: Tensor, targets: Tensor) -> Tensor:
+        fn = "YOLOv2RegionLoss"
+        if self.training:
+            self.seen += output.shape[0]  # before the loss, as darknet's counter
+        anchors = self.anchors
+        if not torch.jit.is_scripting():
+            (output,) = V.promote(fn, "fp32", ("output",), output)
+            anchors = anchors.to(output.device) if isinstance(output, torch.Tensor) else anchors
+        F.check_region(fn, output, targets, anchors, self.num_classes, self.object_scale, self.noobject_scale,
+                       self.class_scale, self.coord_scale, self.thresh)
+        # the warm-up prior's scale from the counter, on the device (no host sync, no recompile)
+        prior = torch.where(self.seen < self.warmup_images, 0.01, 0.0).to(device=output.device, dtype=torch.float64)
+        loss, _ = F.region_call(fn, output, targets, anchors, self.num_classes, self.object_scale, self.noobject_scale,
+                                self.class_scale, self.coord_scale, self.thresh, self.rescore, self.bias_match, prior,
+                                self.scale_coord_by_size, V.reduction_enum(fn, self.reduction))
+        return loss
+
+    def extra_repr(self):
+        return (f"anchors={self.anchors.shape[0]}, num_classes={self.num_classes}, object_scale={self.object_scale}, "
+                f"noobject_scale={self.noobject_scale}, class_scale={self.class_scale}, "
+                f"coord_scale={self.coord_scale}, thresh={self.thresh}, rescore={self.rescore}, "
+                f"bias_match={self.bias_match}, warmup_images={self.warmup_images}, "
+                f"scale_coord_by_size={self.scale_coord_by_size}, reduction={self.reduction!r}")

@@ -621,3 +621,316 @@ def _tv_box(boxes1, boxes2, mode="giou", eps=1e-7, reduction="none"):
 
 for _row in OP_ROWS:
     _row.bench_ref = {"sigmoid_focal_loss": _tv_sigmoid_focal, "box_iou_loss": _tv_box}.get(_row.name)
+
+
+# ---- YOLOv2 region loss --------------------------------------------------------------------------
+
+# yolov2-voc's anchors (cfg/yolo-voc.cfg), in grid cells
+_VOC_ANCHORS = [(1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053), (11.2364, 10.0071)]
+
+
+def _anchors(a, device):
+    return torch.tensor(_VOC_ANCHORS[:a] if a <= 5 else [(0.5 + k, 1.0 + 0.5 * k) for k in range(a)],
+                        dtype=torch.float64, device=device)
+
+
+def _region_targets(b, t, c, gen, device, pad=0.25, dup=True):
+    """[b, t, 5] rows (class, x, y, w, h): random boxes, some padding rows (class -1) anywhere,
+    and (dup) a row repeated with a slightly larger box (the same cell and, usually, anchor)."""
+    rows = torch.rand(b, t, 5, generator=gen, dtype=torch.float64)
+    rows[..., 0] = torch.randint(0, c, (b, t), generator=gen).double()
+    rows[..., 3:] = rows[..., 3:] * 0.55 + 0.02
+    if t:
+        rows[..., 0] = torch.where(torch.rand(b, t, generator=gen) < pad, torch.full_like(rows[..., 0], -1.0),
+                                   rows[..., 0])
+        if dup and t >= 3:
+            rows[:, -1] = rows[:, 0]
+            rows[:, -1, 3:] += 0.01
+            rows[:, -1, 0] = (rows[:, 0, 0] + 1) % c
+    return rows.to(device=device, dtype=torch.float32)
+
+
+def _region_output(b, a, c, h, w, device, dtype, gen, spread=2.0):
+    return make_tensor((b, a * (5 + c), h, w), device, dtype, -spread, spread, gen)
+
+
+# (B, A, C, H, W, T, kwargs)
+_REGION_CASES = [(1, 1, 1, 1, 1, 1, {}), (2, 5, 3, 5, 5, 4, {}), (2, 5, 4, 7, 6, 6, dict(seen=12800)),
+                 (3, 2, 7, 4, 9, 5, dict(rescore=False, bias_match=False)),
+                 (2, 3, 5, 6, 6, 8, dict(scale_coord_by_size=False, thresh=0.3, seen=100000)),
+                 (1, 5, 20, 13, 13, 0, {}),
+                 (2, 4, 2, 5, 3, 3, dict(object_scale=2.0, noobject_scale=0.5, class_scale=3.0, coord_scale=0.7))]
+_REGION_LARGE = [(4, 5, 20, 13, 13, 30, {}), (2, 5, 80, 19, 19, 50, dict(seen=20000))]
+
+
+def _region_samples(device, dtype, small=False):
+    gen = torch.Generator().manual_seed(0)
+    for red in ("mean", "sum", "none"):
+        for b, a, c, h, w, t, kw in _REGION_CASES + ([] if small else _REGION_LARGE):
+            yield SampleInput((_region_output(b, a, c, h, w, device, dtype, gen), _region_targets(b, t, c, gen, device),
+                               _anchors(a, device), c), dict(kw, reduction=red), f"{red}-{b}x{a}x{c}x{h}x{w}-T{t}-{kw}")
+        # non-contiguous head: a channels_last one
+        out = _region_output(2, 3, 4, 5, 5, device, dtype, gen).to(memory_format=torch.channels_last)
+        yield SampleInput((out, _region_targets(2, 4, 4, gen, device), _anchors(3, device), 4), dict(reduction=red),
+                          f"{red}-channels-last")
+        yield SampleInput((_region_output(0, 5, 3, 4, 4, device, dtype, gen), _region_targets(0, 3, 3, gen, device),
+                           _anchors(5, device), 3), dict(reduction=red), f"{red}-empty")
+
+
+def _region_edges(device, dtype):
+    gen = torch.Generator().manual_seed(5)
+    c = 3
+    rows = torch.tensor([[[0, 1.0, 1.0, 0.3, 0.2],      # the bottom-right corner: x = y = 1.0
+                          [1, 0.0, 0.0, 0.2, 0.2],      # the top-left corner
+                          [2, 0.5, 0.5, 0.001, 0.002],  # a tiny box
+                          [-1, 0.0, 0.0, 0.0, 0.0],     # padding in the middle
+                          [1, 0.52, 0.51, 0.3, 0.4],    # two truths in one cell
+                          [0, 0.53, 0.52, 0.31, 0.41],  # ... on the same anchor: the later wins
+                          [2, 0.99, 0.01, 0.9, 0.95]],  # a huge box at the border
+                         [[-1, 0, 0, 0, 0]] * 7],       # an image with only padding
+                        dtype=torch.float32, device=device)
+    for red in ("none", "mean", "sum"):
+        out = _region_output(2, 5, c, 7, 7, device, torch.float64, gen)
+        yield SampleInput((out.to(dtype), rows, _anchors(5, device), c), dict(reduction=red), f"{red}-borders")
+        big = out.clone()
+        big[:, ::4] *= 25.0  # huge logits (|z| up to 50)
+        yield SampleInput((big.to(dtype), rows, _anchors(5, device), c), dict(reduction=red, seen=0), f"{red}-huge")
+
+
+def _region_errors(device):
+    out = torch.rand(2, 5 * 8, 4, 4, device=device)
+    tg = torch.tensor([[[0, .5, .5, .2, .2]], [[2, .3, .7, .1, .4]]], device=device)
+    anc = _anchors(5, device)
+    S = lambda *a, **k: SampleInput(a, k)  # noqa: E731
+    E = [
+        ErrorInput(S(out[:, :39], tg, anc, 3), ValueError,
+                   r"output has 39 channels, but A \* \(5 \+ num_classes\) = 5 \* \(5 \+ 3\) = 40"),
+        ErrorInput(S(out[0], tg, anc, 3), ValueError, r"output must be \[B, A \* \(5 \+ C\), H, W\]"),
+        ErrorInput(S(out.long(), tg, anc, 3), TypeError, "output must be float"),
+        ErrorInput(S(out, tg[..., :4], anc, 3), ValueError, r"targets must have shape \[2, T, 5\]"),
+        ErrorInput(S(out, tg[:1], anc, 3), ValueError, r"targets must have shape \[2, T, 5\]"),
+        ErrorInput(S(out, tg.long(), anc, 3), TypeError, "targets must be floating"),
+        ErrorInput(S(out, tg, torch.ones(5, 3, dtype=torch.float64, device=device), 3), ValueError,
+                   r"anchors must be a floating \[A, 2\]"),
+        ErrorInput(S(out, tg, anc, 0), ValueError, "num_classes must be >= 1"),
+        ErrorInput(S(out, tg, anc, 3, object_scale=-1.0), ValueError, "object_scale must be in"),
+        ErrorInput(S(out, tg, anc, 3, thresh=math.nan), ValueError, "thresh must be finite"),
+        ErrorInput(S(out, tg, anc, 3, seen=-1), ValueError, "seen must be >= 0"),
+        ErrorInput(S(out, tg, anc, 3, rescore="yes"), TypeError, "rescore must be a bool"),
+        ErrorInput(S(out, tg, anc, 3, reduction="avg"), ValueError, "reduction must be"),
+        ErrorInput(S(out, tg.to("meta"), anc, 3), ValueError, "targets is on meta"),
+    ]
+    if device == "cpu":
+        bad = tg.clone()
+        bad[1, 0, 0] = 3.0
+        E.append(ErrorInput(S(out, bad, anc, 3), IndexError,
+                            r"targets has class 3 at \[1, 0\] \(image, row\), outside \[0, 3\)"))
+        bad = tg.clone()
+        bad[0, 0, 3] = -0.1
+        E.append(ErrorInput(S(out, bad, anc, 3), ValueError, r"targets'? has \(w, h\) = \(-0.1.*must be > 0"))
+        bad = tg.clone()
+        bad[0, 0, 1] = 1.5
+        E.append(ErrorInput(S(out, bad, anc, 3), ValueError, r"centres must be in \[0, 1\]"))
+        E.append(ErrorInput(S(out, tg, -anc, 3), ValueError, r"anchors'? has -1.3221 at \[0, 0\]: anchors must be positive"))
+    return E
+
+
+def _region_bench(numel, device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    a, c = 5, 20
+    hw = max(1, min(13, int(math.sqrt(numel / (a * (5 + c))))))
+    b = max(1, numel // (a * (5 + c) * hw * hw))
+    return SampleInput((_region_output(b, a, c, hw, hw, device, dtype, gen), _region_targets(b, 30, c, gen, device),
+                        _anchors(a, device), c), dict(reduction="mean"), f"{b}x{a}x{c}x{hw}x{hw}-T30")
+
+
+_REGION_DEFAULTS = dict(object_scale=5.0, noobject_scale=1.0, class_scale=1.0, coord_scale=1.0, thresh=0.6,
+                        rescore=True, bias_match=True, seen=0, warmup_images=12800, scale_coord_by_size=True)
+
+
+def _region_op_args(sample):
+    out, tg, anc, c = sample.args
+    kw = dict(_REGION_DEFAULTS, **sample.kwargs)
+    prior = torch.full([], 0.01 if kw["seen"] < kw["warmup_images"] else 0.0, dtype=torch.float64, device=out.device)
+    return (out, tg.double(), anc.double(), c, kw["object_scale"], kw["noobject_scale"], kw["class_scale"],
+            kw["coord_scale"], kw["thresh"], kw["rescore"], kw["bias_match"], prior, kw["scale_coord_by_size"])
+
+
+def _region_raw_calls(sample):
+    args = _region_op_args(sample)
+    _, grad, _ = torch.ops.lossext.yolov2_region_loss(*args)
+    go = torch.randn(args[0].shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return [("yolov2_region_loss", args),
+            ("yolov2_region_loss_backward", (go.to(grad.device, grad.dtype), grad, args[0]))]
+
+
+def _region_module(sample):
+    out, tg, anc, c = sample.args
+    kw = dict(sample.kwargs)
+    seen = kw.pop("seen", 0)
+    m = LN.YOLOv2RegionLoss(anc, c, **kw).eval()  # eval: the counter stays at `seen`
+    m.seen.fill_(seen)
+    return m.to(out.device), (out, tg), {}
+
+
+def _region_modules(device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    out, tg = _region_output(2, 5, 3, 5, 5, device, dtype, gen), _region_targets(2, 4, 3, gen, device)
+    return [(LN.YOLOv2RegionLoss(_anchors(5, "cpu"), 3).to(device), (out, tg), {}),
+            (LN.YOLOv2RegionLoss(_anchors(5, "cpu"), 3, rescore=False, bias_match=False, warmup_images=0,
+                                 reduction="sum").to(device), (out, tg), {})]
+
+
+def _region_jit(sample):
+    out, tg, anc, c, *p = _region_op_args(sample)
+    prior = float(p[7])
+    p = p[:7] + p[8:]
+    vals = ", ".join(repr(v) for v in p[:7])
+    red = sample.kwargs.get("reduction", "mean")
+    reduce = {"none": "loss", "sum": "loss.sum()", "mean": "loss.sum() / loss.shape[0]"}[red]
+    src = ("def f(x: Tensor, t: Tensor, a: Tensor) -> Tensor:\n"
+           f"    prior = torch.full([], {prior!r}, dtype=torch.float64, device=x.device)\n"
+           f"    loss = torch.ops.lossext.yolov2_region_loss(x, t, a, {c}, {vals}, prior, {p[7]!r})[0]\n"
+           f"    return {reduce}\n")
+    return src, (out, tg.double(), anc.double())
+
+
+def _region_raw_errors(device):
+    out = torch.rand(2, 5 * 8, 4, 4, device=device)
+    tg = torch.tensor([[[0, .5, .5, .2, .2]], [[2, .3, .7, .1, .4]]], dtype=torch.float64, device=device)
+    anc = _anchors(5, device)
+    prior = torch.zeros((), dtype=torch.float64, device=device)
+    n = "yolov2_region_loss"
+    p = (5.0, 1.0, 1.0, 1.0, 0.6, True, True)
+    grad = torch.zeros_like(out)
+    rows = [
+        (n, (out[:, :39], tg, anc, 3, *p, prior, True), "'output' has 39 channels"),
+        (n, (out[0], tg, anc, 3, *p, prior, True), r"'output' must be \[B, A \* \(5 \+ C\), H, W\]"),
+        (n, (out, tg.float(), anc, 3, *p, prior, True), "'targets' must be float64"),
+        (n, (out, tg, anc.float(), 3, *p, prior, True), "'anchors' must be float64"),
+        (n, (out, tg, anc, 0, *p, prior, True), "'num_classes' must be >= 1"),
+        (n, (out, tg, anc, 3, -1.0, *p[1:], prior, True), "'object_scale' must be finite and >= 0"),
+        (n, (out, tg, anc, 3, *p[:4], math.nan, *p[5:], prior, True), "'thresh' must be finite"),
+        (n, (out, tg, anc, 3, *p, prior.float(), True), "'prior_scale' must be a 0-dim float64"),
+        ("yolov2_region_loss_backward", (torch.ones(3, device=device), grad, out), r"'grad_output' must have shape \[2\]"),
+        ("yolov2_region_loss_backward", (torch.ones(2, device=device), grad[0], out[0]), "'grad' must be"),
+        ("yolov2_region_loss_backward", (torch.ones(2, device=device), grad[:1], out), "'grad' has shape"),
+    ]
+    if device == "cpu":
+        bad = tg.clone()
+        bad[1, 0, 0] = 7.0
+        rows.append((n, (out, bad, anc, 3, *p, prior, True), "'targets' has class 7"))
+        rows.append((n, (out, tg, anc, 3, *p, prior - 1.0, True), "'prior_scale' must be finite and >= 0"))
+    return rows
+
+
+def _region_ref(output, targets, anchors, num_classes, *args, **kwargs):
+    # gradients flow to output only: targets and anchors are constants
+    anchors = anchors.detach() if isinstance(anchors, torch.Tensor) else anchors
+    return R.yolov2_region_loss(output, targets.detach(), anchors, num_classes, *args, **kwargs)
+
+
+def _region_fuzz(draw, device):
+    """yolov2_region_loss: heads of drawn shapes (B, A, C, H, W, T: empty, 1, odd) with extremes,
+    NaN and inf; targets with padding anywhere, borders (x = 1.0), duplicates; every setting
+    drawn; at most one bad argument."""
+    from ..testing import fuzz as F
+    st = F.st
+    fn = "yolov2_region_loss"
+    bad = F.fault(draw, ["output", "channels", "targets", "class", "box", "anchors", "num_classes", "scale", "thresh",
+                         "seen", "reduction"])
+    dt = F.dtype(draw)
+    b = F.size(draw, sizes=(0, 1, 2, 3, 1, 2))
+    a = draw(st.sampled_from([1, 2, 5, 5, 3]))
+    c = draw(st.sampled_from([1, 2, 3, 20, 5]))
+    h, w = draw(st.sampled_from([1, 2, 5, 7, 13])), draw(st.sampled_from([1, 3, 5, 7, 13]))
+    t = draw(st.sampled_from([0, 1, 3, 8, 30]))
+    big = {torch.float16: 8.0, torch.bfloat16: 30.0, torch.float32: 30.0, torch.float64: 60.0}[dt]
+    out = F.tensor(draw, (b, a * (5 + c), h, w), dt, device, -3.0, 3.0, [0.0, big, -big, math.nan], expand=False)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    tg = _region_targets(b, t, c, gen, "cpu", pad=draw(st.sampled_from([0.0, 0.3, 1.0])))
+    if b and t and draw(st.booleans()):
+        tg[0, 0, 1:3] = torch.tensor(draw(st.sampled_from([(1.0, 1.0), (0.0, 0.0), (1.0, 0.5)])), dtype=torch.float32)
+    anc = _anchors(a, device)
+    kw = {}
+    for k in ("object_scale", "noobject_scale", "class_scale", "coord_scale"):
+        if draw(st.booleans()):
+            kw[k] = F.number_as(draw, draw(st.sampled_from([0.0, 0.5, 1.0, 5.0])))
+    if draw(st.booleans()):
+        kw["thresh"] = F.number_as(draw, draw(st.sampled_from([0.6, 0.0, 0.5, 1.0])))
+    for k in ("rescore", "bias_match", "scale_coord_by_size"):
+        if draw(st.booleans()):
+            kw[k] = F.flag(draw)
+    if draw(st.booleans()):
+        kw["seen"] = F.integer(draw, fn, "seen", [0, 12799, 12800, 10 ** 6])
+    kw["reduction"] = F.reduction(draw)
+    error, ref = None, None
+    if bad == "output":
+        out, error = (F.not_a_tensor(draw, fn, "output") if draw(st.booleans())
+                      else F.not_float(draw, fn, "output", out.shape, device))
+    elif bad == "channels":
+        out = out[:, 1:]
+        error = ValueError, rf"^{fn}: output has {out.shape[1]} channels, but A \* \(5 \+ num_classes\) = "
+    elif bad == "targets":
+        how = draw(st.sampled_from(["type", "dtype", "shape"]))
+        if how == "type":
+            tg, error = F.not_a_tensor(draw, fn, "targets")
+        elif how == "dtype":
+            tg = tg.long()
+            error = TypeError, rf"^{fn}: targets must be floating \(class, x, y, w, h\) rows, got torch.int64$"
+        else:
+            tg = tg[..., :4]
+            error = ValueError, rf"^{fn}: targets must have shape \[{b}, T, 5\] \(class, x, y, w, h\), got "
+    elif bad in ("class", "box") and b and t:
+        k = draw(st.integers(0, t - 1))
+        if bad == "class":
+            tg[0, k, 0] = float(draw(st.sampled_from([c, c + 5, 0.5])))
+        else:
+            tg[0, k, 0] = 0.0
+            tg[0, k, draw(st.sampled_from([3, 4]))] = draw(st.sampled_from([0.0, -0.2]))
+        if device == "cpu":
+            error = ((IndexError, rf"^{fn}: targets has class ") if bad == "class" else
+                     (ValueError, rf"^{fn}: targets has \(w, h\) = "))
+        else:
+            return None  # CUDA does not read targets back (no host sync): test_detection.py covers it
+    elif bad == "anchors":
+        anc = anc[:, :1]
+        error = ValueError, rf"^{fn}: anchors must be a floating \[A, 2\] tensor"
+    elif bad == "num_classes":
+        c, error = F.integer(draw, fn, "num_classes", bad=True, bad_values=[(0, "be >= 1"), (-3, "be >= 1")])
+        if isinstance(error[1], str) and "must be >= 1" in error[1]:
+            error = ValueError, rf"^{fn}: num_classes must be >= 1, got {c}$"
+    elif bad == "scale":
+        k = draw(st.sampled_from(["object_scale", "noobject_scale", "class_scale", "coord_scale"]))
+        kw[k], error = F.Real(k, "range", 0.0, math.inf, hi_open=True).invalid(draw, fn)
+    elif bad == "thresh":
+        kw["thresh"], error = F.Real("thresh", "finite", 0.0, 1.0).invalid(draw, fn)
+    elif bad == "seen":
+        kw["seen"], error = F.integer(draw, fn, "seen", bad=True, bad_values=[(-1, "be >= 0")])
+    elif bad == "reduction":
+        kw["reduction"], error = F.reduction(draw, fn, bad=True)
+    tg = tg.to(device) if isinstance(tg, torch.Tensor) else tg
+    return F.FuzzCase(SampleInput((out, tg, anc, c), kw, f"{kw['reduction']}-{b}x{a}x{c}x{h}x{w}-T{t}-{dt}"),
+                      error, dtype=dt, grads=(0,), grad_terms=5 + (c if isinstance(c, int) else 0))
+
+
+_REGION_ROW = OpInfo(
+    name="yolov2_region_loss",
+    op=LF.yolov2_region_loss, ref=_region_ref, module=LN.YOLOv2RegionLoss,
+    raw_ops=["yolov2_region_loss", "yolov2_region_loss_backward"],
+    hyper=dict(anchors=_VOC_ANCHORS, num_classes=20),
+    sample_inputs=_region_samples, edge_inputs=_region_edges, error_inputs=_region_errors,
+    bench_input=_region_bench, raw_calls=_region_raw_calls, module_call=_region_module,
+    module_samples=_region_modules, jit_source=_region_jit, raw_error_inputs=_region_raw_errors,
+    fuzz=_region_fuzz,
+    # the loss reads the head once and writes its gradient (the backward scales it)
+    bench_bytes={"forward": 2, "backward": 2, "full": 3},
+    bench_generic=False,
+    module_bad_hyper=("object_scale", -1.0),
+    constant_tensors=(1, 2),
+    # rescore's objectness target (the IoU of the decoded box) is a constant in darknet's gradient
+    gradcheck_skip=lambda s: s.kwargs.get("rescore", True),  # targets and anchors take no gradient
+    tol={torch.float64: (1e-9, 1e-11), torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2),
+         torch.bfloat16: (5e-2, 5e-2)},
+)
+OP_ROWS.insert(0, _REGION_ROW)

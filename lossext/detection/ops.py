@@ -8,6 +8,9 @@ Ops (reduction: 0 none, 1 mean, 2 sum):
   softmax_focal_loss(logits, target, alpha?, weight?, gamma, ignore_index, reduction) -> loss
   softmax_focal_loss_backward(grad_output, logits, target, alpha?, weight?, gamma, ignore_index,
                               reduction) -> grad_logits
+  yolov2_region_loss(output, targets, anchors, num_classes, scales..., thresh, rescore, bias_match,
+                     prior_scale, scale_coord_by_size) -> (loss [B], grad, stats [7]) and
+  yolov2_region_loss_backward(grad_output [B], grad, output) -> grad_output
 box_iou_loss's mode: 0 iou, 1 giou, 2 diou, 3 ciou; 'mean' of no boxes is 0. softmax focal's
 logits are [N, C, d...], target [N, d...]; alpha and weight are per-class constants (no
 gradient); 'mean' divides by the rows not ignored.
@@ -128,3 +131,53 @@ register_autograd("softmax_focal_loss", setup_context=_focal_setup, backward=_fo
                   what="lossext.softmax_focal_loss")
 amp.register("softmax_focal_loss", "fp32")
 refuse_double_backward("softmax_focal_loss", ["softmax_focal_loss_backward"])
+
+
+# ---- YOLOv2 region loss ---------------------------------------------------------------------
+# yolov2_region_loss(output, targets, anchors, num_classes, object_scale, noobject_scale, class_scale,
+#                    coord_scale, thresh, rescore, bias_match, prior_scale, scale_coord_by_size)
+#     -> (loss [B], grad (output's shape), stats [7])
+# The forward writes d(sum of the losses)/d output (darknet's forward writes its deltas); the
+# backward, yolov2_region_loss_backward(grad_output [B], grad, output), scales it per image (output
+# only ties the result to the head, so that its refused derivative makes double backward raise).
+
+@torch.library.register_fake("lossext::yolov2_region_loss")
+def _(output, targets, anchors, *params):
+    check_same_device("yolov2_region_loss", "output", output, ("targets", targets), ("anchors", anchors),
+                      ("prior_scale", params[-2]))
+    stats_dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
+    return (output.new_empty((output.shape[0],)), torch.empty_like(output, memory_format=torch.contiguous_format),
+            output.new_empty((7,), dtype=stats_dtype))
+
+
+@torch.library.register_fake("lossext::yolov2_region_loss_backward")
+def _(grad_output, grad, output):
+    check_same_device("yolov2_region_loss_backward", "grad", grad, ("grad_output", grad_output), ("output", output))
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def _region_setup(ctx, inputs, output):
+    ctx.n_params = len(inputs) - 1
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[1], inputs[0])
+    ctx.save_for_forward(output[1], inputs[0])
+
+
+def _region_backward(ctx, g_loss, _g_grad, _g_stats):
+    grad, output = ctx.saved_tensors
+    if g_loss is None or not ctx.needs_input_grad[0]:
+        return (None,) * (1 + ctx.n_params)
+    return (call_op("yolov2_region_loss_backward", g_loss, grad, output),) + (None,) * ctx.n_params
+
+
+def _region_jvp(ctx, t_out, *_rest):
+    grad, _output = ctx.saved_tensors
+    t = (grad * t_out).flatten(1).sum(1) if t_out is not None else grad.new_zeros(grad.shape[:1])
+    return t, None, None
+
+
+register_autograd("yolov2_region_loss", setup_context=_region_setup, backward=_region_backward, jvp=_region_jvp,
+                  what="lossext.yolov2_region_loss")
+amp.register("yolov2_region_loss", "fp32")
+refuse_double_backward("yolov2_region_loss", ["yolov2_region_loss_backward"])

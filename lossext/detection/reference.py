@@ -6,7 +6,17 @@ import torch
 
 from .._core.reference import reduce as _reduce
 
-__all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
+from .region_reference import region_loss_composite, region_loss_darknet, region_loss_image_loop
+
+__all__ = ["yolov2_region_loss", "yolov2_region_loss_darknet", "yolov2_region_loss_image_loop",
+           "sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
+
+# The region loss: the vectorized float64-capable composite is the generic tests' reference (it
+# matches the line-by-line port of darknet's loops, region_loss_darknet, to 1e-10: tests/
+# test_detection.py checks both); the per-image loop is the second benchmark baseline.
+yolov2_region_loss = region_loss_composite
+yolov2_region_loss_darknet = region_loss_darknet
+yolov2_region_loss_image_loop = region_loss_image_loop
 
 
 def _softplus(x):

@@ -117,6 +117,9 @@ class OpInfo:
     # sample -> True where the op's gradient is by definition not the derivative of its value
     # (a term held constant, as CIoU's alpha): gradcheck skips it, the reference still checks it
     gradcheck_skip: Optional[Callable[[SampleInput], bool]] = None
+    # indices into a sample's float_tensors() that take no gradient by design (the region loss's
+    # targets and anchors): gradcheck holds them constant
+    constant_tensors: Tuple[int, ...] = ()
     family: str = ""                   # set by op_db() from the folder the row is in
 
 
