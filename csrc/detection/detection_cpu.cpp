@@ -127,15 +127,16 @@ struct RowStats {
   A m, sum;
 };
 
-template <class A, class scalar_t>
-inline RowStats<A, scalar_t> row_stats(const scalar_t* z, int64_t C, int64_t S) {
+// The max skips NaN (a NaN logit makes its exp, so the sum and the loss, NaN). kContig: S = 1
+// (classification rows), contiguous loads; else the class stride S ([N, C, d...] logits).
+template <class A, bool kContig, class scalar_t>
+inline RowStats<A, scalar_t> row_stats(const scalar_t* __restrict z, int64_t C, int64_t S) {
+  const int64_t st = kContig ? 1 : S;
   A m = static_cast<A>(z[0]);
-  for (int64_t c = 1; c < C; ++c) {
-    const A v = static_cast<A>(z[c * S]);
-    m = (v > m || v != v) ? v : m;  // NaN wins (propagates)
-  }
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 1; c < C; ++c) m = std::max(m, static_cast<A>(z[c * st]));
   const A mm = m;
-  const A sum = cpu_detail::lane_sum<A>(0, C, [&](int64_t c) { return math::exp_softmax(static_cast<A>(z[c * S]) - mm); });
+  const A sum = cpu_detail::lane_sum<A>(0, C, [&](int64_t c) { return math::exp_softmax(static_cast<A>(z[c * st]) - mm); });
   return {m, sum};
 }
 
@@ -148,7 +149,7 @@ inline A class_factor(const scalar_t* alpha, const scalar_t* weight, int64_t t) 
   return f;
 }
 
-template <class scalar_t>
+template <class scalar_t, bool kContig>
 void focal_forward_t(const FocalProblem& p, Tensor& loss) {
   using A = acc_t<scalar_t>;
   check_targets(p);
@@ -162,7 +163,7 @@ void focal_forward_t(const FocalProblem& p, Tensor& loss) {
     const int64_t t = tg[r];
     if (t == p.ignore_index) return A(0);
     const scalar_t* zr = z + (r / S) * C * S + r % S;
-    const auto st = row_stats<A>(zr, C, S);
+    const auto st = row_stats<A, kContig>(zr, C, S);
     const A lp = static_cast<A>(zr[t * S]) - st.m - math::log(st.sum);
     return class_factor<A>(al, wt, t) * focal_value(lp, gamma);
   };
@@ -185,7 +186,7 @@ void focal_forward_t(const FocalProblem& p, Tensor& loss) {
   *ptr<scalar_t>(loss) = static_cast<scalar_t>(r);
 }
 
-template <class scalar_t>
+template <class scalar_t, bool kContig>
 void focal_backward_t(const FocalProblem& p, const Tensor& grad_output, Tensor& grad) {
   using A = acc_t<scalar_t>;
   check_targets(p);
@@ -206,19 +207,22 @@ void focal_backward_t(const FocalProblem& p, const Tensor& grad_output, Tensor& 
       const scalar_t* zr = z + off;
       scalar_t* gr = g + off;
       const int64_t t = tg[r];
+      const int64_t st = kContig ? 1 : S;
       if (t == p.ignore_index) {
-        for (int64_t c = 0; c < C; ++c) gr[c * S] = static_cast<scalar_t>(0.0f);
+        for (int64_t c = 0; c < C; ++c) gr[c * st] = static_cast<scalar_t>(0.0f);
         continue;
       }
-      const auto st = row_stats<A>(zr, C, S);
-      const A lse = st.m + math::log(st.sum);
-      const A lp = static_cast<A>(zr[t * S]) - lse;
+      const auto rs = row_stats<A, kContig>(zr, C, S);
+      const A lse = rs.m + math::log(rs.sum);
+      const A lp = static_cast<A>(zr[t * st]) - lse;
       const A up = per_row ? static_cast<A>(go[r]) : go0;
       // dFL/dz_c = f A (delta_c - p_c)
       const A k = up * class_factor<A>(al, wt, t) * focal_coef(lp, gamma);
+      const A m = rs.m, inv = A(1) / rs.sum;
+#pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        const A pc = math::exp_softmax(static_cast<A>(zr[c * S]) - st.m) / st.sum;
-        gr[c * S] = static_cast<scalar_t>(k * ((c == t ? A(1) : A(0)) - pc));
+        const A pc = math::exp_softmax(static_cast<A>(zr[c * st]) - m) * inv;
+        gr[c * st] = static_cast<scalar_t>(k * ((c == t ? A(1) : A(0)) - pc));
       }
     }
   });
@@ -232,10 +236,14 @@ struct DetectionCpu {
     dispatch_floating(p.boxes1.scalar_type(), p.op, [&](auto tag) { box_backward_t<decltype(tag)>(p, go, g1, g2); });
   }
   static void softmax_focal_forward(const FocalProblem& p, Tensor& loss) {
-    dispatch_floating(p.logits.scalar_type(), p.op, [&](auto tag) { focal_forward_t<decltype(tag)>(p, loss); });
+    dispatch_floating(p.logits.scalar_type(), p.op, [&](auto tag) {
+      with_bool(p.S == 1, [&](auto contig) { focal_forward_t<decltype(tag), decltype(contig)::value>(p, loss); });
+    });
   }
   static void softmax_focal_backward(const FocalProblem& p, const Tensor& go, Tensor& grad) {
-    dispatch_floating(p.logits.scalar_type(), p.op, [&](auto tag) { focal_backward_t<decltype(tag)>(p, go, grad); });
+    dispatch_floating(p.logits.scalar_type(), p.op, [&](auto tag) {
+      with_bool(p.S == 1, [&](auto contig) { focal_backward_t<decltype(tag), decltype(contig)::value>(p, go, grad); });
+    });
   }
 };
 

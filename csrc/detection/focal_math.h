@@ -27,12 +27,16 @@ LOSSEXT_HD T pow_nonneg(T m, T g) {
 // 1 - p_t is formed as m = p (1 - y) + sigmoid(-x) y (no cancellation where p -> 1), and
 // ce = (1 - y) x + max(-x, 0) + log1p(exp(-|x|)) (torch's stable form), taken branch by branch so
 // that x = -inf gives +inf, not inf - inf.
+// alpha_t = a0 + a1 y: a0 = 1 - alpha, a1 = 2 alpha - 1 (a0 = 1, a1 = 0 without the weighting).
+// Plain factors, not a flag: a run-time bool member keeps GCC from vectorizing the loops.
 template <class T>
 struct SigmoidFocalOp {
-  T alpha, gamma;
-  bool balanced;
+  T a0, a1, gamma;
 
-  static SigmoidFocalOp make(double alpha, double gamma) { return {T(alpha), T(gamma), alpha >= 0.0}; }
+  static SigmoidFocalOp make(double alpha, double gamma) {
+    const bool balanced = alpha >= 0.0;
+    return {T(balanced ? 1.0 - alpha : 1.0), T(balanced ? 2.0 * alpha - 1.0 : 0.0), T(gamma)};
+  }
 
   struct Terms {
     T s, sc;   // sigmoid(x), sigmoid(-x)
@@ -53,7 +57,7 @@ struct SigmoidFocalOp {
     t.ce = (wce == T(0) && ax == T(INFINITY) ? T(0) : wce * ax) + math::log1p_nonneg(e);
     t.m = t.s * (T(1) - y) + t.sc * y;
     t.f = pow_nonneg(t.m, gamma);
-    t.at = balanced ? alpha * y + (T(1) - alpha) * (T(1) - y) : T(1);
+    t.at = a0 + a1 * y;
     return t;
   }
   // d(m^gamma)/dm = gamma m^(gamma - 1); at m = 0 its limit times dm (which vanishes with m)
@@ -77,8 +81,7 @@ struct SigmoidFocalOp {
   // (dce/dy = -x, dm/dy = (1 - p) - p, dalpha_t/dy = 2 alpha - 1).
   LOSSEXT_HD T dtarget(T x, T y) const {
     const Terms t = terms(x, y);
-    const T dat = balanced ? T(2) * alpha - T(1) : T(0);
-    return dat * t.ce * t.f + t.at * (-x * t.f + t.ce * dpow(t) * (t.sc - t.s));
+    return a1 * t.ce * t.f + t.at * (-x * t.f + t.ce * dpow(t) * (t.sc - t.s));
   }
 };
 

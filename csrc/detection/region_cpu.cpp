@@ -72,12 +72,14 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
   cpu_helpers::parallel_rows(r.B, per_image, [&](int64_t b0, int64_t b1) {
     std::vector<Truth> tr;
     std::vector<int64_t> key;
+    std::vector<int32_t> owner(size_t(p.A * HW), -1);  // anchor-cell -> the last truth matched there
     for (int64_t b = b0; b < b1; ++b) {
       const scalar_t* z = out + b * per_image;
       scalar_t* g = grad + b * per_image;
       double* st = part.data() + b * kNumStats;
       auto at = [&](int64_t n, int64_t cell, int64_t e) { return static_cast<A>(z[n * E * HW + e * HW + cell]); };
       // (1) truths: cell, anchor, key, statistics
+      for (int64_t k : key) owner[k] = -1;  // the previous image's entries
       tr.clear();
       key.clear();
       for (int64_t k = 0; k < p.T; ++k) {
@@ -92,6 +94,7 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
         });
         tr.push_back(u);
         key.push_back(n * HW + cell);
+        owner[n * HW + cell] = int32_t(tr.size() - 1);  // in row order: a later truth overwrites
         const Decoded d = decode(at(n, cell, 0), at(n, cell, 1), at(n, cell, 2), at(n, cell, 3), anc[2 * n],
                                  anc[2 * n + 1], u.i, u.j, p.H, p.W);
         const double iou = dk_iou(d.x, d.y, d.w, d.h, u.x, u.y, u.w, u.h);
@@ -116,13 +119,12 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
           const A tx = at(n, cell, 0), ty = at(n, cell, 1), tw = at(n, cell, 2), th = at(n, cell, 3);
           const A to = at(n, cell, 4);
           const Decoded d = decode(tx, ty, tw, th, aw, ah, i, j, p.H, p.W);
-          double best = 0.0;
-          int64_t win = -1;
           const int64_t k = n * HW + cell;
-          for (int64_t t = 0; t < nt; ++t) {
-            best = std::max(best, dk_iou(d.x, d.y, d.w, d.h, tr[t].x, tr[t].y, tr[t].w, tr[t].h));
-            if (key[t] == k) win = t;
-          }
+          const int64_t win = owner[k];
+          // the no-object drop: is the best IoU with a truth > thresh (the scan stops at the first)
+          bool drop = 0.0 > p.thresh;
+          for (int64_t t = 0; t < nt && !drop; ++t)
+            drop = dk_iou(d.x, d.y, d.w, d.h, tr[t].x, tr[t].y, tr[t].w, tr[t].h) > p.thresh;
           anyobj += double(sigmoid_of(to));
           scalar_t* gk = g + n * E * HW + cell;
           Term<A> ex, ey, ew, eh, eo;
@@ -155,7 +157,7 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
             ey = sigmoid_term(ty, ps, A(0.5));
             ew = linear_term(tw, ps, A(0));
             eh = linear_term(th, ps, A(0));
-            const A s = best > p.thresh ? A(0) : static_cast<A>(p.noobject_scale);
+            const A s = drop ? A(0) : static_cast<A>(p.noobject_scale);
             eo = sigmoid_term(to, s, A(0));
             for (int64_t c = 0; c < p.C; ++c) gk[(5 + c) * HW] = static_cast<scalar_t>(0.0f);
           }

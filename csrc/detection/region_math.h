@@ -86,14 +86,15 @@ LOSSEXT_HD Truth make_truth(const double* row, int64_t H, int64_t W) {
 }
 
 // The decoded box of anchor n at column i, row j (region_layer.c: get_region_box), from the raw
-// head's tx, ty, tw, th.
+// head's tx, ty, tw, th: the activations in A (float's exp is math.h's fast one on the CPU), the
+// box in double.
 struct Decoded {
   double x, y, w, h;
 };
 template <class A>
 LOSSEXT_HD Decoded decode(A tx, A ty, A tw, A th, double aw, double ah, int64_t i, int64_t j, int64_t H, int64_t W) {
   return {(double(i) + double(sigmoid_of(tx))) / double(W), (double(j) + double(sigmoid_of(ty))) / double(H),
-          exp(double(tw)) * aw / double(W), exp(double(th)) * ah / double(H)};
+          double(math::exp(tw)) * aw / double(W), double(math::exp(th)) * ah / double(H)};
 }
 
 // The anchor a truth goes to (forward_region_layer, the best_n loop): the best shape-only IoU

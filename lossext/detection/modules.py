@@ -134,7 +134,7 @@ class YOLOv2RegionLoss(nn.Module):
         F.check_region(fn, output, targets, anchors, self.num_classes, self.object_scale, self.noobject_scale,
                        self.class_scale, self.coord_scale, self.thresh)
         # the warm-up prior's scale from the counter, on the device (no host sync, no recompile)
-        prior = torch.where(self.seen < self.warmup_images, 0.01, 0.0).to(device=output.device, dtype=torch.float64)
+        prior = (self.seen < self.warmup_images).to(device=output.device, dtype=torch.float64) * 0.01
         loss, _ = F.region_call(fn, output, targets, anchors, self.num_classes, self.object_scale, self.noobject_scale,
                                 self.class_scale, self.coord_scale, self.thresh, self.rescore, self.bias_match, prior,
                                 self.scale_coord_by_size, V.reduction_enum(fn, self.reduction))

@@ -556,6 +556,7 @@ OP_ROWS = [
                     lambda dt: [0.0, 1.0, 0.5, float("nan")], names=_SFL_NAMES, reduction_first=True,
                     default_reduction="none"),
         elementwise=True,
+        bench_generic=False,  # the family's suite (lossext/detection/bench.py), at the 2^20
         module_bad_hyper=("gamma", -1.0),
         tol=P.TOL,
     ),
@@ -569,6 +570,7 @@ OP_ROWS = [
         module_samples=_focal_modules, jit_source=_focal_jit, raw_error_inputs=_focal_raw_errors,
         fuzz=_focal_fuzz,
         bench_bytes={"forward": 1, "backward": 2, "full": 2},
+        bench_generic=False,
         tol={torch.float64: (1e-9, 1e-11), torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2),
              torch.bfloat16: (5e-2, 5e-2)},
     ),
@@ -583,6 +585,7 @@ OP_ROWS = [
         fuzz=_box_fuzz,
         # numel = boxes: 8 coordinates read (forward); 8 read and 8 gradients written (backward, full)
         bench_bytes={"forward": 8, "backward": 16, "full": 16},
+        bench_generic=False,
         empty_mean=0.0,
         module_bad_hyper=("eps", -1.0),
         # CIoU's alpha is a constant in its gradient (torchvision's): finite differences see it move
