@@ -36,31 +36,42 @@ inline void check_focal_params(const char* op, double alpha, double gamma) {
 
 template <class PointwiseDevice>
 struct SigmoidFocalKernels {
-  static auto maker(const char* op, double alpha, double gamma) {
+  // f(maker): maker(T{}) gives the op for accumulation type T, gamma = 2 on its own fast path
+  template <class F>
+  static auto with_maker(const char* op, double alpha, double gamma, const F& f) {
     check_focal_params(op, alpha, gamma);
-    return [=](auto t) { return SigmoidFocalOp<decltype(t)>::make(alpha, gamma); };
+    if (gamma == 2.0) return f([=](auto t) { return SigmoidFocalOp<decltype(t), true>::make(alpha, gamma); });
+    return f([=](auto t) { return SigmoidFocalOp<decltype(t), false>::make(alpha, gamma); });
   }
   static Tensor forward(Tensor input, Tensor target, std::optional<Tensor> weight, double alpha, double gamma,
                         int64_t reduction) {
     const char* op = "lossext::sigmoid_focal_loss";
-    return pointwise_forward<PointwiseDevice>(op, input, target, weight, reduction, maker(op, alpha, gamma));
+    return with_maker(op, alpha, gamma, [&](const auto& mk) {
+      return pointwise_forward<PointwiseDevice>(op, input, target, weight, reduction, mk);
+    });
   }
   static std::tuple<Tensor, Tensor> forward_with_grad(Tensor input, Tensor target, std::optional<Tensor> weight,
                                                       double alpha, double gamma, int64_t reduction) {
     const char* op = "lossext::sigmoid_focal_loss_with_grad";
-    return pointwise_forward_with_grad<PointwiseDevice>(op, input, target, weight, reduction, maker(op, alpha, gamma));
+    return with_maker(op, alpha, gamma, [&](const auto& mk) {
+      return pointwise_forward_with_grad<PointwiseDevice>(op, input, target, weight, reduction, mk);
+    });
   }
   static Tensor backward(Tensor grad_output, Tensor input, Tensor target, std::optional<Tensor> weight, double alpha,
                          double gamma, int64_t reduction) {
     const char* op = "lossext::sigmoid_focal_loss_backward";
-    return pointwise_backward<PointwiseDevice, PointwiseMode::BackwardInput>(op, grad_output, input, target, weight,
-                                                                             reduction, maker(op, alpha, gamma));
+    return with_maker(op, alpha, gamma, [&](const auto& mk) {
+      return pointwise_backward<PointwiseDevice, PointwiseMode::BackwardInput>(op, grad_output, input, target, weight,
+                                                                               reduction, mk);
+    });
   }
   static Tensor target_backward(Tensor grad_output, Tensor input, Tensor target, std::optional<Tensor> weight,
                                 double alpha, double gamma, int64_t reduction) {
     const char* op = "lossext::sigmoid_focal_loss_target_backward";
-    return pointwise_backward<PointwiseDevice, PointwiseMode::BackwardTarget>(op, grad_output, input, target, weight,
-                                                                              reduction, maker(op, alpha, gamma));
+    return with_maker(op, alpha, gamma, [&](const auto& mk) {
+      return pointwise_backward<PointwiseDevice, PointwiseMode::BackwardTarget>(op, grad_output, input, target, weight,
+                                                                                reduction, mk);
+    });
   }
 };
 

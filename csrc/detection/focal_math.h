@@ -29,7 +29,8 @@ LOSSEXT_HD T pow_nonneg(T m, T g) {
 // that x = -inf gives +inf, not inf - inf.
 // alpha_t = a0 + a1 y: a0 = 1 - alpha, a1 = 2 alpha - 1 (a0 = 1, a1 = 0 without the weighting).
 // Plain factors, not a flag: a run-time bool member keeps GCC from vectorizing the loops.
-template <class T>
+// kSquare: gamma = 2 (the paper's and torchvision's default), m^2 and 2m without exp and log.
+template <class T, bool kSquare = false>
 struct SigmoidFocalOp {
   T a0, a1, gamma;
 
@@ -56,7 +57,7 @@ struct SigmoidFocalOp {
     const T wce = pos ? T(1) - y : y;
     t.ce = (wce == T(0) && ax == T(INFINITY) ? T(0) : wce * ax) + math::log1p_nonneg(e);
     t.m = t.s * (T(1) - y) + t.sc * y;
-    t.f = pow_nonneg(t.m, gamma);
+    t.f = kSquare ? t.m * t.m : pow_nonneg(t.m, gamma);
     t.at = a0 + a1 * y;
     return t;
   }
@@ -64,6 +65,7 @@ struct SigmoidFocalOp {
   // is taken as 0 for every gamma (gamma = 1: 1), where torchvision's autograd gives 0 * inf = NaN
   // for gamma < 1 at saturated logits.
   LOSSEXT_HD T dpow(const Terms& t) const {
+    if constexpr (kSquare) return T(2) * t.m;
     return t.m > T(0) ? gamma * t.f / t.m : (gamma == T(1) ? T(1) : T(0));
   }
   LOSSEXT_HD T value(T x, T y) const {

@@ -16,6 +16,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "../common/cpu_helpers.h"
+#include "../common/cpu_isa.h"
 #include "region_ops.h"
 
 namespace lossext {
@@ -23,6 +24,8 @@ namespace detection {
 namespace {
 
 using cpu_helpers::ptr;
+
+constexpr int64_t kBlock = cpu_detail::kTile;  // cells per lane_sums call, added into doubles
 
 void check_targets(const RegionProblem& r) {
   const double* t = ptr<const double>(r.targets);
@@ -73,6 +76,14 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
     std::vector<Truth> tr;
     std::vector<int64_t> key;
     std::vector<int32_t> owner(size_t(p.A * HW), -1);  // anchor-cell -> the last truth matched there
+    // one plane's decoded boxes, its cells' column and row, and the no-object drop flags
+    std::vector<double> bx_(static_cast<size_t>(HW)), by_(static_cast<size_t>(HW)), bw_(static_cast<size_t>(HW)),
+        bh_(static_cast<size_t>(HW)), ci_(static_cast<size_t>(HW)), cj_(static_cast<size_t>(HW));
+    for (int64_t cell = 0; cell < HW; ++cell) {
+      ci_[cell] = double(cell % p.W);
+      cj_[cell] = double(cell / p.W);
+    }
+    std::vector<uint8_t> drop_(static_cast<size_t>(HW), uint8_t(0));
     for (int64_t b = b0; b < b1; ++b) {
       const scalar_t* z = out + b * per_image;
       scalar_t* g = grad + b * per_image;
@@ -109,64 +120,116 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
         st[kCount] += 1.0;
       }
       const int64_t nt = int64_t(tr.size());
-      // (2) anchors
+      // (2) anchors, plane by plane (anchor n's channels are [H W] planes): the activations and the
+      // default terms vectorize over the cells; the drop scan vectorizes over the truths; the
+      // matched anchors (few) overwrite their entries afterwards, in cell order.
       double lsum = 0.0, cost = 0.0, anyobj = 0.0;
-      const A ps = static_cast<A>(p.prior_scale);
+      const A ps = static_cast<A>(p.prior_scale), noobj = static_cast<A>(p.noobject_scale);
       for (int64_t n = 0; n < p.A; ++n) {
         const double aw = anc[2 * n], ah = anc[2 * n + 1];
-        for (int64_t cell = 0; cell < HW; ++cell) {
-          const int64_t i = cell % p.W, j = cell / p.W;
-          const A tx = at(n, cell, 0), ty = at(n, cell, 1), tw = at(n, cell, 2), th = at(n, cell, 3);
-          const A to = at(n, cell, 4);
-          const Decoded d = decode(tx, ty, tw, th, aw, ah, i, j, p.H, p.W);
-          const int64_t k = n * HW + cell;
-          const int64_t win = owner[k];
-          // the no-object drop: is the best IoU with a truth > thresh (the scan stops at the first)
-          bool drop = 0.0 > p.thresh;
-          for (int64_t t = 0; t < nt && !drop; ++t)
-            drop = dk_iou(d.x, d.y, d.w, d.h, tr[t].x, tr[t].y, tr[t].w, tr[t].h) > p.thresh;
-          anyobj += double(sigmoid_of(to));
-          scalar_t* gk = g + n * E * HW + cell;
-          Term<A> ex, ey, ew, eh, eo;
-          if (win >= 0) {  // the truth's terms (forward_region_layer's truth loop)
-            const Truth& u = tr[win];
-            const BoxTargets bt = box_targets(u, aw, ah, p.H, p.W);
-            const A cs = static_cast<A>(coord_scale_of(p, u));
-            ex = sigmoid_term(tx, cs, A(bt.tx));
-            ey = sigmoid_term(ty, cs, A(bt.ty));
-            ew = linear_term(tw, cs, A(bt.tw));
-            eh = linear_term(th, cs, A(bt.th));
-            const double iou = dk_iou(d.x, d.y, d.w, d.h, u.x, u.y, u.w, u.h);
-            eo = sigmoid_term(to, static_cast<A>(p.object_scale), static_cast<A>(p.rescore ? iou : 1.0));
-            // delta_region_class (softmax): class_scale (p - onehot) for every class
-            A m = at(n, cell, 5);
-            for (int64_t c = 1; c < p.C; ++c) m = std::max(m, at(n, cell, 5 + c));
-            A s = A(0);
-            for (int64_t c = 0; c < p.C; ++c) s += math::exp_softmax(at(n, cell, 5 + c) - m);
-            const A lse = m + math::log(s);
-            const A cls = static_cast<A>(p.class_scale);
-            for (int64_t c = 0; c < p.C; ++c) {
-              const A pc = math::exp_softmax(at(n, cell, 5 + c) - m) / s;
-              const A dc = cls * ((c == u.cls ? A(1) : A(0)) - pc);
-              gk[(5 + c) * HW] = static_cast<scalar_t>(-dc);
-              cost += double(dc) * double(dc);
-            }
-            lsum += double(cls) * double(lse - at(n, cell, 5 + u.cls));
-          } else {  // the no-object term and the warm-up prior (forward_region_layer's first loop)
-            ex = sigmoid_term(tx, ps, A(0.5));
-            ey = sigmoid_term(ty, ps, A(0.5));
-            ew = linear_term(tw, ps, A(0));
-            eh = linear_term(th, ps, A(0));
-            const A s = drop ? A(0) : static_cast<A>(p.noobject_scale);
-            eo = sigmoid_term(to, s, A(0));
-            for (int64_t c = 0; c < p.C; ++c) gk[(5 + c) * HW] = static_cast<scalar_t>(0.0f);
+        const scalar_t* __restrict zn = z + n * E * HW;
+        scalar_t* __restrict gn = g + n * E * HW;
+        const int32_t* __restrict own = owner.data() + n * HW;
+        // the no-object drop of each cell: does its decoded box have IoU > thresh with a truth
+        // (the boxes decoded in a loop over the cells, then one loop over the cells per truth)
+        if (nt == 0 || 0.0 > p.thresh) {
+          std::fill(drop_.begin(), drop_.end(), uint8_t(nt > 0 || 0.0 > p.thresh ? 1 : 0));
+        } else {
+          double* __restrict px = bx_.data();
+          double* __restrict py = by_.data();
+          double* __restrict pw = bw_.data();
+          double* __restrict ph = bh_.data();
+          const double* __restrict ci = ci_.data();
+          const double* __restrict cj = cj_.data();
+          const double W = double(p.W), H = double(p.H);
+#pragma omp simd
+          for (int64_t cell = 0; cell < HW; ++cell) {
+            px[cell] = (ci[cell] + double(sigmoid_of(static_cast<A>(zn[cell])))) / W;
+            py[cell] = (cj[cell] + double(sigmoid_of(static_cast<A>(zn[HW + cell])))) / H;
+            pw[cell] = double(math::exp(static_cast<A>(zn[2 * HW + cell]))) * aw / W;
+            ph[cell] = double(math::exp(static_cast<A>(zn[3 * HW + cell]))) * ah / H;
           }
-          const Term<A> terms[5] = {ex, ey, ew, eh, eo};
+          uint8_t* __restrict hit = drop_.data();
+          const uint8_t always = 0.0 > p.thresh ? 1 : 0;
+          std::fill(hit, hit + HW, always);
+          const double thresh = p.thresh;
+          for (int64_t t = 0; t < nt && !always; ++t) {
+            const double X = tr[t].x, Y = tr[t].y, Wt = tr[t].w, Ht = tr[t].h;
+#pragma omp simd
+            for (int64_t cell = 0; cell < HW; ++cell)
+              hit[cell] |= uint8_t(dk_iou(px[cell], py[cell], pw[cell], ph[cell], X, Y, Wt, Ht) > thresh);
+          }
+        }
+        // the default terms (forward_region_layer's first loop: no-object term, warm-up prior) of
+        // every cell, written to the gradient; their sums leave the matched cells out
+        const uint8_t* __restrict dr = drop_.data();
+        for (int64_t c0 = 0; c0 < HW; c0 += kBlock) {
+          const int64_t c1 = std::min(HW, c0 + kBlock);
+          const auto sums = cpu_detail::lane_sums<A>(
+              c0, c1,
+              [&](int64_t cell) {
+                const A keep = own[cell] < 0 ? A(1) : A(0);
+                const Term<A> ex = sigmoid_term(static_cast<A>(zn[cell]), ps, A(0.5));
+                const Term<A> ey = sigmoid_term(static_cast<A>(zn[HW + cell]), ps, A(0.5));
+                const Term<A> ew = linear_term(static_cast<A>(zn[2 * HW + cell]), ps, A(0));
+                const Term<A> eh = linear_term(static_cast<A>(zn[3 * HW + cell]), ps, A(0));
+                const Term<A> eo = sigmoid_term(static_cast<A>(zn[4 * HW + cell]), dr[cell] ? A(0) : noobj, A(0));
+                gn[cell] = static_cast<scalar_t>(ex.grad);
+                gn[HW + cell] = static_cast<scalar_t>(ey.grad);
+                gn[2 * HW + cell] = static_cast<scalar_t>(ew.grad);
+                gn[3 * HW + cell] = static_cast<scalar_t>(eh.grad);
+                gn[4 * HW + cell] = static_cast<scalar_t>(eo.grad);
+                return keep * (((ex.loss + ey.loss) + (ew.loss + eh.loss)) + eo.loss);
+              },
+              [&](int64_t cell) {
+                const A keep = own[cell] < 0 ? A(1) : A(0);
+                const A dx = sigmoid_term(static_cast<A>(zn[cell]), ps, A(0.5)).delta2;
+                const A dy = sigmoid_term(static_cast<A>(zn[HW + cell]), ps, A(0.5)).delta2;
+                const A dw = linear_term(static_cast<A>(zn[2 * HW + cell]), ps, A(0)).delta2;
+                const A dh = linear_term(static_cast<A>(zn[3 * HW + cell]), ps, A(0)).delta2;
+                const A d_o = sigmoid_term(static_cast<A>(zn[4 * HW + cell]), dr[cell] ? A(0) : noobj, A(0)).delta2;
+                return keep * (((dx + dy) + (dw + dh)) + d_o);
+              },
+              [&](int64_t cell) { return sigmoid_of(static_cast<A>(zn[4 * HW + cell])); });
+          lsum += double(sums[0]);
+          cost += double(sums[1]);
+          anyobj += double(sums[2]);
+        }
+        for (int64_t c = 0; c < p.C; ++c) std::fill(gn + (5 + c) * HW, gn + (6 + c) * HW, static_cast<scalar_t>(0.0f));
+        // the matched cells: the truth's terms (forward_region_layer's truth loop) overwrite them
+        for (int64_t cell = 0; cell < HW; ++cell) {
+          const int32_t win = own[cell];
+          if (win < 0) continue;
+          const Truth& u = tr[win];
+          auto at_ = [&](int64_t e) { return static_cast<A>(zn[e * HW + cell]); };
+          const A tx = at_(0), ty = at_(1), tw = at_(2), th = at_(3), to = at_(4);
+          const Decoded d = decode(tx, ty, tw, th, aw, ah, cell % p.W, cell / p.W, p.H, p.W);
+          const BoxTargets bt = box_targets(u, aw, ah, p.H, p.W);
+          const A cs = static_cast<A>(coord_scale_of(p, u));
+          const double iou = dk_iou(d.x, d.y, d.w, d.h, u.x, u.y, u.w, u.h);
+          const Term<A> terms[5] = {
+              sigmoid_term(tx, cs, A(bt.tx)), sigmoid_term(ty, cs, A(bt.ty)), linear_term(tw, cs, A(bt.tw)),
+              linear_term(th, cs, A(bt.th)),
+              sigmoid_term(to, static_cast<A>(p.object_scale), static_cast<A>(p.rescore ? iou : 1.0))};
           for (int e = 0; e < 5; ++e) {
-            gk[e * HW] = static_cast<scalar_t>(terms[e].grad);
+            gn[e * HW + cell] = static_cast<scalar_t>(terms[e].grad);
             lsum += double(terms[e].loss);
             cost += double(terms[e].delta2);
           }
+          // delta_region_class (softmax): class_scale (p - onehot) for every class
+          A m = at_(5);
+          for (int64_t c = 1; c < p.C; ++c) m = std::max(m, at_(5 + c));
+          A sum = A(0);
+          for (int64_t c = 0; c < p.C; ++c) sum += math::exp_softmax(at_(5 + c) - m);
+          const A lse = m + math::log(sum);
+          const A cls = static_cast<A>(p.class_scale);
+          for (int64_t c = 0; c < p.C; ++c) {
+            const A pc = math::exp_softmax(at_(5 + c) - m) / sum;
+            const A dc = cls * ((c == u.cls ? A(1) : A(0)) - pc);
+            gn[(5 + c) * HW + cell] = static_cast<scalar_t>(-dc);
+            cost += double(dc) * double(dc);
+          }
+          lsum += double(cls) * double(lse - at_(5 + u.cls));
         }
       }
       loss[b] = static_cast<scalar_t>(lsum);
