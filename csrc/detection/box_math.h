@@ -56,6 +56,27 @@ LOSSEXT_HD Pick<T> pick_min(T a, T b) {
                : (a > b ? Pick<T>{b, T(0), T(1)} : Pick<T>{a == b ? a : a + b, T(0.5), T(0.5)});
 }
 
+// atan2(w, h) for w, h >= 0 (CIoU's aspect angle, in [0, pi/2]). float on the CPU: Cephes' atanf
+// (range reduction to |r| <= tan(pi/8), a degree-9 odd polynomial; about 1 ulp) on min/max, so
+// the box loops vectorize (libm's atan2f is a scalar call); double and the GPU use libm.
+LOSSEXT_HD double atan2_nonneg(double w, double h) { return std::atan2(w, h); }
+LOSSEXT_HD float atan2_nonneg(float w, float h) {
+#ifdef LOSSEXT_ON_DEVICE
+  return ::atan2f(w, h);
+#else
+  const bool swap = w > h;
+  const float lo = swap ? h : w, hi = swap ? w : h;
+  float x = hi > 0.0f ? lo / hi : 0.0f;  // in [0, 1]; 0 for a point (atan2(0, 0) = 0)
+  const bool big = x > 0.414213562373095f;  // tan(pi/8)
+  x = big ? (x - 1.0f) / (x + 1.0f) : x;
+  const float z = x * x;
+  float y = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z - 3.33329491539e-1f) * z * x + x;
+  y += big ? 0.785398163397448f : 0.0f;
+  const float r = swap ? 1.57079632679490f - y : y;
+  return (w != w || h != h) ? w + h : r;  // NaN propagates
+#endif
+}
+
 template <class T>
 struct BoxGrad {
   T g[8];  // d loss / d (x1, y1, x2, y2) of box 1, then of box 2
@@ -124,8 +145,8 @@ struct BoxIouOp {
     f.c2 = f.cw * f.cw + f.ch * f.ch + eps;
     f.loss += f.rho2 / f.c2;
     if (mode == BoxMode::DIoU) return f;
-    f.t1 = std::atan2(f.w1, f.h1);
-    f.t2 = std::atan2(f.w2, f.h2);
+    f.t1 = atan2_nonneg(f.w1, f.h1);
+    f.t2 = atan2_nonneg(f.w2, f.h2);
     const T dt = f.t2 - f.t1;
     f.v = T(kFourOverPi2) * dt * dt;
     f.alpha = f.v / (T(1) - f.iou + f.v + eps);

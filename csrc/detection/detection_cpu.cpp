@@ -201,8 +201,9 @@ void focal_backward_t(const FocalProblem& p, const Tensor& grad_output, Tensor& 
   const bool per_row = p.reduction == Reduction::None;
   const double scale = p.reduction == Reduction::Mean ? 1.0 / double(count_kept(p)) : 1.0;
   const A go0 = per_row ? A(0) : static_cast<A>(double(go[0]) * scale);
-  for_chunks(rows, 2 * C, [&](int64_t, int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
+  for_chunks(rows, 2 * C, [&](int64_t, int64_t b, int64_t r_end) {
+    std::vector<A> e(static_cast<size_t>(C), A(0));
+    for (int64_t r = b; r < r_end; ++r) {
       const int64_t off = (r / S) * C * S + r % S;
       const scalar_t* zr = z + off;
       scalar_t* gr = g + off;
@@ -212,18 +213,24 @@ void focal_backward_t(const FocalProblem& p, const Tensor& grad_output, Tensor& 
         for (int64_t c = 0; c < C; ++c) gr[c * st] = static_cast<scalar_t>(0.0f);
         continue;
       }
-      const auto rs = row_stats<A, kContig>(zr, C, S);
-      const A lse = rs.m + math::log(rs.sum);
-      const A lp = static_cast<A>(zr[t * st]) - lse;
+      // the row's max, then exp(z_c - max) once, kept in e (a task's buffer) for its sum and p_c
+      A m = static_cast<A>(zr[0]);
+#pragma omp simd reduction(max : m)
+      for (int64_t c = 1; c < C; ++c) m = std::max(m, static_cast<A>(zr[c * st]));
+      A* __restrict ev = e.data();
+      const A mm = m;
+      const A sum = cpu_detail::lane_sum<A>(0, C, [&](int64_t c) {
+        const A v = math::exp_softmax(static_cast<A>(zr[c * st]) - mm);
+        ev[c] = v;
+        return v;
+      });
+      const A lp = static_cast<A>(zr[t * st]) - (m + math::log(sum));
       const A up = per_row ? static_cast<A>(go[r]) : go0;
       // dFL/dz_c = f A (delta_c - p_c)
       const A k = up * class_factor<A>(al, wt, t) * focal_coef(lp, gamma);
-      const A m = rs.m, inv = A(1) / rs.sum;
+      const A inv = A(1) / sum;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const A pc = math::exp_softmax(static_cast<A>(zr[c * st]) - m) * inv;
-        gr[c * st] = static_cast<scalar_t>(k * ((c == t ? A(1) : A(0)) - pc));
-      }
+      for (int64_t c = 0; c < C; ++c) gr[c * st] = static_cast<scalar_t>(k * ((c == t ? A(1) : A(0)) - ev[c] * inv));
     }
   });
 }

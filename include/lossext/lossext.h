@@ -39,4 +39,5 @@
 #include "margin.h"
 #include "age.h"
 #include "metric.h"
+#include "detection.h"
 // END FAMILY HEADERS
