@@ -76,15 +76,7 @@ def render(rows, device, cmd):
         "- Baselines: region loss, the vectorized composite `lossext.reference.yolov2_region_loss` (eager and "
         "torch.compile), and the per-image-loop port `yolov2_region_loss_image_loop` (eager); focal and box "
         f"losses, {peer_note}, eager and torch.compile; softmax focal, the formula's composite.", "",
-        "| op | case | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | lossext / floor | "
-        "peak above grads MiB lossext / eager / compile |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        above = " / ".join(B._f(r.get(f"{p}_peak_above_grads_mib")) for p in B.PROVIDERS)
-        lines.append("| " + " | ".join([r["op"], r["case"], B._f(r["lossext_ms"]), B._f(r["torch_ms"]),
-                                        B._f(r["compile_ms"]), B._x(r["speedup_vs_torch"]),
-                                        B._x(r["speedup_vs_compile"]), B._f(r["floor_ms"]),
-                                        B._x(r["lossext_over_floor"]), above]) + " |")
+        ] + B.suite_table(rows)
     lines += B.suite_notes_and_targets(rows, title)
     for r in rows:
         if r["op"] == "yolov2_region_loss":

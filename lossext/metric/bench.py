@@ -116,15 +116,7 @@ def render(rows, device, cmd):
              "are bounded: batch_hard's forward keeps 4 values per anchor and |r_j|^2 per reference plus the "
              "256 x 512 tiles; the backward's entries are 2 per anchor (one wave); batch_all's rows are 4 x M "
              "values per task and its entries at most 2^20 per wave (16 MiB).", "",
-             "| op | case | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | lossext / floor | "
-             "peak above grads MiB lossext / eager / compile |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        above = " / ".join(B._f(r.get(f"{p}_peak_above_grads_mib")) for p in B.PROVIDERS)
-        lines.append("| " + " | ".join([r["op"], r["case"], B._f(r["lossext_ms"]), B._f(r["torch_ms"]),
-                                        B._f(r["compile_ms"]), B._x(r["speedup_vs_torch"]),
-                                        B._x(r["speedup_vs_compile"]), B._f(r["floor_ms"]),
-                                        B._x(r["lossext_over_floor"]), above]) + " |")
+             ] + B.suite_table(rows)
     lines += B.suite_notes_and_targets(rows, title)
     tc = next((r for r in rows if r["op"] == "triplet_center_loss" and r["case"].endswith("C=10000")), None)
     if tc:

@@ -891,6 +891,20 @@ def bench_row(op, case_name, args, kwargs, grad_args, mode, floor_bytes, grad_by
     return row
 
 
+def suite_table(rows):
+    """A family suite's table: one line per row (op, case, the providers' medians, the ratios,
+    the copy floor and the peak memory above the gradients)."""
+    lines = ["| op | case | lossext ms | eager ms | compile ms | vs eager | vs compile | floor ms | lossext / floor | "
+             "peak above grads MiB lossext / eager / compile |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        above = " / ".join(_f(r.get(f"{p}_peak_above_grads_mib")) for p in PROVIDERS)
+        lines.append("| " + " | ".join([r["op"], r["case"], _f(r["lossext_ms"]), _f(r["torch_ms"]), _f(r["compile_ms"]),
+                                        _x(r["speedup_vs_torch"]), _x(r["speedup_vs_compile"]), _f(r["floor_ms"]),
+                                        _x(r["lossext_over_floor"]), above]) + " |")
+    return lines
+
+
 def suite_notes_and_targets(rows, title):
     """A family suite's report lines after its table: the rows' errors as notes, then the
     "### Targets" heading."""
