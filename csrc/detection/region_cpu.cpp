@@ -179,7 +179,7 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
                 gn[2 * HW + cell] = static_cast<scalar_t>(ew.grad);
                 gn[3 * HW + cell] = static_cast<scalar_t>(eh.grad);
                 gn[4 * HW + cell] = static_cast<scalar_t>(eo.grad);
-                return keep * (((ex.loss + ey.loss) + (ew.loss + eh.loss)) + eo.loss);
+                return keep != A(0) ? ((ex.loss + ey.loss) + (ew.loss + eh.loss)) + eo.loss : A(0);
               },
               [&](int64_t cell) {
                 const A keep = own[cell] < 0 ? A(1) : A(0);
@@ -188,7 +188,7 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
                 const A dw = linear_term(static_cast<A>(zn[2 * HW + cell]), ps, A(0)).delta2;
                 const A dh = linear_term(static_cast<A>(zn[3 * HW + cell]), ps, A(0)).delta2;
                 const A d_o = sigmoid_term(static_cast<A>(zn[4 * HW + cell]), dr[cell] ? A(0) : noobj, A(0)).delta2;
-                return keep * (((dx + dy) + (dw + dh)) + d_o);
+                return keep != A(0) ? ((dx + dy) + (dw + dh)) + d_o : A(0);  // a select: inf stays out
               },
               [&](int64_t cell) { return sigmoid_of(static_cast<A>(zn[4 * HW + cell])); });
           lsum += double(sums[0]);

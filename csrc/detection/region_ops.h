@@ -126,7 +126,8 @@ inline Tensor yolov2_region_loss_backward(Tensor grad_output, Tensor grad, Tenso
   LOSSEXT_CHECK(grad_output.device() == grad.device(), op, ": argument 'grad_output' is on a different device than grad");
   const Tensor go = torch::stable::reshape(grad_output, {grad.size(0), 1, 1, 1});
   using torch::stable::detail::from;
-  std::array<StableIValue, 2> stack{from(grad), from(go)};
+  const Tensor g = torch::stable::contiguous(grad);  // the result contiguous, as the fake kernel's
+  std::array<StableIValue, 2> stack{from(g), from(go)};
   STD_TORCH_CHECK(torch_call_dispatcher("aten::mul", "Tensor", stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS,
                   "lossext: aten::mul failed");
   return torch::stable::detail::to<Tensor>(stack[0]);

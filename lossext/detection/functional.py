@@ -291,7 +291,8 @@ def check_region(fn: str, output: Tensor, targets: Tensor, anchors: Tensor, num_
     if not anchors.is_floating_point() or anchors.dim() != 2 or anchors.shape[1] != 2 or anchors.shape[0] == 0:
         raise ValueError(fn + ": anchors must be a floating [A, 2] tensor of (w, h) in grid cells, got "
                          + str(anchors.dtype) + " of shape " + str(list(anchors.shape)))
-    V.check_device(fn, "anchors", anchors, "output", output)  # their values: the CPU kernel checks them
+    V.check_device(fn, "anchors", anchors, "output", output)  # their values: the CPU kernel checks them (CUDA
+    # does not read them back: a non-positive anchor gives inf or NaN there)
     if num_classes < 1:
         raise ValueError(fn + ": num_classes must be >= 1, got " + str(num_classes))
     A = anchors.shape[0]
