@@ -230,12 +230,12 @@ def softmax_focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
         return _eager_call(fn, "softmax_focal_loss", logits, t, a, w, gamma, ignore_index, red)
 
 
-def _eager_call(fn, op_name, *args):
-    """The op's output; its kernel's errors re-raised as fn's (eager only: TorchScript has no try)."""
+def _eager_call(fn, op_name, *args, value_errors=()):
+    """The op's outputs; its kernel's errors re-raised as fn's (eager only: TorchScript has no try)."""
     try:
         return call_op(op_name, *args)
     except RuntimeError as e:
-        V.raise_from_kernel(fn, e)
+        V.raise_from_kernel(fn, e, None, value_errors)
 
 
 # ---- YOLOv2 region loss -----------------------------------------------------------------------
@@ -322,18 +322,11 @@ def region_call(fn: str, output: Tensor, targets: Tensor, anchors: Tensor, num_c
     if torch.jit.is_scripting():
         per_image, _grad, stats = torch.ops.lossext.yolov2_region_loss(*args)
     else:
-        per_image, _grad, stats = _region_call(fn, args)
+        per_image, _grad, stats = _eager_call(fn, "yolov2_region_loss", *args, value_errors=_REGION_VALUE_ERRORS)
     if red == 0:
         return per_image, stats
     total = per_image.sum()
     return (total if red == 2 else total / per_image.shape[0]), stats
-
-
-def _region_call(fn, args):
-    try:
-        return call_op("yolov2_region_loss", *args)
-    except RuntimeError as e:
-        V.raise_from_kernel(fn, e, None, _REGION_VALUE_ERRORS)
 
 
 def yolov2_region_loss(output: Tensor, targets: Tensor, anchors: Tensor, num_classes: int, object_scale: float = 5.0,
