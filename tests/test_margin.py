@@ -175,6 +175,23 @@ def test_nan_and_inf_propagate(device):
     assert g[1].isnan().any() and g[2].isnan().any()
 
 
+def test_cosine_outside_the_range_takes_no_gradient_even_from_a_nan(device):
+    """A target cosine past 1 does not move the angle: its gradient is 0, a select as clamp's
+    backward, so a 'mean' whose class weights sum to 0 (0 / 0 upstream) leaves it 0 where the
+    composite (F.cross_entropy after clamp) does; an inside cosine gets the NaN as the composite."""
+    t = torch.tensor([0, 0], device=device)
+    w = torch.zeros(2, dtype=torch.float64, device=device)
+    cos = torch.tensor([[1e30, 0.2], [0.5, 0.1]], dtype=torch.float64, device=device)
+    got, want = [], []
+    for fn, out in ((LF.margin_cross_entropy, got), (R.margin_cross_entropy_composite, want)):
+        x = cos.clone().requires_grad_(True)
+        loss = fn(x, t, scale=1.0, m1=1.0, m2=1.0, m3=0.0, weight=w, easy_margin=True)
+        assert loss.isnan()
+        out.append(torch.autograd.grad(loss, x)[0])
+    assert got[0][0, 0] == 0 and want[0][0, 0] == 0
+    assert got[0][1].isnan().all() and want[0][1].isnan().all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
 def test_cuda_bad_label_gives_nan_not_a_crash():
     """On CUDA a label outside [0, C) is never used as an index: that row's loss is NaN."""

@@ -216,7 +216,7 @@ struct MarginCpu {
               double f, df;
               tm.apply(double(row[t]), f, df);
               const double d_t = target_dlogit(a, keep, spread, w_t, double(r) * f, lse[i]);
-              o[t] = static_cast<scalar_t>(double(gr) * d_t * df);
+              o[t] = static_cast<scalar_t>(target_cos_grad(double(gr) * d_t, df));
               if constexpr (kRS.value) out_rs[i] = static_cast<scalar_t>(double(g[i]) * (dr + d_t * f));
             }
           });
@@ -415,7 +415,7 @@ struct MarginCpu {
             double f, df;
             tm.apply(c_t, f, df);
             const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, lse[i]);
-            row[t] = static_cast<scalar_t>(double(gs) * d_t * df);
+            row[t] = static_cast<scalar_t>(target_cos_grad(double(gs) * d_t, df));
           }
         }
       });

@@ -463,7 +463,7 @@ __global__ void __launch_bounds__(kRowThreads)
       if (j == t) {  // the target column in float64
         double f, df;
         const double d_t = rg.target_d(x, keep, spread, L, tm, f, df);
-        return to_s<scalar_t>(double(gr) * d_t * df);
+        return to_s<scalar_t>(target_cos_grad(double(gr) * d_t, df));
       }
       const A d = a * math::exp((mul_rn(r, x) - Lh) - Ll) - spread * (kW ? static_cast<A>(w[j]) : A(1));
       if constexpr (kRS) dr += d * x;
@@ -809,7 +809,7 @@ __global__ void __launch_bounds__(kRowThreads)
         double f, df;
         tm.apply(fused_target_cos<A>(row, j, bias), f, df);  // row[j] is written after this returns
         const double d_t = target_dlogit(a, keep, spread, 1.0, double(scale) * f, L);
-        return to_s<scalar_t>(double(gs) * d_t * df);
+        return to_s<scalar_t>(target_cos_grad(double(gs) * d_t, df));
       }
       const A e = a * math::exp((mul_rn(scale, chunk_value<A>(v, j, bias)) - Lh) - Ll) - spread;
       return to_s<scalar_t>(gs * e);

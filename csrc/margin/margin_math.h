@@ -124,6 +124,11 @@ struct TargetMargin {
   }
 };
 
+// d L / d cos of the target column from g * d L / d z_y and df = d f / d cos: 0 where df is 0 (a
+// cosine outside [-1, 1], whose angle does not move). As clamp's backward, a select: an upstream
+// NaN (the 0 / 0 of a 'mean' whose class weights sum to 0) stays out, as in the composite.
+LOSSEXT_HD double target_cos_grad(double g_dz, double df) { return df == 0.0 ? 0.0 : g_dz * df; }
+
 // The cross-entropy with label smoothing eps and class weights w (as
 // torch.nn.functional.cross_entropy): per valid row with target y and logits z,
 //   L = (1 - eps) w_y (lse - z_y) + eps / C * sum_j w_j (lse - z_j)
