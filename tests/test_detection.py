@@ -724,3 +724,231 @@ def test_cuda_bad_class_gives_nan_not_a_crash():
     torch.cuda.synchronize()
     assert torch.isnan(f)
     assert (torch.ones(2, device="cuda") + 1).sum().item() == 4.0  # the context still works
+
+
+# ---- prior matching and the multibox losses (SSD, RefineDet; issue 12) -------------------------
+
+from lossext.detection import multibox_composite as MC  # noqa: E402
+from lossext.detection import multibox_opinfo as MB  # noqa: E402
+from lossext.detection import multibox_reference as MR  # noqa: E402
+
+
+def _box(x1, y1, x2, y2):
+    """A prior (cx, cy, w, h) from corners."""
+    return [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+
+
+def _mb_case(b=2, t=5, c=5, sizes=(4, 2), seed=0, dtype=D64):
+    gen = torch.Generator().manual_seed(seed)
+    pri = MB.grid_priors(sizes)
+    tg = MB.random_targets(b, t, c, gen)
+    loc, conf = MB._heads(b, pri.shape[0], c, "cpu", dtype, gen)
+    return loc, conf, pri, tg
+
+
+@pytest.mark.parametrize("matching", ["bipartite", "ssd_pytorch"])
+@pytest.mark.parametrize("seed", range(4))
+def test_match_priors_matches_references(matching, seed):
+    """The kernel, the float64 per-image reference (the authors' rules) and the vectorized
+    composite agree exactly, padding rows, duplicates and borders included."""
+    _, _, pri, tg = _mb_case(b=3, t=7, seed=seed)
+    tg[1, 2] = MB.edge_targets()[0, 0]
+    m, o = LF.match_priors(pri, tg, 0.5, matching)
+    rm, ro = MR.match_priors(pri, tg, 0.5, matching)
+    cm, co = MC.match_priors_composite(pri.double(), tg.double(), 0.5, matching)
+    assert m.dtype == torch.int64 and o.dtype == D64 and m.shape == (3, pri.shape[0])
+    assert torch.equal(m, rm) and torch.equal(m, cm.long())
+    torch.testing.assert_close(o, ro, **TIGHT)
+    torch.testing.assert_close(o, co.double(), **TIGHT)
+
+
+def test_match_priors_bipartite_rules():
+    """Caffe's MatchBBox (bbox_util.cpp 624-760): the bipartite step gives each truth its own
+    prior even when two truths share the best one; then per prediction with IoU >= thresh."""
+    pri = torch.tensor([_box(0, 0, 0.5, 1.0), _box(0, 0, 1.0, 1.0), _box(0.1, 0, 1.0, 1.0), _box(0.6, 0.6, 0.7, 0.7)],
+                       dtype=D64)
+    # truth 0 = prior 1 exactly; truth 1 is closest to prior 1 too (IoU 0.9) but prior 1 is taken
+    tg = torch.tensor([[[0, 0, 1.0, 1.0, 0], [0.1, 0, 1.0, 1.0, 1]]], dtype=D64)
+    m, o = LF.match_priors(pri, tg, 0.5)
+    # prior 0 has IoU exactly 0.5 with truth 0: matched (the threshold is >=, bbox_util.cpp 739)
+    assert m.tolist() == [[0, 0, 1, -1]]
+    assert o[0, :3].tolist() == [0.5, 1.0, 1.0]
+    m, _ = LF.match_priors(pri, tg, 0.5 + 1e-9)
+    assert m.tolist() == [[-1, 0, 1, -1]]
+    # ssd.pytorch: each truth forced onto its best prior, a later truth takes a shared one
+    tg2 = torch.tensor([[[0.1, 0, 1.0, 1.0, 0], [0, 0, 1.0, 1.0, 1]]], dtype=D64)
+    m, _ = LF.match_priors(pri, tg2, 0.95, "ssd_pytorch")
+    assert m.tolist() == [[-1, 1, 0, -1]]
+
+
+def test_match_priors_no_overlap_and_degenerate_truths_match_nothing():
+    pri = torch.tensor([_box(0, 0, 0.2, 0.2), _box(0.2, 0.2, 0.4, 0.4)], dtype=D64)
+    # a truth overlapping no prior (ssd.pytorch would force it onto prior 0) and a zero-width one
+    tg = torch.tensor([[[0.7, 0.7, 0.9, 0.9, 0], [0.1, 0.0, 0.1, 0.2, 1], [0.2, 0.2, 0.4, 0.4, -1]]], dtype=D64)
+    for matching in ("bipartite", "ssd_pytorch"):
+        m, o = LF.match_priors(pri, tg, 0.5, matching)
+        assert m.tolist() == [[-1, -1]] and o.abs().sum() == 0
+    # touching boxes have IoU 0 (Caffe's JaccardOverlap needs a positive intersection)
+    tg = torch.tensor([[[0.4, 0.4, 0.6, 0.6, 0]]], dtype=D64)
+    assert LF.match_priors(pri, tg)[0].tolist() == [[-1, -1]]
+
+
+def test_match_priors_empty_and_t0():
+    pri = MB.grid_priors((2,))
+    for tg in (torch.zeros(2, 0, 5), torch.full((2, 3, 5), -1.0), torch.zeros(0, 4, 5)):
+        m, o = LF.match_priors(pri, tg)
+        assert m.shape == (tg.shape[0], pri.shape[0]) and (m == -1).all() and (o == 0).all()
+
+
+def test_match_priors_opcheck_compile_export():
+    _, _, pri, tg = _mb_case()
+    args = (pri.double(), tg.double(), 0.5, 0)
+    torch.library.opcheck(torch.ops.lossext.match_priors.default, args)
+    eager = LF.match_priors(pri, tg)
+    compiled = torch.compile(LF.match_priors, fullgraph=True)(pri, tg)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+    class M(torch.nn.Module):
+        def forward(self, p, t):
+            return LF.match_priors(p, t)
+
+    ep = torch.export.export(M(), (pri, tg))
+    assert all(torch.equal(a, b) for a, b in zip(eager, ep.module()(pri, tg)))
+    scripted = torch.jit.script(LF.match_priors)
+    assert all(torch.equal(a, b) for a, b in zip(eager, scripted(pri, tg)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multibox_composite_and_image_loop_match_reference(seed):
+    """The benchmark baselines compute the same losses as the float64 reference."""
+    loc, conf, pri, tg = _mb_case(b=3, t=6, c=4, seed=seed)
+    ref = MR.ssd_multibox_loss(loc, conf, pri, tg, reduction="none")
+    for fn in (MC.ssd_multibox_loss_composite, MC.ssd_multibox_loss_image_loop, LF.ssd_multibox_loss):
+        for a, b in zip(fn(loc, conf, pri, tg, reduction="none"), ref):
+            torch.testing.assert_close(a, b, **TIGHT)
+    arm = MB._heads(3, pri.shape[0], 2, "cpu", D64, torch.Generator().manual_seed(seed + 9))
+    ref = MR.refinedet_multibox_loss(*arm, loc, conf, pri, tg, reduction="none")
+    for fn in (MC.refinedet_multibox_loss_composite, LF.refinedet_multibox_loss):
+        for a, b in zip(fn(*arm, loc, conf, pri, tg, reduction="none"), ref):
+            torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_multibox_hard_negative_count_and_neg_overlap():
+    """Per image at most floor(ratio * positives) negatives, only among priors below neg_overlap
+    (strict, bbox_util.cpp's IsEligibleMining); neg_overlap changes the result (ssd.pytorch
+    ignores it)."""
+    loc, conf, pri, tg = _mb_case(b=2, t=4, c=4, seed=3)
+    npos = (LF.match_priors(pri, tg)[0] >= 0).sum(1)
+    ll, lc, n, gl, gc = torch.ops.lossext.multibox_loss(loc, conf, pri.double(), tg.double(), None, None, 0.5, 1.5,
+                                                        0.5, 0.1, 0.2, 0, 0.0, False)
+    assert torch.equal(n, npos)
+    touched = (gc != 0).any(-1).sum(1)  # positives and mined negatives carry a gradient
+    assert torch.equal(touched, npos + (npos.double() * 1.5).floor().long())
+    a = LF.ssd_multibox_loss(loc, conf, pri, tg, neg_overlap=0.5)[1]
+    b = LF.ssd_multibox_loss(loc, conf, pri, tg, neg_overlap=0.05)[1]
+    assert a != b
+
+
+def test_multibox_no_positives_finite_zero_grad():
+    loc, conf, pri, _ = _mb_case(b=2)
+    for tg in (torch.zeros(2, 0, 5), torch.full((2, 4, 5), -1.0)):
+        loc_, conf_ = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+        ll, lc = LF.ssd_multibox_loss(loc_, conf_, pri, tg)
+        assert ll.item() == 0.0 and lc.item() == 0.0
+        (ll + lc).backward()
+        assert (loc_.grad == 0).all() and (conf_.grad == 0).all()
+        heads = [h.clone().requires_grad_() for h in MB._heads(2, pri.shape[0], 2, "cpu", D64,
+                                                               torch.Generator().manual_seed(1))]
+        out = LF.refinedet_multibox_loss(*heads, loc_, conf_, pri, tg)
+        assert all(o.item() == 0.0 for o in out)
+
+
+def test_multibox_degenerate_truth_is_finite():
+    loc, conf, pri, tg = _mb_case(b=1, t=3)
+    tg[0, 0, 2] = tg[0, 0, 0]  # zero width: never matched (Caffe's EncodeBBox would abort)
+    tg[0, 1, 3] = tg[0, 1, 1]
+    loc.requires_grad_()
+    ll, lc = LF.ssd_multibox_loss(loc, conf, pri, tg)
+    (ll + lc).backward()
+    assert torch.isfinite(ll) and torch.isfinite(lc) and torch.isfinite(loc.grad).all()
+    assert (LF.match_priors(pri, tg)[0] != 0).all() and (LF.match_priors(pri, tg)[0] != 1).all()
+
+
+def test_refinedet_objectness_filters_negatives_only():
+    """RefineDet's negative anchor filtering (bbox_util.cpp 1104, MineHardExamples): a prior is
+    an ODM negative only if softmax(arm_conf)[1] >= objectness_thresh; positives always count
+    (luuuyi/RefineDet.PyTorch drops positives with p <= theta instead)."""
+    loc, conf, pri, tg = _mb_case(b=2, t=4, c=4, seed=1)
+    arm_loc = torch.zeros_like(loc)  # the refined anchors are the priors
+    low = torch.stack([torch.full(loc.shape[:2], 10.0, dtype=D64), torch.full(loc.shape[:2], -10.0, dtype=D64)], -1)
+    al, ac, ol, oc = LF.refinedet_multibox_loss(arm_loc, low, loc, conf, pri, tg, reduction="none")
+    # every objectness is ~4e-9 < 0.01: the ODM's confidence loss is over its positives alone
+    m = LF.match_priors(pri, tg)[0]
+    lab = torch.where(m >= 0, tg[..., 4].double().gather(1, m.clamp(min=0)) + 1, torch.zeros_like(m, dtype=D64))
+    ce = torch.logsumexp(conf, -1) - conf.gather(-1, lab.long()[..., None])[..., 0]
+    torch.testing.assert_close(oc, (ce * (m >= 0)).sum(1), **TIGHT)
+    # with zero ARM offsets and no filter the ODM is the SSD loss
+    ssd = LF.ssd_multibox_loss(loc, conf, pri, tg, reduction="none")
+    _, _, ol, oc = LF.refinedet_multibox_loss(arm_loc, low, loc, conf, pri, tg, objectness_thresh=0.0,
+                                              reduction="none")
+    torch.testing.assert_close(ol, ssd[0], **TIGHT)
+    torch.testing.assert_close(oc, ssd[1], **TIGHT)
+
+
+def test_refinedet_arm_gradcheck_and_odm_detached():
+    """gradcheck of the ARM terms in the ARM heads; the ODM terms give the ARM heads no gradient
+    (the authors' propagate_down [T, T, F, F, F, F])."""
+    loc, conf, pri, tg = _mb_case(b=2, t=3, c=3, sizes=(2,), seed=4)
+    arm = [h.requires_grad_() for h in MB._heads(2, pri.shape[0], 2, "cpu", D64, torch.Generator().manual_seed(3))]
+    assert torch.autograd.gradcheck(lambda a, b: torch.stack(LF.refinedet_multibox_loss(a, b, loc, conf, pri, tg)[:2]),
+                                    tuple(arm), eps=1e-6, atol=1e-5)
+    _, _, ol, oc = LF.refinedet_multibox_loss(*arm, loc.requires_grad_(), conf, pri, tg)
+    assert torch.autograd.grad(ol + oc, arm, allow_unused=True) == (None, None)
+
+
+def test_multibox_modules_forward_is_the_function():
+    loc, conf, pri, tg = _mb_case()
+    m = LN.SSDMultiboxLoss(pri, matching="ssd_pytorch", reduction="sum")
+    assert all(torch.equal(a, b) for a, b in zip(m(loc, conf, tg), LF.ssd_multibox_loss(
+        loc, conf, pri, tg, matching="ssd_pytorch", reduction="sum")))
+    arm = MB._heads(2, pri.shape[0], 2, "cpu", D64, torch.Generator().manual_seed(3))
+    m = LN.RefineDetMultiboxLoss(pri, objectness_thresh=0.2)
+    assert all(torch.equal(a, b) for a, b in zip(m(*arm, loc, conf, tg), LF.refinedet_multibox_loss(
+        *arm, loc, conf, pri, tg, objectness_thresh=0.2)))
+    assert all(torch.equal(a, b) for a, b in zip(torch.jit.script(m)(*arm, loc, conf, tg), m(*arm, loc, conf, tg)))
+
+
+def test_multibox_threads_bitwise():
+    loc, conf, pri, tg = _mb_case(b=8, t=6, c=21, sizes=(6, 3), dtype=torch.float32)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.lossext.multibox_loss(loc, conf, pri.double(), tg.double(), None, None, 0.5, 3.0, 0.5, 0.1,
+                                              0.2, 0, 0.0, False)
+    finally:
+        torch.set_num_threads(n)
+    many = torch.ops.lossext.multibox_loss(loc, conf, pri.double(), tg.double(), None, None, 0.5, 3.0, 0.5, 0.1, 0.2,
+                                           0, 0.0, False)
+    assert all(torch.equal(a, b) for a, b in zip(one, many))
+
+
+@needs_cuda
+def test_multibox_cuda_matches_cpu():
+    for seed in range(3):
+        loc, conf, pri, tg = _mb_case(b=3, t=6, c=5, seed=seed)
+        for matching in ("bipartite", "ssd_pytorch"):
+            a = LF.match_priors(pri, tg, 0.5, matching)
+            b = LF.match_priors(pri.cuda(), tg.cuda(), 0.5, matching)
+            assert torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu())
+            _cpu_cuda(lambda x, y: torch.stack(LF.ssd_multibox_loss(x, y, pri.to(x.device), tg.to(x.device),
+                                                                    matching=matching, reduction="none")), loc, conf)
+        arm = MB._heads(3, pri.shape[0], 2, "cpu", D64, torch.Generator().manual_seed(seed))
+        _cpu_cuda(lambda a, b, x, y: torch.stack(LF.refinedet_multibox_loss(a, b, x, y, pri.to(x.device),
+                                                                            tg.to(x.device), reduction="none")),
+                  *arm, loc, conf)
+    # SSD300's size: many blocks per image
+    gen = torch.Generator().manual_seed(0)
+    pri = MB.ssd300_priors()
+    tg = MB.random_targets(4, 10, 21, gen)
+    loc, conf = MB._heads(4, pri.shape[0], 21, "cpu", torch.float32, gen)
+    _cpu_cuda(lambda x, y: torch.stack(LF.ssd_multibox_loss(x, y, pri.to(x.device), tg.to(x.device))), loc, conf)

@@ -40,5 +40,25 @@ __device__ __forceinline__ A to_a(scalar_t v) {
   }
 }
 
+// One step of a block-wide, order-preserving compaction (the truths of an image, kept in row
+// order): the number of keeping threads before this one in the block (x) and their total (y).
+// Every thread of the block calls it; warp_count is __shared__ int[kWarps], kWarps * 32 threads.
+template <int kWarps>
+__device__ __forceinline__ int2 block_compact(bool keep, int* warp_count) {
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+  if (lane == 0) warp_count[warp] = __popc(ballot);
+  __syncthreads();
+  int before = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const int c = warp_count[w];
+    before += w < warp ? c : 0;
+    total += c;
+  }
+  __syncthreads();  // warp_count is rewritten by the next step
+  return make_int2(before + __popc(ballot & ((1u << lane) - 1u)), total);
+}
+
 }  // namespace cuda
 }  // namespace lossext

@@ -14,6 +14,14 @@
 // (avg_iou, recall, avg_obj, avg_anyobj, avg_cat, count, darknet_cost; float32, float64 for a
 // float64 output). yolov2_region_loss_backward(grad_output [B], grad, output) = grad_output[b] grad[b]
 // (output, the head: the result is a function of it, whose derivative is refused).
+// match_priors(priors float64 [P, 4] (cx, cy, w, h), targets float64 [B, T, 5] (x1, y1, x2, y2, label;
+// label < 0 padding), overlap_thresh, matching 0 bipartite (Caffe's MatchBBox + per-prediction) or
+// 1 ssd_pytorch) -> (overlaps float64 [B, P], matches int64 [B, P]: the matched target row or -1).
+// multibox_loss (multibox_ops.h): the SSD loss, and each of RefineDet's two (arm_loc: the anchors
+// are the priors refined by it; arm_conf: a negative needs softmax(arm_conf)[1] >= objectness_thresh;
+// binary: every object is class 1, the ARM) -> (loss_loc [B], loss_conf [B], num_pos int64 [B],
+// grad_loc, grad_conf), per-image sums and the gradients of their sum (not differentiable: the
+// backward, multibox_loss_backward, scales them per image).
 #include <torch/csrc/stable/library.h>
 
 STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
@@ -36,4 +44,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
         "float noobject_scale, float class_scale, float coord_scale, float thresh, bool rescore, bool bias_match, "
         "Tensor prior_scale, bool scale_coord_by_size) -> (Tensor, Tensor, Tensor)");
   m.def("yolov2_region_loss_backward(Tensor grad_output, Tensor grad, Tensor output) -> Tensor");
+  m.def("match_priors(Tensor priors, Tensor targets, float overlap_thresh, int matching) -> (Tensor, Tensor)");
+  m.def("multibox_loss(Tensor loc, Tensor conf, Tensor priors, Tensor targets, Tensor? arm_loc, Tensor? arm_conf, "
+        "float overlap_thresh, float neg_pos_ratio, float neg_overlap, float variance_center, float variance_size, "
+        "int matching, float objectness_thresh, bool binary) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("multibox_loss_backward(Tensor grad_loss_loc, Tensor grad_loss_conf, Tensor grad_loc, Tensor grad_conf, "
+        "Tensor loc, Tensor conf) -> (Tensor, Tensor)");
 }

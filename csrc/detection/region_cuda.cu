@@ -84,7 +84,6 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<scalar_t>;
   __shared__ int warp_count[kWarps];
   const int64_t HW = p.H * p.W, E = 5 + p.C, per_image = p.A * E * HW;
-  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
     const scalar_t* z = out + b * per_image;
     auto at = [&](int64_t n, int64_t cell, int64_t e) { return to_a<A>(z[n * E * HW + e * HW + cell]); };
@@ -95,19 +94,9 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t k = k0 + threadIdx.x;
       const double* row = tg + (b * p.T + (k < p.T ? k : 0)) * 5;
       const bool keep = k < p.T && !(row[0] < 0);  // class < 0 is padding (NaN is kept: a bad class)
-      const unsigned ballot = __ballot_sync(0xffffffffu, keep);
-      if (lane == 0) warp_count[warp] = __popc(ballot);
-      __syncthreads();
-      int before = 0, total = 0;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const int c = warp_count[w];
-        before += w < warp ? c : 0;
-        total += c;
-      }
-      __syncthreads();  // warp_count is rewritten by the next chunk
+      const int2 rank = cuda::block_compact<kWarps>(keep, warp_count);
       if (keep) {
-        const int64_t slot = nt + before + __popc(ballot & ((1u << lane) - 1u));
+        const int64_t slot = nt + rank.x;
         // make_truth's casts (class, cell) are only given values they are defined for: a bad class
         // is cast as 0 (then marked -1), a NaN centre gives cell 0 (then u.x, u.y are NaN again)
         const double c = row[0];
@@ -143,7 +132,7 @@ __global__ void __launch_bounds__(kThreads)
         bx[slot] = tb;
         in[slot] = ti;
       }
-      nt += total;
+      nt += rank.y;
     }
     __syncthreads();  // the block's writes of the list are visible to thread 0
     if (threadIdx.x == 0) {

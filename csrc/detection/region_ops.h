@@ -20,6 +20,7 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include "../common/checks.h"
+#include "batch_scale.h"
 #include "region_math.h"
 
 namespace lossext {
@@ -110,27 +111,14 @@ std::tuple<Tensor, Tensor, Tensor> yolov2_region_loss(Tensor output, Tensor targ
 }
 
 // The backward: the forward's gradient of each image times that image's upstream gradient,
-// grad * grad_output[b] (aten::mul through the dispatcher, on either device). output is the head
+// grad * grad_output[b] (batch_scale.h). output is the head
 // the gradient belongs to: autograd sees the result depend on it (its derivative raises).
 inline Tensor yolov2_region_loss_backward(Tensor grad_output, Tensor grad, Tensor output) {
   const char* op = "lossext::yolov2_region_loss_backward";
   check_like(op, "grad", grad, output);
   check_same_shape(op, "grad", grad, output);
   LOSSEXT_CHECK(grad.dim() == 4, op, ": argument 'grad' must be [B, A * (5 + C), H, W], got shape ", shape_str(grad));
-  LOSSEXT_CHECK(grad_output.dim() == 1 && grad_output.size(0) == grad.size(0), op,
-                ": argument 'grad_output' must have shape [", grad.size(0), "] (one per image), got ",
-                shape_str(grad_output));
-  LOSSEXT_CHECK(grad_output.scalar_type() == grad.scalar_type(), op, ": argument 'grad_output' has dtype ",
-                torch::headeronly::toString(grad_output.scalar_type()), " but grad has dtype ",
-                torch::headeronly::toString(grad.scalar_type()));
-  LOSSEXT_CHECK(grad_output.device() == grad.device(), op, ": argument 'grad_output' is on a different device than grad");
-  const Tensor go = torch::stable::reshape(grad_output, {grad.size(0), 1, 1, 1});
-  using torch::stable::detail::from;
-  const Tensor g = torch::stable::contiguous(grad);  // the result contiguous, as the fake kernel's
-  std::array<StableIValue, 2> stack{from(g), from(go)};
-  STD_TORCH_CHECK(torch_call_dispatcher("aten::mul", "Tensor", stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS,
-                  "lossext: aten::mul failed");
-  return torch::stable::detail::to<Tensor>(stack[0]);
+  return scale_per_image(op, "grad_output", grad_output, "grad", grad);
 }
 
 template <class Device, class Lib>

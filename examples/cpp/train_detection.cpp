@@ -9,7 +9,10 @@
 //      gradient, and central finite differences (rescore off: its IoU target is a constant);
 //   3. argument checks (each bad argument throws, naming it), and the refusal of double backward;
 //   4. on a machine with CUDA (and a CUDA build of lossext): CUDA against CPU, values and gradients;
-//   5. training: a 1x1-conv head over fixed random feature maps of 8 images with 1-3 boxes each,
+//   5. match_priors, ssd_multibox_loss and refinedet_multibox_loss: a case computed by hand
+//      (a truth equal to a prior: zero offsets; every candidate negative mined), Mean/Sum/None,
+//      central finite differences, the ODM's constant ARM heads, their argument checks;
+//   6. training: a 1x1-conv head over fixed random feature maps of 8 images with 1-3 boxes each,
 //      SGD, 60 steps. Fails unless the final region loss is < 0.5 x the initial one.
 // Exits non-zero on any failure.
 #include <torch/torch.h>
@@ -567,7 +570,101 @@ void check_cuda() {
   std::printf("CUDA vs CPU: checked\n");
 }
 
-// ---- 5. training a tiny detector head ---------------------------------------------------------
+// ---- 5. the multibox losses ---------------------------------------------------------------------
+
+void check_multibox() {
+  // three priors (cx, cy, w, h); the truth (x1, y1, x2, y2, label 1) is prior 0 itself (IoU 1, offsets
+  // 0); prior 1 only touches it (IoU 0), prior 2 overlaps it a little (IoU 0.01 / 0.28): both are
+  // eligible negatives (IoU < 0.5), both are mined (3 x 1 positive >= 2 candidates)
+  const auto priors = torch::tensor({{0.25, 0.25, 0.5, 0.5}, {0.75, 0.75, 0.5, 0.5}, {0.5, 0.5, 0.2, 0.2}}, kF64);
+  const auto tg = torch::tensor({{{0.0, 0.0, 0.5, 0.5, 1.0}, {-1.0, -1.0, -1.0, -1.0, -1.0}}}, kF64);
+  auto [m, ov] = lossext::match_priors(priors, tg);
+  expect(torch::equal(m, torch::tensor({{0, -1, -1}}, torch::kLong)), "match_priors: prior 0 takes row 0");
+  expect_close(ov, torch::tensor({{1.0, 0.0, 0.01 / 0.28}}, kF64), "match_priors overlaps");
+  const auto loc = torch::randn({1, 3, 4}, kF64), conf = torch::randn({1, 3, 3}, kF64);
+  auto sl1 = [](const torch::Tensor& d) { return torch::where(d.abs() < 1, 0.5 * d * d, d.abs() - 0.5).sum(); };
+  auto ce = [&](int64_t p, int64_t c) { return torch::logsumexp(conf[0][p], 0) - conf[0][p][c]; };
+  const auto want_loc = sl1(loc[0][0]), want_conf = ce(0, 2) + ce(1, 0) + ce(2, 0);
+  auto [ll, lc] = lossext::ssd_multibox_loss(loc, conf, priors, tg);
+  expect_close(ll, want_loc, "ssd_multibox_loss loc by hand");
+  expect_close(lc, want_conf, "ssd_multibox_loss conf by hand");
+  auto [nl, nc] = lossext::ssd_multibox_loss(loc, conf, priors, tg, {.neg_pos_ratio = 0, .reduction = Reduction::None});
+  expect(nl.sizes() == torch::IntArrayRef({1}), "ssd_multibox_loss None is per image");
+  expect_close(nc, ce(0, 2).reshape({1}), "ssd_multibox_loss conf, no negatives");
+  std::printf("multibox losses by hand: loc %.6f conf %.6f\n", ll.item<double>(), lc.item<double>());
+
+  // two images (the second without truths), finite differences of a weighted sum of the terms
+  const auto pri = torch::tensor({{0.3, 0.3, 0.4, 0.4}, {0.7, 0.7, 0.4, 0.4}, {0.5, 0.5, 0.6, 0.3},
+                                  {0.2, 0.7, 0.3, 0.5}, {0.6, 0.2, 0.5, 0.3}}, kF64);
+  const auto t2 = torch::tensor({{{0.1, 0.1, 0.5, 0.5, 0.0}, {0.5, 0.45, 0.9, 0.95, 2.0}},
+                                 {{0.0, 0.0, 0.0, 0.0, -1.0}, {0.0, 0.0, 0.0, 0.0, -1.0}}}, kF64);
+  const auto l2 = torch::randn({2, 5, 4}, kF64) * 0.5, c2 = torch::randn({2, 5, 4}, kF64);
+  example::check_gradients("ssd_multibox_loss", [&](const std::vector<torch::Tensor>& x) {
+    auto [a, b] = lossext::ssd_multibox_loss(x[0], x[1], pri, t2, {.neg_pos_ratio = 1.0});
+    return a + 0.7 * b;
+  }, {l2, c2}, {"loc", "conf"});
+  const auto al = torch::randn({2, 5, 4}, kF64) * 0.1, ac = torch::randn({2, 5, 2}, kF64);
+  // The ARM heads by the ARM terms, the ODM heads by the ODM terms: a finite difference in arm_loc
+  // also moves the refined anchors of the ODM, which the authors' loss holds constant.
+  example::check_gradients("refinedet_multibox_loss (ARM)", [&](const std::vector<torch::Tensor>& x) {
+    auto [a, b, c, d] = lossext::refinedet_multibox_loss(x[0], x[1], l2, c2, pri, t2, {.neg_pos_ratio = 1.0});
+    return a + 0.5 * b;
+  }, {al, ac}, {"arm_loc", "arm_conf"});
+  example::check_gradients("refinedet_multibox_loss (ODM)", [&](const std::vector<torch::Tensor>& x) {
+    auto [a, b, c, d] = lossext::refinedet_multibox_loss(al, ac, x[0], x[1], pri, t2, {.neg_pos_ratio = 1.0});
+    return 0.3 * c + 0.2 * d;
+  }, {l2, c2}, {"odm_loc", "odm_conf"});
+  // the ODM terms take no gradient through the refined anchors (the authors' propagate_down false)
+  auto alr = al.clone().requires_grad_(true), acr = ac.clone().requires_grad_(true);
+  auto [a1, a2, o1, o2] = lossext::refinedet_multibox_loss(alr, acr, l2, c2, pri, t2);
+  (void)a1, (void)a2, (void)o2;
+  expect(!o1.requires_grad(), "refinedet: the ODM loc loss is constant in the ARM heads");
+  // a batch without positives: zero, finite
+  auto [zl, zc] = lossext::ssd_multibox_loss(l2, c2, pri, t2.narrow(0, 1, 1).expand({2, 2, 5}).contiguous());
+  expect(zl.item<double>() == 0.0 && zc.item<double>() == 0.0, "no positives: zero losses");
+
+  using E = c10::ValueError;
+  using T = c10::TypeError;
+  expect_throws<E>("multibox conf shape", "conf must have shape [2, 5, C]",
+                   [&] { lossext::ssd_multibox_loss(l2, c2.narrow(1, 0, 4), pri, t2); });
+  expect_throws<E>("multibox classes", "conf must have at least 2 classes",
+                   [&] { lossext::ssd_multibox_loss(l2, c2.narrow(2, 0, 1), pri, t2); });
+  expect_throws<E>("multibox priors", "priors must be a floating [P, 4]",
+                   [&] { lossext::ssd_multibox_loss(l2, c2, pri.narrow(1, 0, 3), t2); });
+  expect_throws<E>("multibox prior count", "priors has 4 priors but loc has 5",
+                   [&] { lossext::ssd_multibox_loss(l2, c2, pri.narrow(0, 0, 4), t2); });
+  expect_throws<T>("multibox integer targets", "targets must be floating",
+                   [&] { lossext::ssd_multibox_loss(l2, c2, pri, t2.to(torch::kLong)); });
+  expect_throws<E>("multibox threshold", "overlap_thresh must be in [0.0, 1.0]",
+                   [&] { lossext::ssd_multibox_loss(l2, c2, pri, t2, {.overlap_thresh = 1.5}); });
+  expect_throws<E>("multibox variance", "variance_size must be > 0",
+                   [&] { lossext::ssd_multibox_loss(l2, c2, pri, t2, {.variance_size = 0.0}); });
+  expect_throws<T>("multibox dtypes", "conf has dtype Float but loc has dtype Double",
+                   [&] { lossext::ssd_multibox_loss(l2, c2.to(torch::kFloat32), pri, t2); });
+  expect_throws<E>("refinedet arm_conf", "arm_conf must have shape [2, 5, 2]",
+                   [&] { lossext::refinedet_multibox_loss(al, c2, l2, c2, pri, t2); });
+  expect_throws<E>("refinedet objectness", "objectness_thresh must not be NaN",
+                   [&] { lossext::refinedet_multibox_loss(al, ac, l2, c2, pri, t2, {.objectness_thresh = NAN}); });
+  auto bad = t2.clone();
+  bad[0][1][4] = 3.0;  // C = 4: labels in [0, 3)
+  expect_throws_kernel("multibox label out of range (kernel)", "outside [0, 3)",
+                       [&] { lossext::ssd_multibox_loss(l2, c2, pri, bad); });
+  // double backward is refused
+  auto xr = c2.clone().requires_grad_(true);
+  auto g = torch::autograd::grad({std::get<1>(lossext::ssd_multibox_loss(l2, xr, pri, t2))}, {xr}, {}, true, true)[0];
+  expect_throws<c10::NotImplementedError>("multibox double backward", "double backward is not supported",
+                                          [&] { torch::autograd::grad({g.sum()}, {xr}); });
+  if (torch::cuda::is_available() && lossext::with_cuda()) {
+    const torch::Device cuda(torch::kCUDA);
+    auto [cl, cc] = lossext::ssd_multibox_loss(l2.to(cuda), c2.to(cuda), pri.to(cuda), t2.to(cuda));
+    auto [pl, pc] = lossext::ssd_multibox_loss(l2, c2, pri, t2);
+    expect(torch::allclose(cl.cpu(), pl, 1e-9, 1e-12) && torch::allclose(cc.cpu(), pc, 1e-9, 1e-12),
+           "ssd_multibox_loss CUDA vs CPU");
+  }
+  std::printf("multibox losses: by hand, gradients, argument checks: checked\n");
+}
+
+// ---- 6. training a tiny detector head ---------------------------------------------------------
 
 void train() {
   constexpr int64_t B = 8, F = 16, C = 4, H = 5, W = 5, T = 3, steps = 60;
@@ -619,6 +716,7 @@ int main() {
     check_region();
     check_errors();
     check_cuda();
+    check_multibox();
     train();
   });
 }

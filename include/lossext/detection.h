@@ -1,16 +1,20 @@
 // lossext detection family (header-only libtorch API): the sigmoid and softmax focal losses
 // (Lin et al., ICCV 2017), the IoU-family box losses (IoU, GIoU, DIoU, CIoU) and the YOLOv2
 // region loss (darknet's [region] layer): sigmoid_focal_loss, softmax_focal_loss, box_iou_loss
-// (BoxIouMode) and yolov2_region_loss / yolov2_region_loss_with_stats (RegionOptions, RegionStat).
+// (BoxIouMode), yolov2_region_loss / yolov2_region_loss_with_stats (RegionOptions, RegionStat),
+// and SSD's and RefineDet's multibox losses: match_priors (Matching), ssd_multibox_loss and
+// refinedet_multibox_loss (MultiboxOptions).
 // The autograd wrappers are lossext/detection/ops.py's; sigmoid_focal_loss is element-wise, on
 // detail/pointwise.h's wrapper.
 //
 //   - gradients: sigmoid_focal_loss to inputs, targets and weight; softmax_focal_loss to the
 //     logits only (alpha and weight are per-class constants); box_iou_loss to both box tensors;
-//     yolov2_region_loss to the head's output only. First order only: differentiating a
+//     yolov2_region_loss to the head's output only; the multibox losses to their heads only
+//     (RefineDet's ODM treats the ARM heads as constants). First order only: differentiating a
 //     gradient taken with create_graph=true throws c10::NotImplementedError;
 //   - reduction Mean: sigmoid_focal_loss over all elements, softmax_focal_loss over the rows not
-//     ignored, box_iou_loss over the boxes (0 for no boxes), yolov2_region_loss over the images.
+//     ignored, box_iou_loss over the boxes (0 for no boxes), yolov2_region_loss over the images, the
+//     multibox losses over max(positives in the batch, 1) (Caffe's VALID normalization).
 #pragma once
 
 #include <algorithm>
@@ -70,6 +74,26 @@ struct RegionStat {
   };
 };
 
+/// match_priors' rule (the op's matching: 0, 1).
+enum class Matching : int64_t {
+  Bipartite = 0,   ///< the authors' Caffe MatchBBox: greedy bipartite, then per prediction (IoU >= threshold)
+  SsdPytorch = 1,  ///< amdegroot/ssd.pytorch's match: each truth forced onto its best prior, then IoU >= threshold
+};
+
+/// Parameters of ssd_multibox_loss and refinedet_multibox_loss (the Python functions' defaults:
+/// the authors' training configurations). With C++20 designated initializers (declaration order):
+///   lossext::MultiboxOptions{.neg_pos_ratio = 2, .reduction = lossext::Reduction::Sum}
+struct MultiboxOptions {
+  double overlap_thresh = 0.5;     ///< a prior with IoU >= this takes its best truth ([0, 1])
+  double neg_pos_ratio = 3.0;      ///< at most floor(ratio * positives) hard negatives per image (>= 0)
+  double neg_overlap = 0.5;        ///< a negative's best IoU must be < this (not NaN)
+  double variance_center = 0.1;    ///< the center offsets' variance (> 0)
+  double variance_size = 0.2;      ///< the log-size offsets' variance (> 0)
+  Matching matching = Matching::Bipartite;  ///< SSD only (RefineDet: the authors' bipartite rule)
+  double objectness_thresh = 0.01; ///< RefineDet only: an ODM negative needs ARM objectness >= this (not NaN)
+  Reduction reduction = Reduction::Mean;    ///< Mean: over max(positives, 1); Sum; None: per image [B]
+};
+
 namespace detail {
 
 // ---- sigmoid focal loss: the element-wise pattern ------------------------------------------
@@ -95,6 +119,10 @@ struct DetectionOps {
   using Region = std::tuple<at::Tensor, at::Tensor, at::Tensor>(T, T, T, int64_t, double, double, double, double,
                                                                 double, bool, bool, T, bool);
   using RegionBackward = at::Tensor(T, T, T);
+  using Match = std::tuple<at::Tensor, at::Tensor>(T, T, double, int64_t);
+  using Multibox = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      T, T, T, T, const OptTensor&, const OptTensor&, double, double, double, double, double, int64_t, double, bool);
+  using MultiboxBackward = std::tuple<at::Tensor, at::Tensor>(T, T, T, T, T, T);
 
   c10::TypedOperatorHandle<Box> box = find_op<Box>("lossext::box_iou_loss");
   c10::TypedOperatorHandle<BoxBackward> box_bwd = find_op<BoxBackward>("lossext::box_iou_loss_backward");
@@ -103,6 +131,10 @@ struct DetectionOps {
   c10::TypedOperatorHandle<Region> region = find_op<Region>("lossext::yolov2_region_loss");
   c10::TypedOperatorHandle<RegionBackward> region_bwd =
       find_op<RegionBackward>("lossext::yolov2_region_loss_backward");
+  c10::TypedOperatorHandle<Match> match = find_op<Match>("lossext::match_priors");
+  c10::TypedOperatorHandle<Multibox> multibox = find_op<Multibox>("lossext::multibox_loss");
+  c10::TypedOperatorHandle<MultiboxBackward> multibox_bwd =
+      find_op<MultiboxBackward>("lossext::multibox_loss_backward");
 
   static const DetectionOps& get() {
     static const DetectionOps o;
@@ -331,6 +363,123 @@ inline std::tuple<at::Tensor, at::Tensor> region_impl(const at::Tensor& output, 
   return {red == 2 ? total : total / double(per_image.size(0)), stats};
 }
 
+
+// ---- the multibox losses (SSD, RefineDet) ----------------------------------------------------
+
+// One multibox_loss call (the SSD loss, or one of RefineDet's two), differentiable in loc and
+// conf. Returns {loss_loc [B], loss_conf [B], num_pos [B]} (per-image sums; num_pos not
+// differentiable). The op writes the gradients of the sums; the backward op scales them per image.
+struct MultiboxFunction : torch::autograd::Function<MultiboxFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& loc,
+                                                const at::Tensor& conf, const at::Tensor& priors,
+                                                const at::Tensor& targets, const std::optional<at::Tensor>& arm_loc,
+                                                const std::optional<at::Tensor>& arm_conf, const MultiboxOptions& o,
+                                                bool binary) {
+    // arm_loc/arm_conf are optionals: autograd records no input for an absent one (an undefined
+    // at::Tensor argument would fail in VariableInfo).
+    auto [ll, lc, npos, gl, gc] = DetectionOps::get().multibox.call(
+        loc, conf, priors, targets, arm_loc, arm_conf, o.overlap_thresh, o.neg_pos_ratio, o.neg_overlap,
+        o.variance_center, o.variance_size, static_cast<int64_t>(o.matching),
+        arm_conf.has_value() ? o.objectness_thresh : 0.0, binary);
+    ctx->mark_non_differentiable({npos});
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({gl, gc, loc, conf});
+    return {ll, lc, npos};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    at::Tensor g_loc = grad_outputs[0], g_conf = grad_outputs[1];
+    const auto s = ctx->get_saved_variables();
+    at::Tensor gl, gc;
+    if ((g_loc.defined() || g_conf.defined()) && (ctx->needs_input_grad(0) || ctx->needs_input_grad(1))) {
+      at::NoGradGuard no_grad;
+      const at::Tensor zeros = at::zeros({s[2].size(0)}, s[2].options());
+      std::tie(gl, gc) = DetectionOps::get().multibox_bwd.call(g_loc.defined() ? g_loc : zeros,
+                                                               g_conf.defined() ? g_conf : zeros, s[0], s[1], s[2],
+                                                               s[3]);
+      if (!ctx->needs_input_grad(0)) gl = at::Tensor();
+      if (!ctx->needs_input_grad(1)) gc = at::Tensor();
+    }
+    refuse_double_backward("lossext::multibox_loss (C++ autograd)", {&g_loc, &g_conf, &s[2], &s[3]}, {&gl, &gc});
+    // One gradient per forward argument: loc, conf, priors, targets, arm_loc, arm_conf, options, binary.
+    return {gl, gc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// priors [P, 4] and targets [B, T, 5] floating (batch < 0: any B), on one device.
+inline void check_priors_targets(const char* fn, const at::Tensor& priors, const at::Tensor& targets,
+                                 int64_t batch) {
+  TORCH_CHECK_VALUE(priors.defined() && targets.defined(), fn, ": priors and targets must be defined tensors");
+  TORCH_CHECK_VALUE(priors.is_floating_point() && priors.dim() == 2 && priors.size(1) == 4, fn,
+                    ": priors must be a floating [P, 4] tensor of (cx, cy, w, h), got ", priors.scalar_type(),
+                    " of shape ", priors.sizes());
+  TORCH_CHECK_TYPE(targets.is_floating_point(), fn, ": targets must be floating (x1, y1, x2, y2, label) rows, got ",
+                   targets.scalar_type());
+  TORCH_CHECK_VALUE(targets.dim() == 3 && targets.size(2) == 5 && (batch < 0 || targets.size(0) == batch), fn,
+                    ": targets must have shape [", batch < 0 ? std::string("B") : std::to_string(batch),
+                    ", T, 5] (x1, y1, x2, y2, label), got ", targets.sizes());
+  TORCH_CHECK_VALUE(targets.device() == priors.device(), fn, ": targets is on ", targets.device(),
+                    " but priors is on ", priors.device());
+}
+
+// A head [B, P, last] (last < 0: classes, at least 2) of like's dtype and device.
+inline void check_head(const char* fn, const char* name, const at::Tensor& t, const char* like_name,
+                       const at::Tensor& like, int64_t batch, int64_t p, int64_t last) {
+  check_float_tensor(fn, name, t);
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == batch && t.size(1) == p && (last < 0 || t.size(2) == last), fn, ": ",
+                    name, " must have shape [", batch, ", ", p, ", ", last < 0 ? std::string("C") : std::to_string(last),
+                    "], got ", t.sizes());
+  TORCH_CHECK_VALUE(last >= 0 || t.size(2) >= 2, fn, ": ", name, " must have at least 2 classes (background and one), got ",
+                    t.size(2));
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), fn, ": ", name, " has dtype ", t.scalar_type(), " but ",
+                   like_name, " has dtype ", like.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == like.device(), fn, ": ", name, " is on ", t.device(), " but ", like_name, " is on ",
+                    like.device());
+}
+
+// The checks shared by both losses, after the heads: priors, targets, P, the hyper-parameters.
+inline int64_t check_multibox(const char* fn, const at::Tensor& first, const char* first_name,
+                              const at::Tensor& priors, const at::Tensor& targets, const MultiboxOptions& o) {
+  check_priors_targets(fn, priors, targets, first.size(0));
+  TORCH_CHECK_VALUE(priors.size(0) == first.size(1), fn, ": priors has ", priors.size(0), " priors but ", first_name,
+                    " has ", first.size(1));
+  TORCH_CHECK_VALUE(priors.device() == first.device(), fn, ": priors is on ", priors.device(), " but ", first_name,
+                    " is on ", first.device());
+  TORCH_CHECK_VALUE(o.overlap_thresh >= 0.0 && o.overlap_thresh <= 1.0, fn, ": overlap_thresh must be in [0.0, 1.0], got ",
+                    o.overlap_thresh);
+  TORCH_CHECK_VALUE(o.neg_pos_ratio >= 0.0 && std::isfinite(o.neg_pos_ratio), fn,
+                    ": neg_pos_ratio must be in [0.0, inf), got ", o.neg_pos_ratio);
+  TORCH_CHECK_VALUE(!std::isnan(o.neg_overlap), fn, ": neg_overlap must not be NaN");
+  check_positive(fn, "variance_center", o.variance_center);
+  check_positive(fn, "variance_size", o.variance_size);
+  const auto m = static_cast<int64_t>(o.matching);
+  TORCH_CHECK_VALUE(m == 0 || m == 1, fn, ": matching must be Matching::Bipartite or SsdPytorch, got ", m);
+  return check_reduction(fn, o.reduction);
+}
+
+// One differentiable call: (loss_loc, loss_conf) reduced (Mean: over max(the batch's positives, 1)).
+inline std::tuple<at::Tensor, at::Tensor> multibox_impl(const at::Tensor& loc, const at::Tensor& conf,
+                                                        const at::Tensor& priors, const at::Tensor& targets,
+                                                        const at::Tensor& arm_loc, const at::Tensor& arm_conf,
+                                                        const MultiboxOptions& o, bool binary, int64_t red) {
+  const at::Tensor p64 = priors.detach().to(at::kDouble), t64 = targets.detach().to(at::kDouble);
+  at::Tensor ll, lc, npos;
+  if (at::GradMode::is_enabled() && (loc.requires_grad() || conf.requires_grad())) {
+    auto out = MultiboxFunction::apply(loc, conf, p64, t64, opt(arm_loc), opt(arm_conf), o, binary);
+    ll = out[0], lc = out[1], npos = out[2];
+  } else {
+    at::Tensor gl, gc;
+    std::tie(ll, lc, npos, gl, gc) = DetectionOps::get().multibox.call(
+        loc, conf, p64, t64, opt(arm_loc), opt(arm_conf), o.overlap_thresh, o.neg_pos_ratio, o.neg_overlap,
+        o.variance_center, o.variance_size, static_cast<int64_t>(o.matching),
+        arm_conf.defined() ? o.objectness_thresh : 0.0, binary);
+  }
+  if (red == 0) return {ll, lc};
+  at::Tensor sl = ll.sum(), sc = lc.sum();
+  if (red == 2) return {sl, sc};
+  const at::Tensor n = npos.sum().clamp_min(1).to(sl.scalar_type());
+  return {sl / n, sc / n};
+}
 }  // namespace detail
 
 /// The sigmoid focal loss of RetinaNet (Lin et al., ICCV 2017, Eq. 5), as
@@ -474,6 +623,79 @@ inline std::tuple<torch::Tensor, torch::Tensor> yolov2_region_loss_with_stats(co
                                                                               int64_t num_classes,
                                                                               const RegionOptions& options = {}) {
   return detail::region_impl(output, targets, anchors, num_classes, options);
+}
+
+/// Matches each image's truths to the priors (SSD's and RefineDet's target assignment); the
+/// semantics of lossext.match_priors. priors [P, 4] (cx, cy, w, h), targets [B, T, 5] (x1, y1,
+/// x2, y2, label; label < 0 padding). Returns (matches int64 [B, P]: the matched target row or
+/// -1, overlaps float64 [B, P]: the IoU with the matched truth, else the best IoU). Bipartite:
+/// sfzhang15/RefineDet bbox_util.cpp MatchBBox (greedy bipartite over IoU > 1e-6, ties to the
+/// lower prior, then per prediction IoU >= overlap_thresh); SsdPytorch: ssd.pytorch's match (a
+/// truth that overlaps no prior matches nothing). Not differentiable.
+inline std::tuple<torch::Tensor, torch::Tensor> match_priors(const torch::Tensor& priors, const torch::Tensor& targets,
+                                                             double overlap_thresh = 0.5,
+                                                             Matching matching = Matching::Bipartite) {
+  constexpr const char* fn = "lossext::match_priors";
+  detail::check_priors_targets(fn, priors, targets, -1);
+  TORCH_CHECK_VALUE(overlap_thresh >= 0.0 && overlap_thresh <= 1.0, fn, ": overlap_thresh must be in [0.0, 1.0], got ",
+                    overlap_thresh);
+  const auto m = static_cast<int64_t>(matching);
+  TORCH_CHECK_VALUE(m == 0 || m == 1, fn, ": matching must be Matching::Bipartite or SsdPytorch, got ", m);
+  auto [overlaps, matches] = detail::DetectionOps::get().match.call(
+      priors.detach().to(at::kDouble), targets.detach().to(at::kDouble), overlap_thresh, m);
+  return {matches, overlaps};
+}
+
+/// SSD's multibox loss (Liu et al., ECCV 2016; the authors' Caffe MultiBoxLossLayer); the
+/// semantics of lossext.ssd_multibox_loss: loc [B, P, 4], conf [B, P, C] (class 0 the
+/// background), priors [P, 4] (cx, cy, w, h), targets [B, T, 5] (x1, y1, x2, y2, label in
+/// [0, C - 1), label < 0 padding). Smooth L1 over the positives' center-size offsets; softmax
+/// cross-entropy over the positives and the hardest negatives (per image at most
+/// floor(neg_pos_ratio positives) unmatched priors with best IoU < neg_overlap; ties to the lower
+/// prior). Returns (loss_loc, loss_conf) reduced by options.reduction. Differentiable in loc and
+/// conf (first order only). A bad label or box throws on the CPU (from the kernel); on CUDA it is
+/// not read back (NaN loss).
+inline std::tuple<torch::Tensor, torch::Tensor> ssd_multibox_loss(const torch::Tensor& loc, const torch::Tensor& conf,
+                                                                  const torch::Tensor& priors,
+                                                                  const torch::Tensor& targets,
+                                                                  const MultiboxOptions& options = {}) {
+  constexpr const char* fn = "lossext::ssd_multibox_loss";
+  detail::check_float_tensor(fn, "loc", loc);
+  TORCH_CHECK_VALUE(loc.dim() == 3 && loc.size(2) == 4, fn, ": loc must have shape [B, P, 4], got ", loc.sizes());
+  detail::check_head(fn, "conf", conf, "loc", loc, loc.size(0), loc.size(1), -1);
+  const int64_t red = detail::check_multibox(fn, loc, "loc", priors, targets, options);
+  return detail::multibox_impl(loc, conf, priors, targets, at::Tensor(), at::Tensor(), options, false, red);
+}
+
+/// RefineDet's two multibox losses (Zhang et al., CVPR 2018; sfzhang15/RefineDet's Caffe code);
+/// the semantics of lossext.refinedet_multibox_loss: the ARM (arm_loc [B, P, 4], arm_conf
+/// [B, P, 2]) is a binary multibox loss on the priors; the ODM (odm_loc [B, P, 4], odm_conf
+/// [B, P, C]) matches and encodes against the priors refined by arm_loc (decoded, not clipped,
+/// detached) and mines only negatives whose ARM objectness softmax(arm_conf)[1] >=
+/// objectness_thresh. Matching is always bipartite (options.matching must be Bipartite).
+/// Returns (arm_loc_loss, arm_conf_loss, odm_loc_loss, odm_conf_loss), each pair over its own
+/// max(positives, 1) for Mean. Differentiable in the four heads (the ODM terms in the ODM heads).
+inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> refinedet_multibox_loss(
+    const torch::Tensor& arm_loc, const torch::Tensor& arm_conf, const torch::Tensor& odm_loc,
+    const torch::Tensor& odm_conf, const torch::Tensor& priors, const torch::Tensor& targets,
+    const MultiboxOptions& options = {}) {
+  constexpr const char* fn = "lossext::refinedet_multibox_loss";
+  detail::check_float_tensor(fn, "arm_loc", arm_loc);
+  TORCH_CHECK_VALUE(arm_loc.dim() == 3 && arm_loc.size(2) == 4, fn, ": arm_loc must have shape [B, P, 4], got ",
+                    arm_loc.sizes());
+  const int64_t b = arm_loc.size(0), p = arm_loc.size(1);
+  detail::check_head(fn, "arm_conf", arm_conf, "arm_loc", arm_loc, b, p, 2);
+  detail::check_head(fn, "odm_loc", odm_loc, "arm_loc", arm_loc, b, p, 4);
+  detail::check_head(fn, "odm_conf", odm_conf, "arm_loc", arm_loc, b, p, -1);
+  const int64_t red = detail::check_multibox(fn, arm_loc, "arm_loc", priors, targets, options);
+  TORCH_CHECK_VALUE(options.matching == Matching::Bipartite, fn,
+                    ": matching must be Matching::Bipartite (the authors' rule) for RefineDet");
+  TORCH_CHECK_VALUE(!std::isnan(options.objectness_thresh), fn, ": objectness_thresh must not be NaN");
+  auto [al, ac] = detail::multibox_impl(arm_loc, arm_conf, priors, targets, at::Tensor(), at::Tensor(), options, true,
+                                        red);
+  auto [ol, oc] = detail::multibox_impl(odm_loc, odm_conf, priors, targets, arm_loc.detach(), arm_conf.detach(),
+                                        options, false, red);
+  return {al, ac, ol, oc};
 }
 
 }  // namespace lossext

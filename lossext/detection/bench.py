@@ -1,4 +1,4 @@
-"""The detection family's benchmark suite (issue 11). benchmarks/run.py runs it
+"""The detection family's benchmark suite (issues 11 and 12). benchmarks/run.py runs it
 (`python benchmarks/run.py --suites detection [--quick] [--device cuda]`).
 
 Rows (float32, full mode = forward + backward; lossext, eager and torch.compile of the baseline,
@@ -13,6 +13,10 @@ timed interleaved by lossext.testing.benchmark, with the peak memory above the g
   generalized/distance/complete_box_iou_loss, >= 1.3x torch.compile of them); 'mean'.
 - softmax_focal_loss at 2^20 logits (12,945 rows x 81 classes, COCO's 80 and background); the
   baseline is the formula's composite (log_softmax, gather, pow), mmcv having no CPU kernel.
+- ssd_multibox_loss at SSD300 (B=16, P=8732, C=21, T=10) and refinedet_multibox_loss at
+  RefineDet320 (P=6375), against the vectorized composites (lossext.reference.*_composite; issue
+  12 target: >= 3x with no more peak memory), and SSD against ssd.pytorch's per-image-loop
+  structure (a second baseline); match_priors alone (forward; target >= 5x the composite).
 Without torchvision the focal and box baselines are lossext.reference's composites (said in the
 table).
 """
@@ -23,7 +27,8 @@ from ..testing.benchmark import bench_row
 from . import reference as R
 from .opinfo import _anchors, _box_pair, _focal_target, _region_output, _region_targets, _torchvision_ops
 
-TARGETS = {"region_vs_eager": 5.0, "vs_eager": 3.0, "vs_compile": 1.3, "sigmoid_floor": 2.0}
+TARGETS = {"region_vs_eager": 5.0, "vs_eager": 3.0, "vs_compile": 1.3, "sigmoid_floor": 2.0,
+           "multibox_vs_eager": 3.0, "match_vs_eager": 5.0}
 
 
 def run(device, quick=False, log=print):
@@ -63,11 +68,51 @@ def run(device, quick=False, log=print):
     tz = _focal_target(rows_n, classes, gen, device, 0.05)
     rows.append(bench_row("softmax_focal_loss", f"N={rows_n} C={classes}", (z, tz), dict(alpha=0.25), (0,), "full",
                           2 * z.numel() * es, z.numel() * es, device, dtype, config, log=log))
+    rows += _multibox_rows(device, dtype, quick, log)
     return B.stamp_rows(rows, device, config)
 
 
+def _multibox_rows(device, dtype, quick, log):
+    """SSD300 and RefineDet320 (issue 12), and match_priors alone at SSD300's size."""
+    from . import multibox_composite as MC
+    from . import multibox_opinfo as MB
+    config = B.TimingConfig(warmup=1, min_reps=3 if quick else 5, min_time_s=0.0, max_reps=20, rounds=1)
+    loop_cfg = B.TimingConfig(warmup=0, min_reps=1, min_time_s=0.0, max_reps=3, rounds=1)
+    gen = torch.Generator().manual_seed(0)
+    es = torch.finfo(dtype).bits // 8
+    b, t, c = 16, 10, 21
+    rows = []
+    pri = MB.ssd300_priors(device)
+    p = pri.shape[0]
+    tg = MB.random_targets(b, t, c, gen, device, pad=0.2, dup=False)
+    loc, conf = MB._heads(b, p, c, device, dtype, gen)
+    n = loc.numel() + conf.numel()
+    case = f"SSD300 B={b} P={p} C={c} T={t}"
+    # the floor: read the heads, write their gradients
+    rows.append(bench_row("ssd_multibox_loss", case, (loc, conf, pri, tg), {}, (0, 1), "full", 2 * n * es, n * es,
+                          device, dtype, config, log=log))
+    rows.append(bench_row("ssd_multibox_loss", case + " vs per-image loop", (loc, conf, pri, tg), {}, (0, 1), "full",
+                          2 * n * es, n * es, device, dtype, loop_cfg, providers=("lossext", "torch"), log=log,
+                          fns={"torch": MB.ssd_image_loop}))
+    # match_priors alone (forward: no gradient); the floor reads the targets and writes [B, P] twice
+    from . import functional as LF
+    compiled = torch.compile(MC.match_priors_composite, dynamic=False)
+    row = bench_row("ssd_multibox_loss", f"match_priors SSD300 B={b} P={p} T={t}", (pri, tg), {}, (), "forward",
+                    16 * b * p, 0, device, dtype, config, log=log,
+                    fns={"lossext": LF.match_priors, "torch": MC.match_priors_composite, "compile": compiled})
+    row["op"] = "match_priors"
+    rows.append(row)
+    pri = MB.refinedet320_priors(device)
+    p = pri.shape[0]
+    heads = MB._heads(b, p, 2, device, dtype, gen) + MB._heads(b, p, c, device, dtype, gen)
+    n = sum(h.numel() for h in heads)
+    rows.append(bench_row("refinedet_multibox_loss", f"RefineDet320 B={b} P={p} C={c} T={t}", (*heads, pri, tg), {},
+                          (0, 1, 2, 3), "full", 2 * n * es, n * es, device, dtype, config, log=log))
+    return rows
+
+
 def render(rows, device, cmd):
-    title = "Detection (issue #11), " + ("CUDA" if device == "cuda" else "CPU")
+    title = "Detection (issues #11, #12), " + ("CUDA" if device == "cuda" else "CPU")
     peer = "torchvision " + _torchvision_ops().__name__.split(".")[0] if _torchvision_ops() is not None else None
     peer_note = ("torchvision.ops itself" if peer else
                  "torchvision is not installed here: lossext.reference's composites stand in for it")
@@ -100,4 +145,16 @@ def render(rows, device, cmd):
                          "torch.compile's: its forward and backward each pass over the row (max, exp sum), where "
                          "the composite's log_softmax output serves its backward; a one-pass forward that "
                          "writes the gradient is the follow-up")
+        elif r["op"] in ("ssd_multibox_loss", "refinedet_multibox_loss", "match_priors"):
+            if "loop" in r["case"]:
+                lines.append(f"- {r['op']} {r['case']}: {B._x(r['speedup_vs_torch'])} faster than the per-image-loop "
+                             "port (a second baseline, no target)")
+                continue
+            goal = TARGETS["match_vs_eager"] if r["op"] == "match_priors" else TARGETS["multibox_vs_eager"]
+            mem = r["mem_frac_vs_torch"]
+            ok = r["speedup_vs_torch"] >= goal and (r["op"] == "match_priors" or mem <= 1.0)
+            lines.append(f"- {r['op']} {r['case']}: {B._x(r['speedup_vs_torch'])} faster than the vectorized "
+                         f"composite (target ≥{goal:g}×)" + ("" if r["op"] == "match_priors" else
+                                                             f", peak memory {B._x(mem)} its (target ≤1×)")
+                         + f" — {B.target_mark(ok)}")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ from .._core import validation as V
 from .._core.autograd import call as call_op
 from . import ops
 
-__all__ = ["yolov2_region_loss", "RegionStats", "sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
+__all__ = ["yolov2_region_loss", "RegionStats", "sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss",
+           "match_priors", "ssd_multibox_loss", "refinedet_multibox_loss"]
 
 
 def _check_alpha(fn: str, alpha: float) -> float:
@@ -387,3 +388,251 @@ def yolov2_region_loss(output: Tensor, targets: Tensor, anchors: Tensor, num_cla
         raise ValueError(fn + ": return_stats=True is not supported in TorchScript (it changes the return type); "
                          "call it eagerly")
     return loss
+
+
+# ---- prior matching and the multibox losses (SSD, RefineDet) ----------------------------------
+
+# phrases of the multibox kernels' data checks that are a ValueError (csrc/detection/multibox_cpu.cpp)
+_MULTIBOX_VALUE_ERRORS = ("negative width", "widths and heights > 0", "is not finite")
+
+
+def _matching_enum(fn: str, matching: str) -> int:
+    if matching == "bipartite":
+        return 0
+    if matching == "ssd_pytorch":
+        return 1
+    raise ValueError(fn + ": matching must be 'bipartite' or 'ssd_pytorch', got '" + matching + "'")
+
+
+def _matching_type(fn, matching):
+    if not isinstance(matching, str):
+        raise TypeError(f"{fn}: matching must be 'bipartite' or 'ssd_pytorch', got {matching!r}")
+
+
+def _check_priors_targets(fn: str, priors: Tensor, targets: Tensor, batch: int):
+    """priors [P, 4] (cx, cy, w, h) and targets [B, T, 5] (x1, y1, x2, y2, label), floating;
+    batch < 0: any B."""
+    if not priors.is_floating_point() or priors.dim() != 2 or priors.shape[1] != 4:
+        raise ValueError(fn + ": priors must be a floating [P, 4] tensor of (cx, cy, w, h), got " + str(priors.dtype)
+                         + " of shape " + str(list(priors.shape)))
+    if not targets.is_floating_point():
+        raise TypeError(fn + ": targets must be floating (x1, y1, x2, y2, label) rows, got " + str(targets.dtype))
+    if targets.dim() != 3 or targets.shape[2] != 5 or (batch >= 0 and targets.shape[0] != batch):
+        b = "B" if batch < 0 else str(batch)
+        raise ValueError(fn + ": targets must have shape [" + b + ", T, 5] (x1, y1, x2, y2, label), got "
+                         + str(list(targets.shape)))
+    V.check_device(fn, "targets", targets, "priors", priors)
+
+
+def _check_head(fn: str, name: str, t: Tensor, like_name: str, like: Tensor, batch: int, p: int, last: int):
+    """A head [B, P, last] (last < 0: any C >= 2) of like's dtype and device."""
+    V.check_float_tensor(fn, name, t)
+    if t.dim() != 3 or t.shape[0] != batch or t.shape[1] != p or (last >= 0 and t.shape[2] != last):
+        what = "C" if last < 0 else str(last)
+        raise ValueError(fn + ": " + name + " must have shape [" + str(batch) + ", " + str(p) + ", " + what
+                         + "] (images, priors, " + ("classes" if last < 0 else "values") + "), got "
+                         + str(list(t.shape)))
+    if last < 0 and t.shape[2] < 2:
+        raise ValueError(fn + ": " + name + " must have at least 2 classes (background and one), got "
+                         + str(t.shape[2]))
+    if t.dtype != like.dtype:
+        raise TypeError(fn + ": " + name + " has dtype " + str(t.dtype) + " but " + like_name + " has dtype "
+                        + str(like.dtype))
+    V.check_device(fn, name, t, like_name, like)
+
+
+def _check_multibox(fn: str, overlap_thresh: float, neg_pos_ratio: float, neg_overlap: float,
+                    variances: Tuple[float, float]):
+    V.check_range(fn, "overlap_thresh", overlap_thresh, 0.0, 1.0, False)
+    V.check_range(fn, "neg_pos_ratio", neg_pos_ratio, 0.0, math.inf, True)
+    if math.isnan(neg_overlap):
+        raise ValueError(fn + ": neg_overlap must not be NaN")
+    V.check_positive(fn, "variances[0]", variances[0])
+    V.check_positive(fn, "variances[1]", variances[1])
+
+
+def _multibox_eager(fn, heads, head_names, priors, targets, numbers, variances, reduction):
+    """The eager-only conversions: tensors, numbers, variances given as any pair of reals."""
+    heads = V.promote(fn, "fp32", head_names, *heads)
+    V.tensor(fn, "priors", priors)
+    V.tensor(fn, "targets", targets)
+    numbers = tuple(V.number(fn, n, v) for n, v in numbers)
+    try:
+        v = tuple(variances)
+    except TypeError:
+        v = ()
+    if len(v) != 2:
+        raise TypeError(f"{fn}: variances must be a pair (center, size) of real numbers, got {variances!r}")
+    v = (V.number(fn, "variances[0]", v[0]), V.number(fn, "variances[1]", v[1]))
+    return heads, numbers, v, V.reduction(fn, reduction)
+
+
+def _multibox_call(fn: str, loc: Tensor, conf: Tensor, priors: Tensor, targets: Tensor, arm_loc: Optional[Tensor],
+                   arm_conf: Optional[Tensor], overlap_thresh: float, neg_pos_ratio: float, neg_overlap: float,
+                   variances: Tuple[float, float], matching: int, objectness_thresh: float,
+                   binary: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """The op's per-image (loss_loc, loss_conf, num_pos) for checked arguments."""
+    args = (loc, conf, priors.detach().to(torch.float64), targets.detach().to(torch.float64), arm_loc, arm_conf,
+            overlap_thresh, neg_pos_ratio, neg_overlap, variances[0], variances[1], matching, objectness_thresh, binary)
+    if torch.jit.is_scripting():
+        ll, lc, npos, _gl, _gc = torch.ops.lossext.multibox_loss(*args)
+    else:
+        ll, lc, npos, _gl, _gc = _eager_call(fn, "multibox_loss", *args, value_errors=_MULTIBOX_VALUE_ERRORS)
+    return ll, lc, npos
+
+
+def _multibox_reduce(loss_loc: Tensor, loss_conf: Tensor, num_pos: Tensor, red: int) -> Tuple[Tensor, Tensor]:
+    """'none': the per-image sums; 'sum': their sums; 'mean': the sums over max(positives, 1)
+    (Caffe's VALID normalization, weiliu89/caffe loss_layer.cpp GetNormalizer), on the device."""
+    if red == 0:
+        return loss_loc, loss_conf
+    sl, sc = loss_loc.sum(), loss_conf.sum()
+    if red == 2:
+        return sl, sc
+    n = num_pos.sum().clamp(min=1).to(sl.dtype)
+    return sl / n, sc / n
+
+
+def match_priors(priors: Tensor, targets: Tensor, overlap_thresh: float = 0.5,
+                 matching: str = "bipartite") -> Tuple[Tensor, Tensor]:
+    r"""Matches each image's truths to the priors (SSD's and RefineDet's target assignment), one
+    fused op on the CPU and CUDA.
+
+    - ``priors`` [P, 4]: (cx, cy, w, h), w, h > 0.
+    - ``targets`` [B, T, 5]: rows (x1, y1, x2, y2, label); a row with label < 0 is padding
+      wherever it stands.
+
+    Returns ``(matches, overlaps)``: int64 [B, P], the matched target row (an index into T) or −1,
+    and float64 [B, P], the IoU with the matched truth, or for an unmatched prior its best IoU
+    (0 when no IoU exceeds 1e-6).
+
+    ``matching='bipartite'`` is the authors' Caffe rule (sfzhang15/RefineDet
+    ``src/caffe/util/bbox_util.cpp`` MatchBBox, match_type PER_PREDICTION): a greedy global
+    bipartite match of the pairs with IoU > 1e-6 (largest first; ties to the lower prior, then
+    the lower row), then every unmatched prior takes its best truth with IoU ≥
+    ``overlap_thresh``. ``'ssd_pytorch'`` is amdegroot/ssd.pytorch's ``match``: every truth is
+    forced onto its best prior (a later truth takes a shared one), the other priors take their
+    best truth with IoU ≥ ``overlap_thresh``; a truth that overlaps no prior matches nothing
+    (ssd.pytorch forces it onto prior 0). A degenerate truth (zero width or height) has IoU 0
+    with every prior and is never matched. No gradient. See docs/detection.md.
+    """
+    fn = "match_priors"
+    if not torch.jit.is_scripting():
+        V.tensor(fn, "priors", priors)
+        V.tensor(fn, "targets", targets)
+        overlap_thresh = V.number(fn, "overlap_thresh", overlap_thresh)
+        _matching_type(fn, matching)
+    _check_priors_targets(fn, priors, targets, -1)
+    V.check_range(fn, "overlap_thresh", overlap_thresh, 0.0, 1.0, False)
+    mode = _matching_enum(fn, matching)
+    args = (priors.detach().to(torch.float64), targets.detach().to(torch.float64), overlap_thresh, mode)
+    if torch.jit.is_scripting():
+        overlaps, matches = torch.ops.lossext.match_priors(*args)
+    else:
+        overlaps, matches = _eager_call(fn, "match_priors", *args, value_errors=_MULTIBOX_VALUE_ERRORS)
+    return matches, overlaps
+
+
+def ssd_multibox_loss(loc: Tensor, conf: Tensor, priors: Tensor, targets: Tensor, overlap_thresh: float = 0.5,
+                      neg_pos_ratio: float = 3.0, neg_overlap: float = 0.5,
+                      variances: Tuple[float, float] = (0.1, 0.2), matching: str = "bipartite",
+                      reduction: str = "mean") -> Tuple[Tensor, Tensor]:
+    r"""SSD's multibox loss (Liu et al., ECCV 2016, Eq. 1-3; the authors' Caffe
+    MultiBoxLossLayer), one fused op on the CPU and CUDA: matching, encoding, hard negative
+    mining and both terms.
+
+    - ``loc`` [B, P, 4]: the predicted offsets; ``conf`` [B, P, C]: class logits, class 0 the
+      background; ``priors`` [P, 4] (cx, cy, w, h).
+    - ``targets`` [B, T, 5]: rows (x1, y1, x2, y2, label), label in [0, C − 1) without the
+      background (its class is label + 1), padding rows label −1 anywhere.
+
+    The priors are matched as :func:`match_priors` (``matching``); each positive's truth is
+    encoded center-size with ``variances`` (v_c, v_s): ((g_cx − p_cx)/(v_c p_w), (g_cy −
+    p_cy)/(v_c p_h), log(g_w/p_w)/v_s, log(g_h/p_h)/v_s). loss_loc is smooth L1 over the
+    positives' offsets; loss_conf the softmax cross-entropy over the positives and the hardest
+    negatives, per image at most ⌊neg_pos_ratio · positives⌋ of the unmatched priors whose best
+    IoU is below ``neg_overlap`` (ranked by their exact cross-entropy; ties to the lower prior).
+    'mean' divides both batch sums by max(total positives, 1) (Caffe's VALID normalization);
+    'sum' returns the sums, 'none' the per-image sums [B] (not normalized). A batch without
+    positives gives 0 and zero gradients. Returns ``(loss_loc, loss_conf)``. A label ≥ C − 1
+    raises IndexError, an inverted or non-finite box ValueError (CPU; CUDA does not read them
+    back). Gradients flow to ``loc`` and ``conf`` only. See docs/detection.md.
+    """
+    fn = "ssd_multibox_loss"
+    if not torch.jit.is_scripting():
+        (loc, conf), (overlap_thresh, neg_pos_ratio, neg_overlap), variances, reduction = _multibox_eager(
+            fn, (loc, conf), ("loc", "conf"), priors, targets,
+            (("overlap_thresh", overlap_thresh), ("neg_pos_ratio", neg_pos_ratio), ("neg_overlap", neg_overlap)),
+            variances, reduction)
+        _matching_type(fn, matching)
+    V.check_float_tensor(fn, "loc", loc)
+    if loc.dim() != 3 or loc.shape[2] != 4:
+        raise ValueError(fn + ": loc must have shape [B, P, 4] (images, priors, offsets), got " + str(list(loc.shape)))
+    _check_head(fn, "conf", conf, "loc", loc, loc.shape[0], loc.shape[1], -1)
+    _check_priors_targets(fn, priors, targets, loc.shape[0])
+    if priors.shape[0] != loc.shape[1]:
+        raise ValueError(fn + ": priors has " + str(priors.shape[0]) + " priors but loc has " + str(loc.shape[1]))
+    V.check_device(fn, "priors", priors, "loc", loc)
+    _check_multibox(fn, overlap_thresh, neg_pos_ratio, neg_overlap, variances)
+    mode = _matching_enum(fn, matching)
+    red = V.reduction_enum(fn, reduction)
+    ll, lc, npos = _multibox_call(fn, loc, conf, priors, targets, None, None, overlap_thresh, neg_pos_ratio,
+                                  neg_overlap, variances, mode, 0.0, False)
+    return _multibox_reduce(ll, lc, npos, red)
+
+
+def refinedet_multibox_loss(arm_loc: Tensor, arm_conf: Tensor, odm_loc: Tensor, odm_conf: Tensor, priors: Tensor,
+                            targets: Tensor, overlap_thresh: float = 0.5, neg_pos_ratio: float = 3.0,
+                            neg_overlap: float = 0.5, variances: Tuple[float, float] = (0.1, 0.2),
+                            objectness_thresh: float = 0.01,
+                            reduction: str = "mean") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""RefineDet's two multibox losses (Zhang et al., CVPR 2018; the authors' Caffe code,
+    sfzhang15/RefineDet), two fused op calls on the CPU and CUDA.
+
+    - ``arm_loc`` [B, P, 4], ``arm_conf`` [B, P, 2]: the anchor refinement module's offsets
+      and object/background logits; ``odm_loc`` [B, P, 4], ``odm_conf`` [B, P, C]: the object
+      detection module's; ``priors`` [P, 4] (cx, cy, w, h); ``targets`` as
+      :func:`ssd_multibox_loss`'s.
+
+    The ARM term is a binary multibox loss on the priors (every object's class is 1). The ODM
+    matches the truths against the anchors refined by ``arm_loc`` (decoded with the prior
+    variances, not clipped, detached: no gradient from the ODM reaches the ARM) and encodes its
+    targets relative to them; a prior is an eligible ODM negative only if its ARM objectness
+    softmax(arm_conf)[..., 1] ≥ ``objectness_thresh`` (negative anchor filtering, applied to
+    negatives only). Matching is the authors' bipartite rule (:func:`match_priors`). Returns
+    ``(arm_loc_loss, arm_conf_loss, odm_loc_loss, odm_conf_loss)``, each pair over its own
+    max(positives, 1) for 'mean' ('sum': sums, 'none': per-image sums [B]). Gradients flow to
+    the four heads only. See docs/detection.md for the Caffe lines and luuuyi/RefineDet.PyTorch's
+    differences.
+    """
+    fn = "refinedet_multibox_loss"
+    if not torch.jit.is_scripting():
+        heads, (overlap_thresh, neg_pos_ratio, neg_overlap, objectness_thresh), variances, reduction = \
+            _multibox_eager(fn, (arm_loc, arm_conf, odm_loc, odm_conf), ("arm_loc", "arm_conf", "odm_loc", "odm_conf"),
+                            priors, targets, (("overlap_thresh", overlap_thresh), ("neg_pos_ratio", neg_pos_ratio),
+                                              ("neg_overlap", neg_overlap), ("objectness_thresh", objectness_thresh)),
+                            variances, reduction)
+        arm_loc, arm_conf, odm_loc, odm_conf = heads
+    V.check_float_tensor(fn, "arm_loc", arm_loc)
+    if arm_loc.dim() != 3 or arm_loc.shape[2] != 4:
+        raise ValueError(fn + ": arm_loc must have shape [B, P, 4] (images, priors, offsets), got "
+                         + str(list(arm_loc.shape)))
+    b, p = arm_loc.shape[0], arm_loc.shape[1]
+    _check_head(fn, "arm_conf", arm_conf, "arm_loc", arm_loc, b, p, 2)
+    _check_head(fn, "odm_loc", odm_loc, "arm_loc", arm_loc, b, p, 4)
+    _check_head(fn, "odm_conf", odm_conf, "arm_loc", arm_loc, b, p, -1)
+    _check_priors_targets(fn, priors, targets, b)
+    if priors.shape[0] != p:
+        raise ValueError(fn + ": priors has " + str(priors.shape[0]) + " priors but arm_loc has " + str(p))
+    V.check_device(fn, "priors", priors, "arm_loc", arm_loc)
+    _check_multibox(fn, overlap_thresh, neg_pos_ratio, neg_overlap, variances)
+    if math.isnan(objectness_thresh):
+        raise ValueError(fn + ": objectness_thresh must not be NaN")
+    red = V.reduction_enum(fn, reduction)
+    al, ac, anp = _multibox_call(fn, arm_loc, arm_conf, priors, targets, None, None, overlap_thresh, neg_pos_ratio,
+                                 neg_overlap, variances, 0, 0.0, True)
+    ol, oc, onp = _multibox_call(fn, odm_loc, odm_conf, priors, targets, arm_loc.detach(), arm_conf.detach(),
+                                 overlap_thresh, neg_pos_ratio, neg_overlap, variances, 0, objectness_thresh, False)
+    al, ac = _multibox_reduce(al, ac, anp, red)
+    ol, oc = _multibox_reduce(ol, oc, onp, red)
+    return al, ac, ol, oc

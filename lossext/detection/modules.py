@@ -1,6 +1,6 @@
 """Detection loss Modules. Their reduction defaults to 'mean', as torch.nn's losses (and mmdet's
 FocalLoss); the functions keep torchvision's 'none' where they follow torchvision."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from .._core import validation as V
 from . import functional as F
 
-__all__ = ["YOLOv2RegionLoss", "SigmoidFocalLoss", "SoftmaxFocalLoss", "BoxIoULoss"]
+__all__ = ["YOLOv2RegionLoss", "SigmoidFocalLoss", "SoftmaxFocalLoss", "BoxIoULoss", "SSDMultiboxLoss",
+           "RefineDetMultiboxLoss"]
 
 
 class SigmoidFocalLoss(nn.Module):
@@ -146,3 +147,77 @@ class YOLOv2RegionLoss(nn.Module):
                 f"coord_scale={self.coord_scale}, thresh={self.thresh}, rescore={self.rescore}, "
                 f"bias_match={self.bias_match}, warmup_images={self.warmup_images}, "
                 f"scale_coord_by_size={self.scale_coord_by_size}, reduction={self.reduction!r}")
+
+
+def _priors_buffer(n, priors):
+    p = priors.detach().clone() if isinstance(priors, torch.Tensor) else torch.tensor(priors, dtype=torch.float64)
+    if not p.is_floating_point() or p.dim() != 2 or p.shape[1] != 4:
+        raise ValueError(f"{n}: priors must be a floating [P, 4] tensor of (cx, cy, w, h), got {p.dtype} of shape "
+                         f"{list(p.shape)}")
+    return p
+
+
+class _MultiboxBase(nn.Module):
+    def _set(self, n, priors, overlap_thresh, neg_pos_ratio, neg_overlap, variances, reduction):
+        self.register_buffer("priors", _priors_buffer(n, priors))
+        self.overlap_thresh = V.check_range(n, "overlap_thresh", V.number(n, "overlap_thresh", overlap_thresh), 0.0,
+                                            1.0, False)
+        self.neg_pos_ratio = V.check_range(n, "neg_pos_ratio", V.number(n, "neg_pos_ratio", neg_pos_ratio), 0.0,
+                                           float("inf"), True)
+        self.neg_overlap = V.number(n, "neg_overlap", neg_overlap)
+        if self.neg_overlap != self.neg_overlap:
+            raise ValueError(f"{n}: neg_overlap must not be NaN")
+        if not isinstance(variances, (tuple, list)) or len(variances) != 2:
+            raise TypeError(f"{n}: variances must be a pair (center, size) of real numbers, got {variances!r}")
+        self.variances = (V.check_positive(n, "variances[0]", V.number(n, "variances[0]", variances[0])),
+                          V.check_positive(n, "variances[1]", V.number(n, "variances[1]", variances[1])))
+        self.reduction = V.reduction(n, reduction)
+
+    def _repr(self):
+        return (f"priors={self.priors.shape[0]}, overlap_thresh={self.overlap_thresh}, "
+                f"neg_pos_ratio={self.neg_pos_ratio}, neg_overlap={self.neg_overlap}, variances={self.variances}")
+
+
+class SSDMultiboxLoss(_MultiboxBase):
+    """SSD's multibox loss; the priors [P, 4] (cx, cy, w, h) are a buffer. forward(loc, conf,
+    targets) -> (loss_loc, loss_conf). See :func:`lossext.functional.ssd_multibox_loss`."""
+
+    def __init__(self, priors, overlap_thresh=0.5, neg_pos_ratio=3.0, neg_overlap=0.5, variances=(0.1, 0.2),
+                 matching="bipartite", reduction="mean"):
+        super().__init__()
+        n = "SSDMultiboxLoss"
+        self._set(n, priors, overlap_thresh, neg_pos_ratio, neg_overlap, variances, reduction)
+        F._matching_type(n, matching)
+        F._matching_enum(n, matching)
+        self.matching = matching
+
+    def forward(self, loc: Tensor, conf: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+        return F.ssd_multibox_loss(loc, conf, self.priors, targets, self.overlap_thresh, self.neg_pos_ratio,
+                                   self.neg_overlap, self.variances, self.matching, self.reduction)
+
+    def extra_repr(self):
+        return self._repr() + f", matching={self.matching!r}, reduction={self.reduction!r}"
+
+
+class RefineDetMultiboxLoss(_MultiboxBase):
+    """RefineDet's ARM and ODM multibox losses; the priors [P, 4] (cx, cy, w, h) are a buffer.
+    forward(arm_loc, arm_conf, odm_loc, odm_conf, targets) -> (arm_loc_loss, arm_conf_loss,
+    odm_loc_loss, odm_conf_loss). See :func:`lossext.functional.refinedet_multibox_loss`."""
+
+    def __init__(self, priors, overlap_thresh=0.5, neg_pos_ratio=3.0, neg_overlap=0.5, variances=(0.1, 0.2),
+                 objectness_thresh=0.01, reduction="mean"):
+        super().__init__()
+        n = "RefineDetMultiboxLoss"
+        self._set(n, priors, overlap_thresh, neg_pos_ratio, neg_overlap, variances, reduction)
+        self.objectness_thresh = V.number(n, "objectness_thresh", objectness_thresh)
+        if self.objectness_thresh != self.objectness_thresh:
+            raise ValueError(f"{n}: objectness_thresh must not be NaN")
+
+    def forward(self, arm_loc: Tensor, arm_conf: Tensor, odm_loc: Tensor, odm_conf: Tensor,
+                targets: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        return F.refinedet_multibox_loss(arm_loc, arm_conf, odm_loc, odm_conf, self.priors, targets,
+                                         self.overlap_thresh, self.neg_pos_ratio, self.neg_overlap, self.variances,
+                                         self.objectness_thresh, self.reduction)
+
+    def extra_repr(self):
+        return self._repr() + f", objectness_thresh={self.objectness_thresh}, reduction={self.reduction!r}"

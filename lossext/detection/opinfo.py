@@ -875,15 +875,7 @@ def _region_fuzz(draw, device):
         out = out[:, 1:]
         error = ValueError, rf"^{fn}: output has {out.shape[1]} channels, but A \* \(5 \+ num_classes\) = "
     elif bad == "targets":
-        how = draw(st.sampled_from(["type", "dtype", "shape"]))
-        if how == "type":
-            tg, error = F.not_a_tensor(draw, fn, "targets")
-        elif how == "dtype":
-            tg = tg.long()
-            error = TypeError, rf"^{fn}: targets must be floating \(class, x, y, w, h\) rows, got torch.int64$"
-        else:
-            tg = tg[..., :4]
-            error = ValueError, rf"^{fn}: targets must have shape \[{b}, T, 5\] \(class, x, y, w, h\), got "
+        tg, error = F.bad_targets(draw, fn, tg, b, "(class, x, y, w, h)")
     elif bad in ("class", "box") and b and t:
         k = draw(st.integers(0, t - 1))
         if bad == "class":
@@ -937,3 +929,8 @@ _REGION_ROW = OpInfo(
          torch.bfloat16: (5e-2, 5e-2)},
 )
 OP_ROWS.insert(0, _REGION_ROW)
+
+# the multibox losses (SSD, RefineDet): their own module
+from .multibox_opinfo import ROWS as _MULTIBOX_ROWS  # noqa: E402
+
+OP_ROWS += _MULTIBOX_ROWS

@@ -181,3 +181,73 @@ register_autograd("yolov2_region_loss", setup_context=_region_setup, backward=_r
                   what="lossext.yolov2_region_loss")
 amp.register("yolov2_region_loss", "fp32")
 refuse_double_backward("yolov2_region_loss", ["yolov2_region_loss_backward"])
+
+
+# ---- prior matching and the multibox losses (SSD, RefineDet) ----------------------------------
+# match_priors(priors f64 [P, 4], targets f64 [B, T, 5], overlap_thresh, matching) -> (overlaps f64
+#     [B, P], matches int64 [B, P]): no gradient (integer matches, overlaps of constant boxes).
+# multibox_loss(loc, conf, priors, targets, arm_loc?, arm_conf?, overlap_thresh, neg_pos_ratio,
+#     neg_overlap, variance_center, variance_size, matching, objectness_thresh, binary)
+#     -> (loss_loc [B], loss_conf [B], num_pos int64 [B], grad_loc, grad_conf): per-image sums and
+#     the gradients of their sums; multibox_loss_backward(g_loss_loc [B], g_loss_conf [B], grad_loc,
+#     grad_conf, loc, conf) scales them per image. Gradients flow to loc and conf only (arm_loc and
+#     arm_conf, RefineDet's ODM inputs, are constants there).
+
+@torch.library.register_fake("lossext::match_priors")
+def _(priors, targets, overlap_thresh, matching):
+    check_same_device("match_priors", "priors", priors, ("targets", targets))
+    shape = (targets.shape[0], priors.shape[0])
+    return priors.new_empty(shape, dtype=torch.float64), priors.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("lossext::multibox_loss")
+def _(loc, conf, priors, targets, arm_loc, arm_conf, *params):
+    check_same_device("multibox_loss", "loc", loc, ("conf", conf), ("priors", priors), ("targets", targets),
+                      ("arm_loc", arm_loc), ("arm_conf", arm_conf))
+    b = loc.shape[0]
+    return (loc.new_empty((b,)), loc.new_empty((b,)), loc.new_empty((b,), dtype=torch.int64),
+            torch.empty_like(loc, memory_format=torch.contiguous_format),
+            torch.empty_like(conf, memory_format=torch.contiguous_format))
+
+
+@torch.library.register_fake("lossext::multibox_loss_backward")
+def _(g_loc, g_conf, grad_loc, grad_conf, loc, conf):
+    check_same_device("multibox_loss_backward", "grad_loc", grad_loc, ("grad_conf", grad_conf),
+                      ("grad_loss_loc", g_loc), ("grad_loss_conf", g_conf), ("loc", loc), ("conf", conf))
+    return (torch.empty_like(grad_loc, memory_format=torch.contiguous_format),
+            torch.empty_like(grad_conf, memory_format=torch.contiguous_format))
+
+
+def _multibox_setup(ctx, inputs, output):
+    ctx.n_inputs = len(inputs)
+    ctx.mark_non_differentiable(output[2], output[3], output[4])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[3], output[4], inputs[0], inputs[1])
+    ctx.save_for_forward(output[3], output[4], inputs[0], inputs[1])
+
+
+def _multibox_backward(ctx, g_loc, g_conf, *_rest):
+    grad_loc, grad_conf, loc, conf = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    none = (None,) * (ctx.n_inputs - 2)
+    if (g_loc is None and g_conf is None) or not (need[0] or need[1]):
+        return (None, None) + none
+    b = loc.shape[0]
+    g_loc = g_loc if g_loc is not None else loc.new_zeros((b,))
+    g_conf = g_conf if g_conf is not None else loc.new_zeros((b,))
+    gl, gc = call_op("multibox_loss_backward", g_loc, g_conf, grad_loc, grad_conf, loc, conf)
+    return (gl if need[0] else None, gc if need[1] else None) + none
+
+
+def _multibox_jvp(ctx, t_loc, t_conf, *_rest):
+    grad_loc, grad_conf, _loc, _conf = ctx.saved_tensors
+    b = grad_loc.shape[0]
+    tl = (grad_loc * t_loc).flatten(1).sum(1) if t_loc is not None else grad_loc.new_zeros((b,))
+    tc = (grad_conf * t_conf).flatten(1).sum(1) if t_conf is not None else grad_loc.new_zeros((b,))
+    return tl, tc, None, None, None
+
+
+register_autograd("multibox_loss", setup_context=_multibox_setup, backward=_multibox_backward, jvp=_multibox_jvp,
+                  what="lossext.multibox_loss")
+amp.register("multibox_loss", "fp32")
+refuse_double_backward("multibox_loss", ["multibox_loss_backward"])

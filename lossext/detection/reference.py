@@ -6,10 +6,18 @@ import torch
 
 from .._core.reference import reduce as _reduce
 
+from .multibox_composite import (match_priors_composite, refinedet_multibox_loss_composite,
+                                 ssd_multibox_loss_composite, ssd_multibox_loss_image_loop)
+from .multibox_reference import match_priors, refinedet_multibox_loss, ssd_multibox_loss
 from .region_reference import region_loss_composite, region_loss_darknet, region_loss_image_loop
 
 __all__ = ["yolov2_region_loss", "yolov2_region_loss_darknet", "yolov2_region_loss_image_loop",
-           "sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss"]
+           "sigmoid_focal_loss", "softmax_focal_loss", "box_iou_loss",
+           # the multibox losses: the per-image float64 references of the authors' Caffe rules
+           # (multibox_reference.py) and the benchmarks' vectorized composites and per-image-loop
+           # port (multibox_composite.py)
+           "match_priors", "ssd_multibox_loss", "refinedet_multibox_loss", "match_priors_composite",
+           "ssd_multibox_loss_composite", "refinedet_multibox_loss_composite", "ssd_multibox_loss_image_loop"]
 
 # The region loss: the vectorized float64-capable composite is the generic tests' reference (it
 # matches the line-by-line port of darknet's loops, region_loss_darknet, to 1e-10: tests/
@@ -36,8 +44,13 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none",
     # Lin et al., ICCV 2017, Eq. (5) with alpha_t (Sec. 3.2), soft targets as torchvision's
     p = torch.sigmoid(inputs)
     # BCE with logits, y softplus(-x) + (1 - y) softplus(x) (torch's log(exp(-m) + exp(-x - m))
-    # loses digits at large |x|; this form is exact at +-inf and smooth at 0)
-    ce = targets * _softplus(-inputs) + (1 - targets) * _softplus(inputs)
+    # loses digits at large |x|; this form is exact at +-inf and smooth at 0); a term whose factor
+    # is exactly 0 is 0, the limit, where 0 * softplus(+-inf) = 0 * inf would give NaN (a hard
+    # label at a saturated logit; the kernels' rule, focal_math.h)
+    def term(w, sp):  # (an infinite sp masked, not the product: d/dw keeps sp where it is finite)
+        return w * torch.where((w == 0) & torch.isinf(sp), torch.zeros_like(sp), sp)
+
+    ce = term(targets, _softplus(-inputs)) + term(1 - targets, _softplus(inputs))
     m = p * (1 - targets) + torch.sigmoid(-inputs) * targets  # 1 - p_t
     loss = ce * m ** gamma
     if alpha >= 0:

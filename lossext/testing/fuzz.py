@@ -326,6 +326,18 @@ def not_float(draw, fn, name, shp, device, message="float16, bfloat16, float32 o
                           rf"got {re.escape(str(dt))}$")
 
 
+def bad_targets(draw, fn, tg, batch, rows):
+    """(a bad [batch, T, 5] box-targets argument, expected error): not a tensor, integer rows,
+    or 4 columns; `rows` is the message's column list, e.g. "(class, x, y, w, h)"."""
+    how = draw(st.sampled_from(["type", "dtype", "shape"]))
+    if how == "type":
+        return not_a_tensor(draw, fn, "targets")
+    if how == "dtype":
+        return tg.long(), (TypeError, rf"^{re.escape(fn)}: targets must be floating {re.escape(rows)} rows, "
+                                      rf"got torch.int64$")
+    return tg[..., :4], (ValueError, rf"^{re.escape(fn)}: targets must have shape \[{batch}, T, 5\]")
+
+
 def on_meta(fn, name, like, like_name, shp=None, dt=None):
     """(a tensor on the meta device, expected error: on another device than `like`)."""
     t = torch.empty(like.shape if shp is None else shp, dtype=dt or like.dtype, device="meta")
