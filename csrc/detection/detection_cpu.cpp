@@ -121,24 +121,19 @@ int64_t count_kept(const FocalProblem& p) {
   return n;
 }
 
-// One row's softmax statistics: the max and the sum of exp(z - max), in a fixed order.
-template <class A, class scalar_t>
-struct RowStats {
-  A m, sum;
-};
+// The rows run in blocks of kRowBlock: a first loop takes each row's softmax statistics (its
+// max and sum of exp(z - max), the target's z_t - max and the class factor) into the block's
+// arrays, and the focal math of the rows (a log, an expm1, a power) then runs vectorized across
+// the block, where one row at a time it cost as much as the row's exps. Ignored rows get
+// factor 0 and the statistics of p_t = 1 (lp = 0): their terms are 0, never a read of the row.
+constexpr int64_t kRowBlock = 256;
 
-// The max skips NaN (a NaN logit makes its exp, so the sum and the loss, NaN). kContig: S = 1
-// (classification rows), contiguous loads; else the class stride S ([N, C, d...] logits).
-template <class A, bool kContig, class scalar_t>
-inline RowStats<A, scalar_t> row_stats(const scalar_t* __restrict z, int64_t C, int64_t S) {
-  const int64_t st = kContig ? 1 : S;
-  A m = static_cast<A>(z[0]);
-#pragma omp simd reduction(max : m)
-  for (int64_t c = 1; c < C; ++c) m = std::max(m, static_cast<A>(z[c * st]));
-  const A mm = m;
-  const A sum = cpu_detail::lane_sum<A>(0, C, [&](int64_t c) { return math::exp_softmax(static_cast<A>(z[c * st]) - mm); });
-  return {m, sum};
-}
+template <class A>
+struct RowBlock {
+  A zt[kRowBlock];   // z_t - max
+  A sum[kRowBlock];  // sum of exp(z - max)
+  A f[kRowBlock];    // w_t alpha_t, 0 for an ignored row
+};
 
 // The row's class factor w_t alpha_t (1 where neither is given).
 template <class A, class scalar_t>
@@ -149,6 +144,39 @@ inline A class_factor(const scalar_t* alpha, const scalar_t* weight, int64_t t) 
   return f;
 }
 
+// Rows [b, e) of one block into blk. The max skips NaN (a NaN logit makes its exp, so the sum
+// and the loss, NaN). kContig: S = 1 (classification rows), contiguous loads; else the class
+// stride S ([N, C, d...] logits). kStore: exp(z_c - max) of row r also goes to ev + (r - b) C.
+template <class A, bool kContig, bool kStore, class scalar_t>
+inline void block_stats(const FocalProblem& p, const scalar_t* __restrict z, const int64_t* tg, const scalar_t* al,
+                        const scalar_t* wt, int64_t b, int64_t e, RowBlock<A>& blk, A* __restrict ev) {
+  const int64_t C = p.C, S = p.S, st = kContig ? 1 : S;
+  for (int64_t r = b; r < e; ++r) {
+    const int64_t i = r - b, t = tg[r];
+    if (t == p.ignore_index) {
+      blk.zt[i] = A(0), blk.sum[i] = A(1), blk.f[i] = A(0);
+      continue;
+    }
+    const scalar_t* zr = z + (r / S) * C * S + r % S;
+    A m = static_cast<A>(zr[0]);
+#pragma omp simd reduction(max : m)
+    for (int64_t c = 1; c < C; ++c) m = std::max(m, static_cast<A>(zr[c * st]));
+    const A mm = m;
+    A* __restrict er = kStore ? ev + i * C : nullptr;
+    blk.sum[i] = cpu_detail::lane_sum<A>(0, C, [&](int64_t c) {
+      const A v = math::exp_softmax(static_cast<A>(zr[c * st]) - mm);
+      if constexpr (kStore) er[c] = v;
+      return v;
+    });
+    blk.zt[i] = static_cast<A>(zr[t * st]) - mm;
+    blk.f[i] = class_factor<A>(al, wt, t);
+  }
+}
+
+// Rows per block: kRowBlock, fewer for wide rows so that the backward's exps (rows x C) stay
+// within about 64 KiB.
+inline int64_t rows_per_block(int64_t C) { return std::clamp<int64_t>(16384 / std::max<int64_t>(C, 1), 1, kRowBlock); }
+
 template <class scalar_t, bool kContig>
 void focal_forward_t(const FocalProblem& p, Tensor& loss) {
   using A = acc_t<scalar_t>;
@@ -157,33 +185,33 @@ void focal_forward_t(const FocalProblem& p, Tensor& loss) {
   const int64_t* tg = ptr<const int64_t>(p.target);
   const scalar_t* al = opt_ptr<scalar_t>(p.alpha);
   const scalar_t* wt = opt_ptr<scalar_t>(p.weight);
-  const int64_t rows = p.N * p.S, C = p.C, S = p.S;
+  const int64_t rows = p.N * p.S;
   const A gamma = static_cast<A>(p.gamma);
-  auto row_loss = [&](int64_t r) -> A {
-    const int64_t t = tg[r];
-    if (t == p.ignore_index) return A(0);
-    const scalar_t* zr = z + (r / S) * C * S + r % S;
-    const auto st = row_stats<A, kContig>(zr, C, S);
-    const A lp = static_cast<A>(zr[t * S]) - st.m - math::log(st.sum);
-    return class_factor<A>(al, wt, t) * focal_value(lp, gamma);
-  };
-  if (p.reduction == Reduction::None) {
-    scalar_t* out = ptr<scalar_t>(loss);
-    for_chunks(rows, C, [&](int64_t, int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) out[r] = static_cast<scalar_t>(row_loss(r));
-    });
-    return;
-  }
-  std::vector<double> partial((rows + kChunk - 1) / kChunk, 0.0);
-  for_chunks(rows, C, [&](int64_t c, int64_t b, int64_t e) {
+  const bool per_row = p.reduction == Reduction::None;
+  scalar_t* out = ptr<scalar_t>(loss);
+  std::vector<double> partial(per_row ? 0 : (rows + kChunk - 1) / kChunk, 0.0);
+  for_chunks(rows, p.C, [&](int64_t c, int64_t b, int64_t e) {
+    RowBlock<A> blk;
+    A v[kRowBlock];
     double s = 0.0;
-    for (int64_t r = b; r < e; ++r) s += double(row_loss(r));
-    partial[c] = s;
+    for (int64_t bb = b; bb < e; bb += kRowBlock) {
+      const int64_t n = std::min(kRowBlock, e - bb);
+      block_stats<A, kContig, false>(p, z, tg, al, wt, bb, bb + n, blk, nullptr);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) v[i] = blk.f[i] * focal_value(blk.zt[i] - math::log(blk.sum[i]), gamma);
+      if (per_row) {
+        for (int64_t i = 0; i < n; ++i) out[bb + i] = static_cast<scalar_t>(v[i]);
+      } else {
+        for (int64_t i = 0; i < n; ++i) s += double(v[i]);  // in row order
+      }
+    }
+    if (!per_row) partial[c] = s;
   });
+  if (per_row) return;
   const double total = sum_in_order(partial);
   // 'mean': over the rows not ignored (0 / 0 = NaN when every row is, as F.cross_entropy)
   const double r = p.reduction == Reduction::Mean ? total / double(count_kept(p)) : total;
-  *ptr<scalar_t>(loss) = static_cast<scalar_t>(r);
+  *out = static_cast<scalar_t>(r);
 }
 
 template <class scalar_t, bool kContig>
@@ -196,41 +224,38 @@ void focal_backward_t(const FocalProblem& p, const Tensor& grad_output, Tensor& 
   const scalar_t* wt = opt_ptr<scalar_t>(p.weight);
   const scalar_t* go = ptr<const scalar_t>(grad_output);
   scalar_t* g = ptr<scalar_t>(grad);
-  const int64_t rows = p.N * p.S, C = p.C, S = p.S;
+  const int64_t rows = p.N * p.S, C = p.C, S = p.S, st = kContig ? 1 : S;
   const A gamma = static_cast<A>(p.gamma);
   const bool per_row = p.reduction == Reduction::None;
   const double scale = p.reduction == Reduction::Mean ? 1.0 / double(count_kept(p)) : 1.0;
   const A go0 = per_row ? A(0) : static_cast<A>(double(go[0]) * scale);
+  const int64_t rb = rows_per_block(C);
   for_chunks(rows, 2 * C, [&](int64_t, int64_t b, int64_t r_end) {
-    std::vector<A> e(static_cast<size_t>(C), A(0));
-    for (int64_t r = b; r < r_end; ++r) {
-      const int64_t off = (r / S) * C * S + r % S;
-      const scalar_t* zr = z + off;
-      scalar_t* gr = g + off;
-      const int64_t t = tg[r];
-      const int64_t st = kContig ? 1 : S;
-      if (t == p.ignore_index) {
-        for (int64_t c = 0; c < C; ++c) gr[c * st] = static_cast<scalar_t>(0.0f);
-        continue;
-      }
-      // the row's max, then exp(z_c - max) once, kept in e (a task's buffer) for its sum and p_c
-      A m = static_cast<A>(zr[0]);
-#pragma omp simd reduction(max : m)
-      for (int64_t c = 1; c < C; ++c) m = std::max(m, static_cast<A>(zr[c * st]));
-      A* __restrict ev = e.data();
-      const A mm = m;
-      const A sum = cpu_detail::lane_sum<A>(0, C, [&](int64_t c) {
-        const A v = math::exp_softmax(static_cast<A>(zr[c * st]) - mm);
-        ev[c] = v;
-        return v;
-      });
-      const A lp = static_cast<A>(zr[t * st]) - (m + math::log(sum));
-      const A up = per_row ? static_cast<A>(go[r]) : go0;
-      // dFL/dz_c = f A (delta_c - p_c)
-      const A k = up * class_factor<A>(al, wt, t) * focal_coef(lp, gamma);
-      const A inv = A(1) / sum;
+    RowBlock<A> blk;
+    A k[kRowBlock], inv[kRowBlock];
+    std::vector<A> e(static_cast<size_t>(rb * C));  // the block's exp(z_c - max), row by row
+    for (int64_t bb = b; bb < r_end; bb += rb) {
+      const int64_t n = std::min(rb, r_end - bb);
+      block_stats<A, kContig, true>(p, z, tg, al, wt, bb, bb + n, blk, e.data());
+      // dFL/dz_c = k (delta_c - p_c), k = g_r w_t alpha_t A(lp) (0 on ignored rows)
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) gr[c * st] = static_cast<scalar_t>(k * ((c == t ? A(1) : A(0)) - ev[c] * inv));
+      for (int64_t i = 0; i < n; ++i) {
+        const A up = per_row ? static_cast<A>(go[bb + i]) : go0;
+        k[i] = up * blk.f[i] * focal_coef(blk.zt[i] - math::log(blk.sum[i]), gamma);
+        inv[i] = A(1) / blk.sum[i];
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = bb + i, t = tg[r];
+        scalar_t* gr = g + (r / S) * C * S + r % S;
+        if (t == p.ignore_index) {
+          for (int64_t c = 0; c < C; ++c) gr[c * st] = static_cast<scalar_t>(0.0f);
+          continue;
+        }
+        const A* __restrict ev = e.data() + i * C;
+        const A ki = k[i], ii = inv[i];
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) gr[c * st] = static_cast<scalar_t>(ki * ((c == t ? A(1) : A(0)) - ev[c] * ii));
+      }
     }
   });
 }

@@ -10,9 +10,6 @@
 namespace lossext {
 namespace detection {
 
-LOSSEXT_HD float expm1(float x) { return ::expm1f(x); }
-LOSSEXT_HD double expm1(double x) { return ::expm1(x); }
-
 // m^g for m >= 0 (or NaN), g >= 0: 0^0 = 1 (as torch.pow), 0^g = 0.
 template <class T>
 LOSSEXT_HD T pow_nonneg(T m, T g) {
@@ -97,14 +94,14 @@ struct SigmoidFocalOp {
 template <class T>
 LOSSEXT_HD T focal_coef(T lp, T gamma) {
   const T p = math::exp(lp);
-  const T q = -detection::expm1(lp);
+  const T q = -math::expm1(lp);
   const T ratio = q > T(0) ? p * lp / q : T(-1);
   return pow_nonneg(q, gamma) * (gamma * ratio - T(1));
 }
 
 template <class T>
 LOSSEXT_HD T focal_value(T lp, T gamma) {
-  return -pow_nonneg(T(-detection::expm1(lp)), gamma) * lp;
+  return -pow_nonneg(T(-math::expm1(lp)), gamma) * lp;
 }
 
 }  // namespace detection

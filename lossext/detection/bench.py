@@ -15,7 +15,7 @@ timed interleaved by lossext.testing.benchmark, with the peak memory above the g
   baseline is the formula's composite (log_softmax, gather, pow), mmcv having no CPU kernel.
 - ssd_multibox_loss at SSD300 (B=16, P=8732, C=21, T=10) and refinedet_multibox_loss at
   RefineDet320 (P=6375), against the vectorized composites (lossext.reference.*_composite; issue
-  12 target: >= 3x with no more peak memory), and SSD against ssd.pytorch's per-image-loop
+  12 target: >= 3x with no more peak memory), and both against ssd.pytorch's per-image-loop
   structure (a second baseline); match_priors alone (forward; target >= 5x the composite).
 Without torchvision the focal and box baselines are lossext.reference's composites (said in the
 table).
@@ -106,8 +106,12 @@ def _multibox_rows(device, dtype, quick, log):
     p = pri.shape[0]
     heads = MB._heads(b, p, 2, device, dtype, gen) + MB._heads(b, p, c, device, dtype, gen)
     n = sum(h.numel() for h in heads)
-    rows.append(bench_row("refinedet_multibox_loss", f"RefineDet320 B={b} P={p} C={c} T={t}", (*heads, pri, tg), {},
+    case = f"RefineDet320 B={b} P={p} C={c} T={t}"
+    rows.append(bench_row("refinedet_multibox_loss", case, (*heads, pri, tg), {},
                           (0, 1, 2, 3), "full", 2 * n * es, n * es, device, dtype, config, log=log))
+    rows.append(bench_row("refinedet_multibox_loss", case + " vs per-image loop", (*heads, pri, tg), {},
+                          (0, 1, 2, 3), "full", 2 * n * es, n * es, device, dtype, loop_cfg,
+                          providers=("lossext", "torch"), log=log, fns={"torch": MB.refinedet_image_loop}))
     return rows
 
 
@@ -142,9 +146,9 @@ def render(rows, device, cmd):
         elif r["op"] == "softmax_focal_loss":
             lines.append(f"- softmax_focal_loss {r['case']} (no peer to match; no target in the issue): "
                          f"{B._x(r['speedup_vs_torch'])} the composite's speed, {B._x(r['speedup_vs_compile'])} "
-                         "torch.compile's: its forward and backward each pass over the row (max, exp sum), where "
-                         "the composite's log_softmax output serves its backward; a one-pass forward that "
-                         "writes the gradient is the follow-up")
+                         "torch.compile's; the rows run in blocks (each row's max and exp sum, then the focal "
+                         "math vectorized across the block's rows), and the forward and the backward each "
+                         "take the rows' exps, where the composite's backward reuses its log_softmax")
         elif r["op"] in ("ssd_multibox_loss", "refinedet_multibox_loss", "match_priors"):
             if "loop" in r["case"]:
                 lines.append(f"- {r['op']} {r['case']}: {B._x(r['speedup_vs_torch'])} faster than the per-image-loop "

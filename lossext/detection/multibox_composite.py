@@ -149,34 +149,52 @@ def ssd_multibox_loss_composite(loc, conf, priors, targets, overlap_thresh=0.5, 
     return _reduce(*_losses(loc, conf, pri, tg, match, ov, neg_pos_ratio, neg_overlap, variances, False), reduction)
 
 
-def ssd_multibox_loss_image_loop(loc, conf, priors, targets, overlap_thresh=0.5, neg_pos_ratio=3, neg_overlap=0.5,
-                                 variances=(0.1, 0.2), matching="bipartite", reduction="mean"):
-    """ssd.pytorch's structure: a Python loop matching one image at a time (its `for idx in
-    range(num)` over `match`), then the mining and both losses batched."""
-    pri = priors.detach()
-    tg = targets.detach().to(pri.dtype)
+def _match_image_loop(anchors, tg, thresh, matching):
+    """ssd.pytorch's structure: `match` called one image at a time (its `for idx in range(num)`);
+    anchors [P, 4] or, refined per image, [B, P, 4]."""
     ms, os_ = [], []
     for b in range(tg.shape[0]):
-        m, o = _match(pri, tg[b:b + 1], overlap_thresh, matching)
+        m, o = _match(anchors if anchors.dim() == 2 else anchors[b], tg[b:b + 1], thresh, matching)
         ms.append(m)
         os_.append(o)
-    B, P = loc.shape[0], loc.shape[1]
-    match = torch.cat(ms) if ms else torch.zeros(0, P, dtype=torch.int64, device=loc.device)
-    ov = torch.cat(os_) if os_ else pri.new_zeros(0, P)
+    P = anchors.shape[-2]
+    match = torch.cat(ms) if ms else torch.zeros(0, P, dtype=torch.int64, device=anchors.device)
+    ov = torch.cat(os_) if os_ else anchors.new_zeros(0, P)
+    return match, ov
+
+
+def ssd_multibox_loss_image_loop(loc, conf, priors, targets, overlap_thresh=0.5, neg_pos_ratio=3, neg_overlap=0.5,
+                                 variances=(0.1, 0.2), matching="bipartite", reduction="mean"):
+    """ssd.pytorch's structure: a Python loop matching one image at a time, then the mining and
+    both losses batched."""
+    pri = priors.detach()
+    tg = targets.detach().to(pri.dtype)
+    match, ov = _match_image_loop(pri, tg, overlap_thresh, matching)
     return _reduce(*_losses(loc, conf, pri, tg, match, ov, neg_pos_ratio, neg_overlap, variances, False), reduction)
 
 
 def refinedet_multibox_loss_composite(arm_loc, arm_conf, odm_loc, odm_conf, priors, targets, overlap_thresh=0.5,
                                       neg_pos_ratio=3, neg_overlap=0.5, variances=(0.1, 0.2),
-                                      objectness_thresh=0.01, reduction="mean"):
+                                      objectness_thresh=0.01, reduction="mean", _match_fn=_match):
     pri = priors.detach()
     tg = targets.detach().to(pri.dtype)
-    match, ov = _match(pri, tg, overlap_thresh, "bipartite")
+    match, ov = _match_fn(pri, tg, overlap_thresh, "bipartite")
     arm = _reduce(*_losses(arm_loc, arm_conf, pri, tg, match, ov, neg_pos_ratio, neg_overlap, variances, True),
                   reduction)
     anchors = _decode(pri, arm_loc.detach().to(pri.dtype), variances[0], variances[1])
-    match, ov = _match(anchors, tg, overlap_thresh, "bipartite")
+    match, ov = _match_fn(anchors, tg, overlap_thresh, "bipartite")
     obj = torch.softmax(arm_conf.detach(), -1)[..., 1]
     odm = _reduce(*_losses(odm_loc, odm_conf, anchors, tg, match, ov, neg_pos_ratio, neg_overlap, variances, False,
                            obj, objectness_thresh), reduction)
     return arm + odm
+
+
+def refinedet_multibox_loss_image_loop(arm_loc, arm_conf, odm_loc, odm_conf, priors, targets, overlap_thresh=0.5,
+                                       neg_pos_ratio=3, neg_overlap=0.5, variances=(0.1, 0.2),
+                                       objectness_thresh=0.01, reduction="mean"):
+    """The PyTorch RefineDet ports' structure (ssd.pytorch's): both matches, against the priors
+    for the ARM and against each image's refined anchors for the ODM, one image at a time in
+    Python; the rest batched as the composite."""
+    return refinedet_multibox_loss_composite(arm_loc, arm_conf, odm_loc, odm_conf, priors, targets, overlap_thresh,
+                                             neg_pos_ratio, neg_overlap, variances, objectness_thresh, reduction,
+                                             _match_fn=_match_image_loop)

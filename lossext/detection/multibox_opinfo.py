@@ -136,6 +136,11 @@ def refinedet_composite(*args, **kwargs):
     return sum(MC.refinedet_multibox_loss_composite(*args, **kwargs))
 
 
+def refinedet_image_loop(*args, **kwargs):
+    """RefineDet's second baseline, summed: both matches one image at a time."""
+    return sum(MC.refinedet_multibox_loss_image_loop(*args, **kwargs))
+
+
 class SSDMultiboxLoss(LN.SSDMultiboxLoss):
     """lossext.nn.SSDMultiboxLoss returning the sum of its losses (the generic tests' one output)."""
 
