@@ -11,6 +11,7 @@
 
 #include <optional>
 #include <sstream>
+#include <vector>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -50,6 +51,13 @@ inline std::string shape_str(const Tensor& t) {
   for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
   s << "]";
   return s.str();
+}
+
+// A tensor's sizes, for torch::stable::empty.
+inline std::vector<int64_t> sizes_of(const Tensor& t) {
+  std::vector<int64_t> s(static_cast<size_t>(t.dim()));
+  for (int64_t i = 0; i < t.dim(); ++i) s[static_cast<size_t>(i)] = t.size(i);
+  return s;
 }
 
 inline bool is_supported_float(ScalarType st) {

@@ -115,12 +115,6 @@ inline BoxProblem prepare_box(const char* op, const Tensor& boxes1, const Tensor
   return p;
 }
 
-inline std::vector<int64_t> sizes_of(const Tensor& t) {
-  std::vector<int64_t> s;
-  for (int64_t i = 0; i < t.dim(); ++i) s.push_back(t.size(i));
-  return s;
-}
-
 inline std::vector<int64_t> box_batch_shape(const Tensor& boxes) {
   std::vector<int64_t> s;
   for (int64_t i = 0; i + 1 < boxes.dim(); ++i) s.push_back(boxes.size(i));

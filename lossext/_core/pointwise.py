@@ -39,8 +39,8 @@ ONE_PASS = {}
 
 
 def _dense_order(x):
-    """The permutation of x's dims from outermost to innermost stride when x is dense but not
-    contiguous (channels_last, a transposed tensor): x.permute(order) is contiguous. None
+    """The permutation of x's dims from outermost to innermost stride when x fills its storage
+    without gaps but is not contiguous (channels_last, a transposed tensor): x.permute(order) is contiguous. None
     otherwise."""
     if x.dim() < 2 or x.is_contiguous():
         return None
@@ -61,7 +61,7 @@ def one_pass_applies(input: torch.Tensor, reduction: int) -> bool:
 def call(name, input, target, weight, params, reduction):
     """The functional entry: one-pass or recompute, as measured best for the op.
     reduction='none' returns the loss in input's memory format (channels_last in,
-    channels_last out), as torch's losses do: the kernels write contiguous outputs, so a dense
+    channels_last out), as torch's losses do: the kernels write contiguous outputs, so a gapless
     non-contiguous input is handed to them as the contiguous permuted view."""
     if reduction == 0:
         order = _dense_order(input)
