@@ -26,7 +26,8 @@ FAMILIES = (
     "margin",    # SphereFace, CosFace, ArcFace, combined margin, fused normalized linear
     "age",       # Mean-Variance (age estimation)
     "metric",    # Center loss, Triplet-Center loss, triplet (online mining), contrastive
-    "detection",  # YOLOv2 region, sigmoid and softmax focal, IoU-family box losses
+    "detection",  # YOLOv2 region, sigmoid and softmax focal, IoU-family box losses, SSD and RefineDet multibox
+    "dense",     # keypoint heatmaps (HRNet JointsMSE with OHKM)
 )
 
 

@@ -1,0 +1,120 @@
+"""Fake kernels, autograd and autocast of the dense-prediction ops (csrc/dense).
+
+Ops:
+  joints_mse_sums(output, target) -> S [B, K], S_bk = sum over heatmap (b, k)'s pixels of
+      (output - target)^2, float32 for float16 / bfloat16 / float32 heatmaps, float64 for float64
+  joints_mse_sums_backward(grad [B, K], output, target) -> grad_output (dL/dtarget is its negative)
+
+  mask_bce(mask_logits [R, C, ...], labels [R] int64, mask_targets [R, ...], per_pixel) ->
+      per_pixel: the BCE-with-logits of each RoI's labelled channel per pixel [R, ...] (logits'
+      dtype); else its per-RoI sums [R] (accumulation dtype)
+  mask_bce_backward(grad, mask_logits, labels, mask_targets, per_pixel) -> (grad_logits,
+      grad_targets): zero off the labelled channels; dBCE/dy = -x
+
+The visibility weight, HRNet's 0.5 and its means, and OHKM's top-k act on the [B, K] sums in
+lossext/dense/functional.py (torch ops on B K numbers: autograd, compile and export see them).
+Forward mode: the tangent of S_bk is sum 2 (x - y)(tx - ty), from the backward op at unit
+upstream gradient. Double backward is refused. Autocast: float32 (as F.mse_loss).
+"""
+import torch
+
+from .._core import amp
+from .._core import library  # noqa: F401  (loads the kernels)
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .._core.fake import check_same_device
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("lossext::joints_mse_sums")
+def _(output, target):
+    check_same_device("joints_mse_sums", "output", output, ("target", target))
+    return output.new_empty(output.shape[:2], dtype=_acc(output.dtype))
+
+
+@torch.library.register_fake("lossext::joints_mse_sums_backward")
+def _(grad, output, target):
+    check_same_device("joints_mse_sums_backward", "output", output, ("target", target), ("grad", grad))
+    return output.new_empty(output.shape)
+
+
+def _setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.save_for_forward(inputs[0], inputs[1])
+
+
+def _backward(ctx, grad):
+    output, target = ctx.saved_tensors
+    if grad is None or not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return None, None
+    g = call_op("joints_mse_sums_backward", grad.contiguous(), output, target)
+    return (g if ctx.needs_input_grad[0] else None), (-g if ctx.needs_input_grad[1] else None)
+
+
+def _jvp(ctx, t_output, t_target):
+    output, target = ctx.saved_tensors
+    ones = torch.ones(output.shape[:2], dtype=_acc(output.dtype), device=output.device)
+    d = call_op("joints_mse_sums_backward", ones, output, target)  # 2 (x - y)
+    t = t_output if t_target is None else (t_target.neg() if t_output is None else t_output - t_target)
+    if t is None:
+        return None
+    return (d * t).reshape(output.shape[0], output.shape[1], -1).sum(-1, dtype=_acc(output.dtype))
+
+
+@torch.library.register_fake("lossext::mask_bce")
+def _(mask_logits, labels, mask_targets, per_pixel):
+    check_same_device("mask_bce", "mask_logits", mask_logits, ("labels", labels), ("mask_targets", mask_targets))
+    if per_pixel:
+        return mask_logits.new_empty(mask_targets.shape)
+    return mask_logits.new_empty(mask_logits.shape[:1], dtype=_acc(mask_logits.dtype))
+
+
+@torch.library.register_fake("lossext::mask_bce_backward")
+def _(grad, mask_logits, labels, mask_targets, per_pixel):
+    check_same_device("mask_bce_backward", "mask_logits", mask_logits, ("labels", labels),
+                      ("mask_targets", mask_targets), ("grad", grad))
+    return mask_logits.new_empty(mask_logits.shape), mask_logits.new_empty(mask_targets.shape)
+
+
+def _mask_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.per_pixel = inputs[3]
+    ctx.save_for_backward(inputs[0], inputs[1], inputs[2])
+    ctx.save_for_forward(inputs[0], inputs[1], inputs[2])
+
+
+def _mask_backward(ctx, grad):
+    logits, labels, targets = ctx.saved_tensors
+    if grad is None or not (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]):
+        return None, None, None, None
+    gl, gt = call_op("mask_bce_backward", grad.contiguous(), logits, labels, targets, ctx.per_pixel)
+    return (gl if ctx.needs_input_grad[0] else None), None, (gt if ctx.needs_input_grad[2] else None), None
+
+
+def _mask_jvp(ctx, t_logits, _t_labels, t_targets, _t_flag):
+    logits, labels, targets = ctx.saved_tensors
+    ones = torch.ones(targets.shape, dtype=logits.dtype, device=logits.device)
+    gl, gt = call_op("mask_bce_backward", ones, logits, labels, targets, True)  # per-pixel derivatives
+    t = None
+    if t_logits is not None:
+        t = (gl * t_logits).sum(1)  # only the labelled channel is non-zero
+    if t_targets is not None:
+        t = gt * t_targets if t is None else t + gt * t_targets
+    if t is None:
+        return None
+    if ctx.per_pixel:
+        return t
+    return t.reshape(t.shape[0], -1).sum(-1, dtype=_acc(logits.dtype))
+
+
+register_autograd("mask_bce", setup_context=_mask_setup, backward=_mask_backward, jvp=_mask_jvp,
+                  what="lossext.mask_rcnn_loss")
+amp.register("mask_bce", "fp32")
+refuse_double_backward("mask_rcnn_loss", ["mask_bce_backward"])
+register_autograd("joints_mse_sums", setup_context=_setup, backward=_backward, jvp=_jvp,
+                  what="lossext.joints_mse_loss")
+amp.register("joints_mse_sums", "fp32")
+refuse_double_backward("joints_mse_loss", ["joints_mse_sums_backward"])
