@@ -40,4 +40,5 @@
 #include "age.h"
 #include "metric.h"
 #include "detection.h"
+#include "dense.h"
 // END FAMILY HEADERS
