@@ -22,6 +22,15 @@ using cpu_helpers::ptr;
 
 constexpr int64_t kBlock = 2048;  // pixels per lane_sum call, added into a double
 
+// sum_{k < P} term(k): blocks of kBlock in lane_sum's fixed lanes of A, the blocks added in order
+// in double (the order depends on P only).
+template <class A, class Term>
+inline double row_sum(int64_t P, const Term& term) {
+  double total = 0.0;
+  for (int64_t bb = 0; bb < P; bb += kBlock) total += static_cast<double>(cpu_detail::lane_sum<A>(bb, std::min(P, bb + kBlock), term));
+  return total;
+}
+
 template <class scalar_t>
 void row_sums_t(const HeatmapProblem& p, Tensor& sums) {
   using A = acc_t<scalar_t>;
@@ -33,14 +42,7 @@ void row_sums_t(const HeatmapProblem& p, Tensor& sums) {
     for (int64_t r = b; r < e; ++r) {
       const scalar_t* __restrict xr = x + r * P;
       const scalar_t* __restrict yr = y + r * P;
-      double total = 0.0;
-      for (int64_t bb = 0; bb < P; bb += kBlock) {
-        const int64_t ee = std::min(P, bb + kBlock);
-        total += static_cast<double>(cpu_detail::lane_sum<A>(bb, ee, [&](int64_t k) {
-          return sq_diff(static_cast<A>(xr[k]), static_cast<A>(yr[k]));
-        }));
-      }
-      s[r] = static_cast<A>(total);
+      s[r] = static_cast<A>(row_sum<A>(P, [&](int64_t k) { return sq_diff(static_cast<A>(xr[k]), static_cast<A>(yr[k])); }));
     }
   });
 }
@@ -96,14 +98,8 @@ void mask_bce_t(const MaskProblem& p, Tensor& out) {
         for (int64_t k = 0; k < P; ++k) o[k] = static_cast<scalar_t>(bce_with_logits(static_cast<A>(xr[k]), static_cast<A>(yr[k])));
         continue;
       }
-      double total = 0.0;
-      for (int64_t bb = 0; bb < P; bb += kBlock) {
-        const int64_t ee = std::min(P, bb + kBlock);
-        total += static_cast<double>(cpu_detail::lane_sum<A>(bb, ee, [&](int64_t k) {
-          return bce_with_logits(static_cast<A>(xr[k]), static_cast<A>(yr[k]));
-        }));
-      }
-      ptr<A>(out)[r] = static_cast<A>(total);
+      ptr<A>(out)[r] = static_cast<A>(
+          row_sum<A>(P, [&](int64_t k) { return bce_with_logits(static_cast<A>(xr[k]), static_cast<A>(yr[k])); }));
     }
   });
 }
@@ -125,23 +121,16 @@ void mask_bce_backward_t(const MaskProblem& p, const Tensor& grad, Tensor& gl, T
       const scalar_t* __restrict yr = y + r * P;
       scalar_t* __restrict o = ol + (r * C + l[r]) * P;
       scalar_t* __restrict ty = ot + r * P;
-      if (p.per_pixel) {
-        const scalar_t* __restrict g = ptr<const scalar_t>(grad) + r * P;
+      with_bool(p.per_pixel, [&](auto kPerPixel) {
+        const scalar_t* __restrict gp = kPerPixel ? ptr<const scalar_t>(grad) + r * P : nullptr;
+        const A g_roi = kPerPixel ? A(0) : ptr<const A>(grad)[r];
 #pragma omp simd
         for (int64_t k = 0; k < P; ++k) {
-          const A G = static_cast<A>(g[k]), X = static_cast<A>(xr[k]);
+          const A G = kPerPixel ? static_cast<A>(gp[k]) : g_roi, X = static_cast<A>(xr[k]);
           o[k] = static_cast<scalar_t>(G * bce_with_logits_grad(X, static_cast<A>(yr[k])));
           ty[k] = static_cast<scalar_t>(-G * X);
         }
-        continue;
-      }
-      const A G = ptr<const A>(grad)[r];
-#pragma omp simd
-      for (int64_t k = 0; k < P; ++k) {
-        const A X = static_cast<A>(xr[k]);
-        o[k] = static_cast<scalar_t>(G * bce_with_logits_grad(X, static_cast<A>(yr[k])));
-        ty[k] = static_cast<scalar_t>(-G * X);
-      }
+      });
     }
   });
 }
