@@ -8,7 +8,9 @@
 //   is 0 is written as 0 without reading the heatmaps.
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cuda.h>
 #include <torch/csrc/stable/accelerator.h>
@@ -107,6 +109,216 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- dice and masked L1 ------------------------------------------------------------------
+// Rows (b, c) of P pixels cut into chunks of kChunk: one block per (row, chunk) (multiclass:
+// per (sample, chunk), all C classes) sums its pixels in double with fixed-order block sums
+// into part[(row * nch + chunk) * 4 + q]; add_chunks_kernel then adds each row's chunks in
+// order. Deterministic, no atomics; 64-bit indices; grid-stride beyond 65535 blocks.
+constexpr int64_t kChunk = 2048;
+constexpr int kPer = static_cast<int>(kChunk / kThreads);  // pixels per thread in a multiclass chunk
+static_assert(kChunk % kThreads == 0, "whole pixels per thread");
+
+inline int64_t chunks_of(int64_t P) { return P > 0 ? (P + kChunk - 1) / kChunk : 1; }
+
+template <class A>
+__global__ void add_chunks_kernel(const double* __restrict__ part, int64_t rows, int64_t nch, A* __restrict__ out) {
+  const int64_t n = rows * 4, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t r = i / 4, q = i % 4;
+    double s = 0.0;
+    for (int64_t ch = 0; ch < nch; ++ch) s += part[(r * nch + ch) * 4 + q];
+    out[i] = static_cast<A>(s);
+  }
+}
+
+__device__ __forceinline__ void store_sums(double* dst, double s0, double s1, double s2, double s3) {
+  s0 = block_sum(s0);
+  s1 = block_sum(s1);
+  s2 = block_sum(s2);
+  s3 = block_sum(s3);
+  if (threadIdx.x == 0) dst[0] = s0, dst[1] = s1, dst[2] = s2, dst[3] = s3;
+}
+
+// Binary and multilabel dice rows: p = sigmoid(x) (from_logits) or x.
+template <class scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    dice_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, int64_t rows, int64_t P,
+                     int64_t nch, bool from_logits, bool has_ignore, int64_t ignore, double* __restrict__ part) {
+  using A = acc_t<scalar_t>;
+  const A ign = static_cast<A>(ignore);
+  for (int64_t task = blockIdx.x; task < rows * nch; task += gridDim.x) {
+    const int64_t r = task / nch, ch = task % nch;
+    const int64_t k1 = min(P, (ch + 1) * kChunk);
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    for (int64_t k = ch * kChunk + threadIdx.x; k < k1; k += kThreads) {
+      const A X = to_a<A>(x[r * P + k]), T = to_a<A>(y[r * P + k]);
+      const A pr = from_logits ? sigmoid(X) : X;
+      const A kp = has_ignore && T == ign ? A(0) : A(1);
+      s0 += static_cast<double>(kp * pr);
+      s1 += static_cast<double>(kp * T);
+      s2 += static_cast<double>(kp * pr * T);
+      s3 += static_cast<double>(kp * std::abs(pr - T));
+    }
+    store_sums(part + task * 4, s0, s1, s2, s3);
+  }
+}
+
+// The label of pixel (b, k): keep 0 (ignored) or 1; bad (outside [0, C) and not ignored).
+__device__ __forceinline__ int64_t read_label(const int64_t* labels, int64_t i, int64_t C, bool has_ignore,
+                                              int64_t ignore, bool& ignored, bool& bad) {
+  const int64_t l = labels[i];
+  ignored = has_ignore && l == ignore;
+  bad = !ignored && (l < 0 || l >= C);
+  return l;
+}
+
+// Softmax statistics of pixel k of sample xb (classes at stride P): max and 1 / sum exp.
+template <class A, class scalar_t>
+__device__ __forceinline__ void softmax_stats(const scalar_t* xb, int64_t C, int64_t P, int64_t k, A& mx, A& inv) {
+  mx = -A(INFINITY);
+  for (int64_t c = 0; c < C; ++c) mx = max(mx, to_a<A>(xb[c * P + k]));
+  A s = A(0);
+  for (int64_t c = 0; c < C; ++c) s += math::exp(to_a<A>(xb[c * P + k]) - mx);
+  inv = A(1) / s;
+}
+
+// Multiclass dice: one block per (sample, chunk); thread t keeps the softmax statistics of its
+// kPer pixels in registers, then adds each class's four sums (a bad label: NaN).
+template <class scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    dice_multiclass_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ labels, int64_t B, int64_t C,
+                           int64_t P, int64_t nch, bool from_logits, bool has_ignore, int64_t ignore,
+                           double* __restrict__ part) {
+  using A = acc_t<scalar_t>;
+  for (int64_t task = blockIdx.x; task < B * nch; task += gridDim.x) {
+    const int64_t b = task / nch, ch = task % nch;
+    const scalar_t* xb = x + b * C * P;
+    A mx[kPer], inv[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int64_t k = ch * kChunk + threadIdx.x + int64_t(i) * kThreads;
+      mx[i] = A(0), inv[i] = A(1);
+      if (k < P && from_logits) softmax_stats(xb, C, P, k, mx[i], inv[i]);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int64_t k = ch * kChunk + threadIdx.x + int64_t(i) * kThreads;
+        if (k >= P) continue;
+        bool ignored, bad;
+        const int64_t l = read_label(labels, b * P + k, C, has_ignore, ignore, ignored, bad);
+        const A X = to_a<A>(xb[c * P + k]);
+        const A pr = from_logits ? math::exp(X - mx[i]) * inv[i] : X;
+        const A T = l == c ? A(1) : A(0), kp = ignored ? A(0) : A(1);
+        s0 += bad ? cuda::nan_v<double>() : static_cast<double>(kp * pr);
+        s1 += static_cast<double>(kp * T);
+        s2 += static_cast<double>(kp * pr * T);
+        s3 += static_cast<double>(kp * std::abs(pr - T));
+      }
+      store_sums(part + ((b * C + c) * nch + ch) * 4, s0, s1, s2, s3);
+    }
+  }
+}
+
+template <class scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    dice_rows_backward_kernel(const acc_t<scalar_t>* __restrict__ g, const scalar_t* __restrict__ x,
+                              const scalar_t* __restrict__ y, int64_t n, int64_t P, bool from_logits, bool has_ignore,
+                              int64_t ignore, scalar_t* __restrict__ out) {
+  using A = acc_t<scalar_t>;
+  const A ign = static_cast<A>(ignore);
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const A* gr = g + (i / P) * 4;
+    const A X = to_a<A>(x[i]), T = to_a<A>(y[i]);
+    const A pr = from_logits ? sigmoid(X) : X;
+    const A d = dice_dp(gr[0], gr[2], gr[3], pr, T, has_ignore && T == ign ? A(0) : A(1));
+    out[i] = to_s<scalar_t>(from_logits ? d * pr * (A(1) - pr) : d);
+  }
+}
+
+// Multiclass backward: one thread per pixel; the softmax's Jacobian needs sum_c p_c dp_c first.
+template <class scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    dice_multiclass_backward_kernel(const acc_t<scalar_t>* __restrict__ g, const scalar_t* __restrict__ x,
+                                    const int64_t* __restrict__ labels, int64_t B, int64_t C, int64_t P,
+                                    bool from_logits, bool has_ignore, int64_t ignore, scalar_t* __restrict__ out) {
+  using A = acc_t<scalar_t>;
+  const int64_t n = B * P, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t b = i / P, k = i % P;
+    const scalar_t* xb = x + b * C * P;
+    const A* gb = g + b * C * 4;
+    bool ignored, bad;
+    const int64_t l = read_label(labels, i, C, has_ignore, ignore, ignored, bad);
+    const A kp = ignored || bad ? A(0) : A(1);
+    A mx = A(0), inv = A(1);
+    if (from_logits) softmax_stats(xb, C, P, k, mx, inv);
+    A dot = A(0);
+    if (from_logits) {
+      for (int64_t c = 0; c < C; ++c) {
+        const A pr = math::exp(to_a<A>(xb[c * P + k]) - mx) * inv;
+        dot += pr * dice_dp(gb[c * 4], gb[c * 4 + 2], gb[c * 4 + 3], pr, l == c ? A(1) : A(0), kp);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const A X = to_a<A>(xb[c * P + k]);
+      const A pr = from_logits ? math::exp(X - mx) * inv : X;
+      const A d = dice_dp(gb[c * 4], gb[c * 4 + 2], gb[c * 4 + 3], pr, l == c ? A(1) : A(0), kp);
+      out[(b * C + c) * P + k] = to_s<scalar_t>(from_logits ? pr * (d - dot) : d);
+    }
+  }
+}
+
+template <class scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    masked_l1_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, const scalar_t* __restrict__ m,
+                     int64_t rows, int64_t C, int64_t P, int64_t nch, bool bcast, double* __restrict__ part) {
+  using A = acc_t<scalar_t>;
+  for (int64_t task = blockIdx.x; task < rows * nch; task += gridDim.x) {
+    const int64_t r = task / nch, ch = task % nch;
+    const int64_t k1 = min(P, (ch + 1) * kChunk);
+    const scalar_t* mr = m + (bcast ? r / C : r) * P;
+    const A cnt = !bcast || r % C == 0 ? A(1) : A(0);
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    for (int64_t k = ch * kChunk + threadIdx.x; k < k1; k += kThreads) {
+      const A d = std::abs(to_a<A>(x[r * P + k]) - to_a<A>(y[r * P + k])), M = to_a<A>(mr[k]);
+      s0 += static_cast<double>(d * M);
+      s1 += static_cast<double>(d * (A(1) - M));
+      s2 += static_cast<double>(cnt * M);
+      s3 += static_cast<double>(cnt * (A(1) - M));
+    }
+    store_sums(part + task * 4, s0, s1, s2, s3);
+  }
+}
+
+template <class scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    masked_l1_backward_kernel(const acc_t<scalar_t>* __restrict__ g, const scalar_t* __restrict__ x,
+                              const scalar_t* __restrict__ y, const scalar_t* __restrict__ m, int64_t n, int64_t C,
+                              int64_t P, bool bcast, scalar_t* __restrict__ out) {
+  using A = acc_t<scalar_t>;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t r = i / P, k = i % P;
+    const A M = to_a<A>(m[(bcast ? r / C : r) * P + k]);
+    out[i] = to_s<scalar_t>(masked_l1_grad(g[r * 4], g[r * 4 + 1], to_a<A>(x[i]), to_a<A>(y[i]), M));
+  }
+}
+
+// The [rows * nch * 4] double partials of a chunked forward.
+inline Tensor new_partials(const Tensor& ref, int64_t rows, int64_t nch) {
+  return torch::stable::empty(std::vector<int64_t>{rows * nch * 4}, ScalarType::Double, std::nullopt, ref.device());
+}
+
+template <class A>
+void launch_add_chunks(const Tensor& part, int64_t rows, int64_t nch, Tensor& out, cudaStream_t stream, const char* what) {
+  add_chunks_kernel<A><<<grid_for(rows * 4, kThreads), kThreads, 0, stream>>>(ptr<const double>(part), rows, nch,
+                                                                              ptr<A>(out));
+  check_launch(what);
+}
+
 template <class F>
 void on_device(const Tensor& t, const char* op, F&& f) {
   const int32_t dev = t.get_device_index();
@@ -157,6 +369,67 @@ struct DenseCuda {
           ptr<const acc_t<scalar_t>>(grad), ptr<const scalar_t>(p.output), ptr<const scalar_t>(p.target), n, p.pixels,
           ptr<scalar_t>(out));
       check_launch("lossext::joints_mse_sums_backward kernel");
+    });
+  }
+  static void dice_sums(const DiceProblem& p, Tensor& out) {
+    const int64_t rows = p.B * p.C, nch = chunks_of(p.P);
+    if (rows == 0) return;
+    Tensor part = new_partials(p.logits, rows, nch);
+    on_device(p.logits, p.op, [&](auto tag, cudaStream_t stream) {
+      using scalar_t = decltype(tag);
+      if (p.multiclass) {
+        dice_multiclass_kernel<scalar_t><<<grid_for(p.B * nch, 1), kThreads, 0, stream>>>(
+            ptr<const scalar_t>(p.logits), ptr<const int64_t>(p.target), p.B, p.C, p.P, nch, p.from_logits,
+            p.has_ignore, p.ignore, ptr<double>(part));
+      } else {
+        dice_rows_kernel<scalar_t><<<grid_for(rows * nch, 1), kThreads, 0, stream>>>(
+            ptr<const scalar_t>(p.logits), ptr<const scalar_t>(p.target), rows, p.P, nch, p.from_logits, p.has_ignore,
+            p.ignore, ptr<double>(part));
+      }
+      check_launch("lossext::dice_sums kernel");
+      launch_add_chunks<acc_t<scalar_t>>(part, rows, nch, out, stream, "lossext::dice_sums chunk sums");
+    });
+  }
+  static void dice_sums_backward(const DiceProblem& p, const Tensor& grad, Tensor& out) {
+    const int64_t n = p.B * p.C * p.P;
+    if (n == 0) return;
+    on_device(p.logits, p.op, [&](auto tag, cudaStream_t stream) {
+      using scalar_t = decltype(tag);
+      using A = acc_t<scalar_t>;
+      if (p.multiclass) {
+        dice_multiclass_backward_kernel<scalar_t><<<grid_for(p.B * p.P, kThreads), kThreads, 0, stream>>>(
+            ptr<const A>(grad), ptr<const scalar_t>(p.logits), ptr<const int64_t>(p.target), p.B, p.C, p.P,
+            p.from_logits, p.has_ignore, p.ignore, ptr<scalar_t>(out));
+      } else {
+        dice_rows_backward_kernel<scalar_t><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
+            ptr<const A>(grad), ptr<const scalar_t>(p.logits), ptr<const scalar_t>(p.target), n, p.P, p.from_logits,
+            p.has_ignore, p.ignore, ptr<scalar_t>(out));
+      }
+      check_launch("lossext::dice_sums_backward kernel");
+    });
+  }
+  static void masked_l1_sums(const MaskedL1Problem& p, Tensor& out) {
+    const int64_t rows = p.B * p.C, nch = chunks_of(p.P);
+    if (rows == 0) return;
+    Tensor part = new_partials(p.input, rows, nch);
+    on_device(p.input, p.op, [&](auto tag, cudaStream_t stream) {
+      using scalar_t = decltype(tag);
+      masked_l1_kernel<scalar_t><<<grid_for(rows * nch, 1), kThreads, 0, stream>>>(
+          ptr<const scalar_t>(p.input), ptr<const scalar_t>(p.target), ptr<const scalar_t>(p.mask), rows, p.C, p.P, nch,
+          p.mask_bcast, ptr<double>(part));
+      check_launch("lossext::masked_l1_sums kernel");
+      launch_add_chunks<acc_t<scalar_t>>(part, rows, nch, out, stream, "lossext::masked_l1_sums chunk sums");
+    });
+  }
+  static void masked_l1_sums_backward(const MaskedL1Problem& p, const Tensor& grad, Tensor& out) {
+    const int64_t n = p.B * p.C * p.P;
+    if (n == 0) return;
+    on_device(p.input, p.op, [&](auto tag, cudaStream_t stream) {
+      using scalar_t = decltype(tag);
+      masked_l1_backward_kernel<scalar_t><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
+          ptr<const acc_t<scalar_t>>(grad), ptr<const scalar_t>(p.input), ptr<const scalar_t>(p.target),
+          ptr<const scalar_t>(p.mask), n, p.C, p.P, p.mask_bcast, ptr<scalar_t>(out));
+      check_launch("lossext::masked_l1_sums_backward kernel");
     });
   }
 };

@@ -49,5 +49,41 @@ LOSSEXT_HD T bce_with_logits_grad(T x, T y) {
   return (x >= T(0) ? r : e * r) - y;
 }
 
+// Logistic sigmoid, 1 / (1 + e) for x >= 0 and e / (1 + e) below (e = exp(-|x|)): never
+// overflows; smp's DiceLoss takes exp(logsigmoid(x)), the same function.
+template <class T>
+LOSSEXT_HD T sigmoid(T x) {
+  const T e = math::exp(-std::abs(x));
+  const T r = T(1) / (T(1) + e);
+  return x >= T(0) ? r : e * r;
+}
+
+// d|a|/da: sign(a), 0 at a = 0 (torch's abs backward).
+template <class T>
+LOSSEXT_HD T abs_grad(T a) {
+  return a > T(0) ? T(1) : (a < T(0) ? T(-1) : T(0));
+}
+
+// The dice sums of one pixel of class c (Milletari et al., V-Net, 3DV 2016, Eq. 1;
+// segmentation_models_pytorch losses/_functional.py): with probability p, target t and
+// keep = 0 for an ignored pixel, 1 otherwise, the four per-class sums are
+//   S_p = sum keep p,  S_t = sum keep t,  S_pt = sum keep p t,  S_|p-t| = sum keep |p - t|.
+// The classic dice (smp <= 0.3) is (2 S_pt + smooth) / max(S_p + S_t + smooth, eps); smp >= 0.4
+// takes the intersection as (S_p + S_t - S_|p-t|) / 2 (the dice semimetric of Wang and
+// Blaschko, MICCAI 2023, equal to S_pt for hard targets) in its Tversky score.
+// dS/dp for upstream gradients g = (g_p, g_t, g_pt, g_abs): keep (g_p + g_pt t + g_abs sign(p - t)).
+template <class T>
+LOSSEXT_HD T dice_dp(T gp, T gpt, T gabs, T p, T t, T keep) {
+  return keep * (gp + gpt * t + gabs * abs_grad(p - t));
+}
+
+// The masked L1 sums of one element (Si et al., CVPR 2018, stage II's L_fg and L_bg): with
+// d = |x - y| and mask m, the foreground and background numerators d m and d (1 - m).
+// d/dx for upstream gradients (g_fg, g_bg): sign(x - y) (g_fg m + g_bg (1 - m)).
+template <class T>
+LOSSEXT_HD T masked_l1_grad(T gfg, T gbg, T x, T y, T m) {
+  return abs_grad(x - y) * (gfg * m + gbg * (T(1) - m));
+}
+
 }  // namespace dense
 }  // namespace lossext

@@ -9,9 +9,15 @@
 //   mask_bce(const MaskProblem&, Tensor& out)     per-pixel BCE [R, P] or per-RoI sums [R] of
 //        the labelled channel; a bad label raises (CPU) or gives NaN (CUDA), never an index
 //   mask_bce_backward(const MaskProblem&, const Tensor& grad, Tensor& grad_logits, Tensor& grad_targets)
+//   dice_sums(const DiceProblem&, Tensor& out [B, C, 4])   per-class sums, fixed order
+//   dice_sums_backward(const DiceProblem&, const Tensor& grad [B, C, 4], Tensor& grad_logits)
+//        a multiclass label outside [0, C) that is not ignore_index raises (CPU) or gives NaN (CUDA)
+//   masked_l1_sums(const MaskedL1Problem&, Tensor& out [B, C, 4])
+//   masked_l1_sums_backward(const MaskedL1Problem&, const Tensor& grad [B, C, 4], Tensor& grad_input)
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -152,12 +158,141 @@ struct JointsMseKernels {
   }
 };
 
+// The dice loss: B samples, C classes of P pixels each (logits contiguous [B, C, P]).
+struct DiceProblem {
+  const char* op;
+  Tensor logits, target;  // [B, C, ...] and (multiclass) [B, ...] int64 or (else) logits' shape
+  int64_t B = 0, C = 0, P = 0;
+  bool multiclass = false, from_logits = true, has_ignore = false;
+  int64_t ignore = 0;
+};
+
+inline DiceProblem prepare_dice(const char* op, const Tensor& logits, const Tensor& target, bool multiclass,
+                                bool from_logits, std::optional<int64_t> ignore_index) {
+  check_float_tensor(op, "logits", logits);
+  LOSSEXT_CHECK(logits.dim() >= 2, op, ": argument 'logits' must be [B, C, ...], got shape ", shape_str(logits));
+  LOSSEXT_CHECK(target.device() == logits.device(), op, ": argument 'target' is on a different device than logits");
+  bool same;
+  if (multiclass) {
+    LOSSEXT_CHECK(target.scalar_type() == ScalarType::Long, op, ": argument 'target' must be int64 class labels, got ",
+                  torch::headeronly::toString(target.scalar_type()));
+    same = target.dim() == logits.dim() - 1 && target.size(0) == logits.size(0);
+    for (int64_t i = 2; same && i < logits.dim(); ++i) same = target.size(i - 1) == logits.size(i);
+  } else {
+    LOSSEXT_CHECK(target.scalar_type() == logits.scalar_type(), op, ": argument 'target' has dtype ",
+                  torch::headeronly::toString(target.scalar_type()), " but logits has dtype ",
+                  torch::headeronly::toString(logits.scalar_type()));
+    same = target.dim() == logits.dim();
+    for (int64_t i = 0; same && i < logits.dim(); ++i) same = target.size(i) == logits.size(i);
+  }
+  LOSSEXT_CHECK(same, op, ": argument 'target' has shape ", shape_str(target), " but logits has shape ",
+                shape_str(logits), multiclass ? " (multiclass targets are [B, ...] labels)" : "");
+  DiceProblem p;
+  p.op = op;
+  p.B = logits.size(0);
+  p.C = logits.size(1);
+  p.P = 1;
+  for (int64_t i = 2; i < logits.dim(); ++i) p.P *= logits.size(i);
+  p.multiclass = multiclass;
+  p.from_logits = from_logits;
+  p.has_ignore = ignore_index.has_value();
+  p.ignore = ignore_index.value_or(0);
+  p.logits = torch::stable::contiguous(logits);
+  p.target = torch::stable::contiguous(target);
+  return p;
+}
+
+// The masked L1 sums: input, target [B, C, P]; mask [B, C, P] or (mask_bcast) [B, 1, P].
+struct MaskedL1Problem {
+  const char* op;
+  Tensor input, target, mask;
+  int64_t B = 0, C = 0, P = 0;
+  bool mask_bcast = false;
+};
+
+inline MaskedL1Problem prepare_masked_l1(const char* op, const Tensor& input, const Tensor& target, const Tensor& mask) {
+  check_float_tensor(op, "input", input);
+  LOSSEXT_CHECK(input.dim() >= 2, op, ": argument 'input' must be [B, C, ...], got shape ", shape_str(input));
+  check_like(op, "target", target, input);
+  check_same_shape(op, "target", target, input);
+  check_like(op, "mask", mask, input);
+  bool ok = mask.dim() == input.dim() && mask.size(0) == input.size(0) && (mask.size(1) == 1 || mask.size(1) == input.size(1));
+  for (int64_t i = 2; ok && i < input.dim(); ++i) ok = mask.size(i) == input.size(i);
+  LOSSEXT_CHECK(ok, op, ": argument 'mask' has shape ", shape_str(mask), " but input has shape ", shape_str(input),
+                " (the mask is [B, C, ...] or [B, 1, ...])");
+  MaskedL1Problem p;
+  p.op = op;
+  p.B = input.size(0);
+  p.C = input.size(1);
+  p.P = 1;
+  for (int64_t i = 2; i < input.dim(); ++i) p.P *= input.size(i);
+  p.mask_bcast = mask.size(1) != input.size(1) || input.size(1) == 1;
+  p.input = torch::stable::contiguous(input);
+  p.target = torch::stable::contiguous(target);
+  p.mask = torch::stable::contiguous(mask);
+  return p;
+}
+
+inline void check_sums_grad(const char* op, const Tensor& grad, const Tensor& ref, int64_t B, int64_t C) {
+  const ScalarType at = acc_type_of(ref.scalar_type());
+  LOSSEXT_CHECK(grad.scalar_type() == at, op, ": argument 'grad' must have dtype ", torch::headeronly::toString(at),
+                " (the forward's), got ", torch::headeronly::toString(grad.scalar_type()));
+  LOSSEXT_CHECK(grad.device() == ref.device(), op, ": argument 'grad' is on a different device than the inputs");
+  LOSSEXT_CHECK(grad.dim() == 3 && grad.size(0) == B && grad.size(1) == C && grad.size(2) == 4, op,
+                ": argument 'grad' must have shape [", B, ", ", C, ", 4], got ", shape_str(grad));
+}
+
+inline Tensor new_sums(const Tensor& ref, int64_t B, int64_t C) {
+  return torch::stable::empty(std::vector<int64_t>{B, C, 4}, acc_type_of(ref.scalar_type()), std::nullopt, ref.device());
+}
+
+template <class Device>
+struct DiceKernels {
+  static Tensor forward(Tensor logits, Tensor target, bool multiclass, bool from_logits, std::optional<int64_t> ignore_index) {
+    DiceProblem p = prepare_dice("lossext::dice_sums", logits, target, multiclass, from_logits, ignore_index);
+    Tensor out = new_sums(p.logits, p.B, p.C);
+    Device::dice_sums(p, out);
+    return out;
+  }
+  static Tensor backward(Tensor grad, Tensor logits, Tensor target, bool multiclass, bool from_logits,
+                         std::optional<int64_t> ignore_index) {
+    const char* op = "lossext::dice_sums_backward";
+    DiceProblem p = prepare_dice(op, logits, target, multiclass, from_logits, ignore_index);
+    check_sums_grad(op, grad, p.logits, p.B, p.C);
+    Tensor g = torch::stable::empty(sizes_of(p.logits), p.logits.scalar_type(), std::nullopt, p.logits.device());
+    Device::dice_sums_backward(p, torch::stable::contiguous(grad), g);
+    return g;
+  }
+};
+
+template <class Device>
+struct MaskedL1Kernels {
+  static Tensor forward(Tensor input, Tensor target, Tensor mask) {
+    MaskedL1Problem p = prepare_masked_l1("lossext::masked_l1_sums", input, target, mask);
+    Tensor out = new_sums(p.input, p.B, p.C);
+    Device::masked_l1_sums(p, out);
+    return out;
+  }
+  static Tensor backward(Tensor grad, Tensor input, Tensor target, Tensor mask) {
+    const char* op = "lossext::masked_l1_sums_backward";
+    MaskedL1Problem p = prepare_masked_l1(op, input, target, mask);
+    check_sums_grad(op, grad, p.input, p.B, p.C);
+    Tensor g = torch::stable::empty(sizes_of(p.input), p.input.scalar_type(), std::nullopt, p.input.device());
+    Device::masked_l1_sums_backward(p, torch::stable::contiguous(grad), g);
+    return g;
+  }
+};
+
 template <class Device, class Lib>
 void register_dense_kernels(Lib& m) {
   m.impl("joints_mse_sums", TORCH_BOX(&JointsMseKernels<Device>::forward));
   m.impl("joints_mse_sums_backward", TORCH_BOX(&JointsMseKernels<Device>::backward));
   m.impl("mask_bce", TORCH_BOX(&MaskBceKernels<Device>::forward));
   m.impl("mask_bce_backward", TORCH_BOX(&MaskBceKernels<Device>::backward));
+  m.impl("dice_sums", TORCH_BOX(&DiceKernels<Device>::forward));
+  m.impl("dice_sums_backward", TORCH_BOX(&DiceKernels<Device>::backward));
+  m.impl("masked_l1_sums", TORCH_BOX(&MaskedL1Kernels<Device>::forward));
+  m.impl("masked_l1_sums_backward", TORCH_BOX(&MaskedL1Kernels<Device>::backward));
 }
 
 }  // namespace dense

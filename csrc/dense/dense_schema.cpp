@@ -9,6 +9,16 @@
 // [R, ...] per-pixel BCE in the logits' dtype; else [R] per-RoI sums in the accumulation dtype.
 // mask_bce_backward: grad [R, ...] or [R] (as the forward's output) -> dL/dmask_logits (zero
 // off each RoI's labelled channel) and dL/dmask_targets (-x: dBCE/dy, per pixel).
+// dice_sums: logits [B, C, ...]; target [B, ...] int64 labels (multiclass) or logits' shape and
+// dtype (binary, multilabel) -> [B, C, 4] accumulation-dtype sums per (sample, class) over the
+// pixels not ignored: (S_p, S_t, S_pt, S_|p-t|) of dense_math.h, p the softmax over C
+// (multiclass) or sigmoid (else) of the logits when from_logits, the logits themselves otherwise.
+// dice_sums_backward: dL/dsums [B, C, 4] -> dL/dlogits (the target is not differentiable).
+// masked_l1_sums: input, target [B, C, ...], mask [B, C, ...] or [B, 1, ...] (broadcast over C),
+// one dtype -> [B, C, 4] sums per (sample, channel): (sum |x - y| m, sum |x - y| (1 - m),
+// sum m, sum (1 - m)); with a broadcast mask channel 0 counts the mask, the others 0.
+// masked_l1_sums_backward: dL/dsums [B, C, 4] -> dL/dinput (dL/dtarget is its negative; the
+// mask is not differentiable).
 #include <torch/csrc/stable/library.h>
 
 STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
@@ -17,4 +27,9 @@ STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
   m.def("mask_bce(Tensor mask_logits, Tensor labels, Tensor mask_targets, bool per_pixel) -> Tensor");
   m.def("mask_bce_backward(Tensor grad, Tensor mask_logits, Tensor labels, Tensor mask_targets, bool per_pixel) "
         "-> (Tensor, Tensor)");
+  m.def("dice_sums(Tensor logits, Tensor target, bool multiclass, bool from_logits, int? ignore_index) -> Tensor");
+  m.def("dice_sums_backward(Tensor grad, Tensor logits, Tensor target, bool multiclass, bool from_logits, "
+        "int? ignore_index) -> Tensor");
+  m.def("masked_l1_sums(Tensor input, Tensor target, Tensor mask) -> Tensor");
+  m.def("masked_l1_sums_backward(Tensor grad, Tensor input, Tensor target, Tensor mask) -> Tensor");
 }

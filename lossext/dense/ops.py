@@ -11,9 +11,23 @@ Ops:
   mask_bce_backward(grad, mask_logits, labels, mask_targets, per_pixel) -> (grad_logits,
       grad_targets): zero off the labelled channels; dBCE/dy = -x
 
+  dice_sums(logits [B, C, ...], target, multiclass, from_logits, ignore_index) -> [B, C, 4]
+      per-(sample, class) sums (S_p, S_t, S_pt, S_|p-t|) over the pixels not ignored (accumulation
+      dtype); target: [B, ...] int64 labels (multiclass) or the logits' shape and dtype
+  dice_sums_backward(grad [B, C, 4], logits, target, multiclass, from_logits, ignore_index) ->
+      grad_logits (the target is not differentiable)
+
+  masked_l1_sums(input, target [B, C, ...], mask [B, C or 1, ...]) -> [B, C, 4] per-(sample,
+      channel) sums (sum |x - y| m, sum |x - y| (1 - m), sum m, sum (1 - m)); a broadcast mask is
+      counted in channel 0 only
+  masked_l1_sums_backward(grad [B, C, 4], input, target, mask) -> grad_input (dL/dtarget is its
+      negative; the mask is not differentiable)
+
 The visibility weight, HRNet's 0.5 and its means, and OHKM's top-k act on the [B, K] sums in
 lossext/dense/functional.py (torch ops on B K numbers: autograd, compile and export see them).
-Forward mode: the tangent of S_bk is sum 2 (x - y)(tx - ty), from the backward op at unit
+The dice and the L1 ratios act on those sums in functional.py likewise. Forward mode: the
+masked L1 sums' tangents come from the backward op at unit upstream gradients; the dice sums
+refuse forward mode (a tangent per class would take C backward passes). The tangent of S_bk is sum 2 (x - y)(tx - ty), from the backward op at unit
 upstream gradient. Double backward is refused. Autocast: float32 (as F.mse_loss).
 """
 import torch
@@ -110,6 +124,82 @@ def _mask_jvp(ctx, t_logits, _t_labels, t_targets, _t_flag):
     return t.reshape(t.shape[0], -1).sum(-1, dtype=_acc(logits.dtype))
 
 
+@torch.library.register_fake("lossext::dice_sums")
+def _(logits, target, multiclass, from_logits, ignore_index):
+    check_same_device("dice_sums", "logits", logits, ("target", target))
+    return logits.new_empty((logits.shape[0], logits.shape[1], 4), dtype=_acc(logits.dtype))
+
+
+@torch.library.register_fake("lossext::dice_sums_backward")
+def _(grad, logits, target, multiclass, from_logits, ignore_index):
+    check_same_device("dice_sums_backward", "logits", logits, ("target", target), ("grad", grad))
+    return logits.new_empty(logits.shape)
+
+
+def _dice_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.flags = inputs[2:]
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _dice_backward(ctx, grad):
+    logits, target = ctx.saved_tensors
+    if grad is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None
+    g = call_op("dice_sums_backward", grad.contiguous(), logits, target, *ctx.flags)
+    return g, None, None, None, None
+
+
+@torch.library.register_fake("lossext::masked_l1_sums")
+def _(input, target, mask):
+    check_same_device("masked_l1_sums", "input", input, ("target", target), ("mask", mask))
+    return input.new_empty((input.shape[0], input.shape[1], 4), dtype=_acc(input.dtype))
+
+
+@torch.library.register_fake("lossext::masked_l1_sums_backward")
+def _(grad, input, target, mask):
+    check_same_device("masked_l1_sums_backward", "input", input, ("target", target), ("mask", mask), ("grad", grad))
+    return input.new_empty(input.shape)
+
+
+def _l1_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs)
+    ctx.save_for_forward(*inputs)
+
+
+def _l1_backward(ctx, grad):
+    x, y, mask = ctx.saved_tensors
+    if grad is None or not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return None, None, None
+    g = call_op("masked_l1_sums_backward", grad.contiguous(), x, y, mask)
+    return (g if ctx.needs_input_grad[0] else None), (-g if ctx.needs_input_grad[1] else None), None
+
+
+def _l1_jvp(ctx, t_x, t_y, _t_mask):
+    x, y, mask = ctx.saved_tensors
+    t = t_x if t_y is None else (t_y.neg() if t_x is None else t_x - t_y)
+    if t is None:
+        return None
+    B, C = x.shape[0], x.shape[1]
+    acc = _acc(x.dtype)
+    parts = []
+    for q in range(2):  # d/dx of the foreground and background numerators
+        unit = torch.zeros((B, C, 4), dtype=acc, device=x.device)
+        unit[:, :, q] = 1
+        d = call_op("masked_l1_sums_backward", unit, x, y, mask)
+        parts.append((d * t).reshape(B, C, -1).sum(-1, dtype=acc))
+    zero = torch.zeros((B, C), dtype=acc, device=x.device)
+    return torch.stack([parts[0], parts[1], zero, zero], dim=-1)
+
+
+register_autograd("dice_sums", setup_context=_dice_setup, backward=_dice_backward, what="lossext.dice_loss")
+amp.register("dice_sums", "fp32")
+refuse_double_backward("dice_loss", ["dice_sums_backward"])
+register_autograd("masked_l1_sums", setup_context=_l1_setup, backward=_l1_backward, jvp=_l1_jvp,
+                  what="lossext.masked_l1_loss")
+amp.register("masked_l1_sums", "fp32")
+refuse_double_backward("masked_l1_loss", ["masked_l1_sums_backward"])
 register_autograd("mask_bce", setup_context=_mask_setup, backward=_mask_backward, jvp=_mask_jvp,
                   what="lossext.mask_rcnn_loss")
 amp.register("mask_bce", "fp32")

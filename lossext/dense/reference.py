@@ -4,13 +4,22 @@ composites the peers run (the benchmarks' eager and torch.compile baselines).
 joints_mse_loss: HRNet's lib/core/loss.py (leoxiaobin/deep-high-resolution-net.pytorch), its
 JointsMSELoss and JointsOHKMMSELoss loops written out per joint (``joints_mse_loss_hrnet``,
 with HRNet's ``.squeeze()`` replaced by a reshape so that B = 1 works and its topk by a stable
-sort so that ties go to the lower joint), and the vectorized composite ``joints_mse_loss``."""
+sort so that ties go to the lower joint), and the vectorized composite ``joints_mse_loss``.
+
+dice_loss: segmentation_models_pytorch's losses/dice.py and losses/_functional.py (0.6.0:
+soft_dice_score is soft_tversky_score at alpha = beta = 1/2, the intersection from the L1
+norm; 0.3.4: 2 sum p t / sum (p + t)) written out in float64 (``dice_loss``); its composite
+as smp runs it (``dice_loss_smp``: log_softmax().exp(), one_hot, permute; the benchmark's
+baseline). masked_l1_loss, pose_regression_loss and the GAN terms: the formulas of Si et al.,
+CVPR 2018, as the seed writes them."""
 import math
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["joints_mse_loss", "joints_mse_loss_hrnet", "joints_mse_loss_hrnet_loop", "mask_rcnn_loss"]
+__all__ = ["joints_mse_loss", "joints_mse_loss_hrnet", "joints_mse_loss_hrnet_loop", "mask_rcnn_loss", "dice_loss",
+           "dice_loss_smp", "masked_l1_loss", "masked_l1_loss_composite", "pose_regression_loss", "adversarial_loss",
+           "gan_generator_loss", "gan_discriminator_loss"]
 
 
 def _weight(target_weight, B, K):
@@ -104,3 +113,128 @@ def mask_rcnn_loss(mask_logits, labels, mask_targets, reduction="mean"):
     if mask_targets.numel() == 0:
         return mask_logits.sum() * 0
     return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def _dice_inputs(logits, target, mode, from_logits, ignore_index):
+    """smp's DiceLoss.forward up to compute_score: (p, t) as [B, C, P] float64, ignored pixels zeroed."""
+    x = logits.to(torch.float64)
+    B = x.shape[0]
+    if from_logits:
+        x = x.log_softmax(dim=1).exp() if mode == "multiclass" else F.logsigmoid(x).exp()
+    if mode == "binary":
+        t = target.reshape(B, 1, -1).to(torch.float64)
+        p = x.reshape(B, 1, -1)
+        if ignore_index is not None:
+            keep = t != ignore_index
+            p, t = p * keep, t * keep
+        return p, t
+    C = x.shape[1]
+    p = x.reshape(B, C, -1)
+    if mode == "multiclass":
+        lab = target.reshape(B, -1).long()
+        keep = torch.ones_like(lab, dtype=torch.bool) if ignore_index is None else lab != ignore_index
+        t = F.one_hot(torch.where(keep, lab, torch.zeros_like(lab)), C).permute(0, 2, 1).to(torch.float64)
+        return p * keep.unsqueeze(1), t * keep.unsqueeze(1)
+    t = target.reshape(B, C, -1).to(torch.float64)
+    if ignore_index is not None:
+        keep = t != ignore_index
+        p, t = p * keep, t * keep
+    return p, t
+
+
+def dice_loss(logits, target, mode="multiclass", classes=None, log_loss=False, from_logits=True, smooth=0.0,
+              eps=1e-7, ignore_index=None, class_weights=None, formula="semimetric"):
+    """smp's DiceLoss in float64, sums over dims (0, 2): 'semimetric' (smp >= 0.4: Tversky
+    at 1/2, 1/2 with I = (sum p + sum t - |p - t|_1) / 2) or 'classic' (smp <= 0.3.4)."""
+    p, t = _dice_inputs(logits, target, mode, from_logits, ignore_index)
+    dims = (0, 2)
+    if formula == "semimetric":
+        ps, ts = p.sum(dims), t.sum(dims)
+        inter = (ps + ts - (p - t).abs().sum(dims)) / 2
+        fp, fn = ps - inter, ts - inter
+        score = (inter + smooth) / (inter + 0.5 * fp + 0.5 * fn + smooth).clamp_min(eps)
+    else:
+        score = (2.0 * (p * t).sum(dims) + smooth) / ((p + t).sum(dims) + smooth).clamp_min(eps)
+    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1.0 - score
+    loss = loss * (t.sum(dims) > 0).to(loss.dtype)
+    if classes is not None:
+        loss = loss[torch.as_tensor(classes, dtype=torch.long, device=loss.device)]
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=torch.float64, device=loss.device)
+        if classes is not None:
+            w = w[torch.as_tensor(classes, dtype=torch.long, device=loss.device)]
+        return (loss * w).sum() / w.sum()
+    return loss.mean()
+
+
+def dice_loss_smp(logits, target, mode="multiclass", log_loss=False, from_logits=True, smooth=0.0, eps=1e-7):
+    """smp 0.6.0's DiceLoss as it runs, in the input's dtype (the benchmark baseline):
+    exp(log_softmax), one_hot + permute, then its Tversky score over dims (0, 2)."""
+    x = logits
+    B = x.shape[0]
+    if from_logits:
+        x = x.log_softmax(dim=1).exp() if mode == "multiclass" else F.logsigmoid(x).exp()
+    C = x.shape[1]
+    p = x.reshape(B, C, -1)
+    if mode == "multiclass":
+        t = F.one_hot(target.reshape(B, -1), C).permute(0, 2, 1)
+    else:
+        t = target.reshape(B, C, -1)
+    t = t.type_as(p)
+    dims = (0, 2)
+    ps, ts = p.sum(dims), t.sum(dims)
+    inter = (ps + ts - torch.linalg.vector_norm(p - t, ord=1, dim=dims)) / 2
+    score = (inter + smooth) / (inter + 0.5 * (ps - inter) + 0.5 * (ts - inter) + smooth).clamp_min(eps)
+    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1.0 - score
+    loss = loss * (t.sum(dims) > 0).to(loss.dtype)
+    return loss.mean()
+
+
+def _mask_like(mask, input):
+    m = mask.to(torch.float64)
+    return m.unsqueeze(1) if m.dim() == input.dim() - 1 else m
+
+
+def masked_l1_loss(input, target, mask):
+    """(sum |x - y| M / sum M, sum |x - y| (1 - M) / sum (1 - M)) in float64, the sums of the
+    mask as given (broadcast over the channels in the numerators only), 0 for an empty side."""
+    x, y = input.to(torch.float64), target.to(torch.float64)
+    m = _mask_like(mask, input)
+    d = (x - y).abs()
+    nf, nb = (d * m).sum(), (d * (1 - m)).sum()
+    sf, sb = m.sum(), (1 - m).sum()
+    fg = nf / sf if float(sf) != 0 else nf * 0
+    bg = nb / sb if float(sb) != 0 else nb * 0
+    return fg, bg
+
+
+def masked_l1_loss_composite(input, target, mask):
+    """The composite as a port writes it, in the input's dtype (the benchmark baseline)."""
+    m = mask.unsqueeze(1) if mask.dim() == input.dim() - 1 else mask
+    m = m.to(input.dtype)
+    d = (input - target).abs()
+    fg = (d * m).sum() / m.sum().clamp_min(1e-12)
+    bg = (d * (1 - m)).sum() / (1 - m).sum().clamp_min(1e-12)
+    return fg, bg
+
+
+def pose_regression_loss(pred, target, reduction="mean"):
+    """sum over each sample's values of (P* - P)^2, then 'mean' / 'sum' over the batch or 'none'."""
+    B = pred.shape[0]
+    per = ((pred.to(torch.float64) - target.to(torch.float64)) ** 2).reshape(B, -1).sum(1)
+    return per if reduction == "none" else (per.sum() if reduction == "sum" else per.mean())
+
+
+def adversarial_loss(logits, target_is_real, reduction="mean"):
+    """softplus(-x) (real) or softplus(x) (fake), in float64."""
+    x = logits.to(torch.float64)
+    v = F.softplus(-x) if target_is_real else F.softplus(x)
+    return v if reduction == "none" else (v.sum() if reduction == "sum" else v.mean())
+
+
+def gan_generator_loss(fake_logits, reduction="mean"):
+    return adversarial_loss(fake_logits, True, reduction)
+
+
+def gan_discriminator_loss(real_logits, fake_logits, reduction="mean"):
+    return adversarial_loss(real_logits, True, reduction) + adversarial_loss(fake_logits, False, reduction)

@@ -345,7 +345,7 @@ def contrastive_loss(embeddings: Tensor, labels: Tensor, pos_margin: float = 0.0
     [N, M] matrix): a positive pair costs :math:`\max(d - m_{pos}, 0)`, a negative pair
     :math:`\max(m_{neg} - d, 0)`: pytorch-metric-learning's ``ContrastiveLoss`` (whose defaults,
     pos_margin 0 and neg_margin 1, these are). Hadsell et al. square both terms
-    (:math:`rac12 d^2`, :math:`rac12 \max(m - d, 0)^2`); this is not that form.
+    (:math:`\frac12 d^2`, :math:`\frac12 \max(m - d, 0)^2`); this is not that form.
 
     - Pairs: every ordered (a, j) with j != a (so each unordered pair twice, as pml), or every
       (a, j) with a reference set.
