@@ -32,6 +32,7 @@ def workload(small):
 
     import lossext  # noqa: F401
     from lossext.testing import OP_DB
+    from lossext.testing.opinfo import outputs
 
     calls = 0
     for info in OP_DB:
@@ -49,8 +50,9 @@ def workload(small):
             leaves = [t.detach().clone().requires_grad_(True) for t in s.float_tensors()]
             r = s.replace_float_tensors(leaves)
             out = info.op(*r.args, **r.kwargs)
-            if out.numel():
-                out.sum().backward()
+            outs = outputs(out)  # an op may return several losses of one pass
+            if any(o.numel() for o in outs):
+                sum(o.sum() for o in outs).backward()
             calls += 2
         torch.cuda.synchronize()
         print(f"{info.name}: {len(samples)} samples", flush=True)

@@ -5,6 +5,7 @@ import torch
 
 import lossext  # noqa: F401
 from lossext.testing import OP_DB, forced_cpu_isa
+from lossext.testing.opinfo import outputs
 
 # GPU cases are generated everywhere and skipped where no GPU is visible.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -52,20 +53,36 @@ def to_ref(sample):
 
 
 def assert_close(actual, expected, rtol, atol, msg=""):
+    if isinstance(actual, (tuple, list)) or isinstance(expected, (tuple, list)):  # several outputs: each
+        for i, (a, e) in enumerate(output_pairs(actual, expected)):
+            assert_close(a, e, rtol, atol, f"{msg} (output {i})")
+        return
     torch.testing.assert_close(actual.detach().to("cpu", torch.float64), expected.detach().to(torch.float64),
                                rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{msg}\n{m}")
 
 
+def output_pairs(actual, expected):
+    """[(actual output, expected output)] of two results with the same number of outputs."""
+    a, e = outputs(actual), outputs(expected)
+    assert len(a) == len(e), f"{len(a)} outputs, expected {len(e)}"
+    return list(zip(a, e))
+
+
+def grad_outputs(out, grad_seed=0):
+    """A fixed random grad_output for each output of out (in order, from one generator)."""
+    gen = torch.Generator().manual_seed(grad_seed)
+    return [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype) for o in outputs(out)]
+
+
 def grads_of(fn, sample, grad_seed=0):
     """fn(sample) and the gradients wrt every floating tensor of the sample (zeros where unused),
-    backpropagating a fixed random grad_output."""
+    backpropagating a fixed random grad_output (one per output of an op with several)."""
     leaves = [t.detach().clone().requires_grad_(True) for t in sample.float_tensors()]
     s = sample.replace_float_tensors(leaves)
     out = fn(*s.args, **s.kwargs)
-    if out.numel() == 0:
+    if all(o.numel() == 0 for o in outputs(out)):
         return out, [torch.zeros_like(t) for t in leaves]
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
-    grads = torch.autograd.grad(out, leaves, g.to(out.device, out.dtype), allow_unused=True)
+    grads = torch.autograd.grad(outputs(out), leaves, grad_outputs(out, grad_seed), allow_unused=True)
     return out, [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads)]
 
 

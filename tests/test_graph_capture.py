@@ -20,7 +20,8 @@ def test_compile_fullgraph_forward_backward(info, device):
         torch._dynamo.reset()
 
         def f(*args, **kwargs):
-            return info.op(*args, **kwargs) * 2.0
+            out = info.op(*args, **kwargs)
+            return tuple(o * 2.0 for o in out) if isinstance(out, tuple) else out * 2.0
 
         compiled = torch.compile(f, fullgraph=True)
         le, ge = grads_of(f, sample)
@@ -42,8 +43,9 @@ class _Wrap(torch.nn.Module):
 
 def test_export_save_load(info, device):
     sample = info.bench_input(37, device, torch.float32)
-    sample.kwargs["reduction"] = "none"
-    module, args, kwargs = info.module_call(sample)
+    sample.kwargs = info.with_reduction(sample.kwargs, "none")
+    # where no Module computes the call (module_call None: e.g. a reduction no Module takes), the function
+    module, args, kwargs = info.module_call(sample) or (info.op, sample.args, sample.kwargs)
     model = _Wrap(module, kwargs)
     ep = torch.export.export(model, tuple(args))
     buf = io.BytesIO()

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch.autograd import forward_ad
 
 import lossext.nn as LN
-from conftest import assert_close, grads_of
+from conftest import assert_close, grad_outputs, grads_of, output_pairs
 from lossext.testing import OP_DB
+from lossext.testing.opinfo import outputs
 
 CUDA = torch.cuda.is_available()
 AUTOCAST = [("cpu", torch.bfloat16)] + ([("cuda", torch.float16), ("cuda", torch.bfloat16)] if CUDA else [])
@@ -52,9 +53,9 @@ def test_autocast_losses_are_float32(info, dev, low):
     """Under autocast a loss is float32 (as F.cross_entropy, F.mse_loss): its first input comes
     from a lower-precision layer, the rest stay float32. Its error against the float32 result
     is within 2x that of the PyTorch composite under the same autocast."""
-    for red in ("mean", "none"):
+    for red in info.reductions(("mean", "none")):
         sample = info.bench_input(2048, dev, torch.float32)
-        sample.kwargs["reduction"] = red
+        sample.kwargs = info.with_reduction(sample.kwargs, red)
         first, *rest = sample.float_tensors()
         leaf = first.detach().to(low).requires_grad_(True)
         s = sample.replace_float_tensors([leaf, *rest])
@@ -64,10 +65,11 @@ def test_autocast_losses_are_float32(info, dev, low):
         with torch.autocast(dev, dtype=low):
             ours = info.op(*s.args, **s.kwargs)
             theirs = composite(*s.args, **s.kwargs)
-        assert ours.dtype == torch.float32, red
-        floor = 8 * torch.finfo(torch.float32).eps * max(1.0, truth.abs().max().item())
-        assert _err(ours, truth) <= 2 * max(_err(theirs, truth), floor), red
-        ours.sum().backward()
+        for (o, tr), th in zip(output_pairs(ours, truth), outputs(theirs)):
+            assert o.dtype == torch.float32, red
+            floor = 8 * torch.finfo(torch.float32).eps * max(1.0, tr.abs().max().item())
+            assert _err(o, tr) <= 2 * max(_err(th, tr), floor), red
+        sum(o.sum() for o in outputs(ours)).backward()
         assert leaf.grad is not None and leaf.grad.dtype == low and leaf.grad.isfinite().all()
 
 
@@ -169,16 +171,18 @@ def test_func_grad_vjp_jacrev(info):
         leaves = sample.float_tensors()
         f = _fn_of_floats(info, sample)
         out, expect = grads_of(info.op, sample)
-        go = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        go = grad_outputs(out)  # grads_of's
+        several = isinstance(out, tuple)
         _, pull = torch.func.vjp(f, *leaves)
-        for a, b in zip(pull(go), expect):
+        for a, b in zip(pull(tuple(go) if several else go[0]), expect):
             assert_close(a, b, 1e-10, 1e-12, repr(sample))
-        if out.dim() == 0:
+        if not several and out.dim() == 0:  # torch.func.grad takes one scalar output
             g = torch.func.grad(f, argnums=tuple(range(len(leaves))))(*leaves)
             for a, b in zip(g, expect):
-                assert_close(a, b * (1.0 / go.item()) if go.item() else b, 1e-8, 1e-10, repr(sample))
+                assert_close(a, b * (1.0 / go[0].item()) if go[0].item() else b, 1e-8, 1e-10, repr(sample))
         jac = torch.func.jacrev(f)(*leaves)
-        assert jac.shape == out.shape + leaves[0].shape
+        for j, o in output_pairs(jac, out):
+            assert j.shape == o.shape + leaves[0].shape
 
 
 def test_func_jvp_is_right_or_refused(info):
@@ -190,9 +194,10 @@ def test_func_jvp_is_right_or_refused(info):
         tangents = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in leaves]
         f = _fn_of_floats(info, sample)
         out = f(*leaves)
-        # reverse mode: d out_i = sum_j J_ij t_j, from jacrev
+        # reverse mode: d out_i = sum_j J_ij t_j, from jacrev (per output of an op with several)
         jacs = torch.func.jacrev(f, argnums=tuple(range(len(leaves))))(*leaves)
-        expect = sum((j.reshape(out.numel(), -1) @ t.reshape(-1)).reshape(out.shape) for j, t in zip(jacs, tangents))
+        expect = [sum((j.reshape(o.numel(), -1) @ t.reshape(-1)).reshape(o.shape) for j, t in zip(js, tangents))
+                  for o, js in zip(outputs(out), jacs if isinstance(out, tuple) else [jacs])]
         try:
             _, t_out = torch.func.jvp(f, tuple(leaves), tuple(tangents))
         except NotImplementedError as e:
@@ -201,8 +206,8 @@ def test_func_jvp_is_right_or_refused(info):
         assert_close(t_out, expect, 1e-8, 1e-10, repr(sample))
         with forward_ad.dual_level():
             duals = [forward_ad.make_dual(t, d) for t, d in zip(leaves, tangents)]
-            t_ad = forward_ad.unpack_dual(f(*duals)).tangent
-        assert t_ad is not None
+            t_ad = [forward_ad.unpack_dual(o).tangent for o in outputs(f(*duals))]
+        assert all(t is not None for t in t_ad)
         assert_close(t_ad, expect, 1e-8, 1e-10, repr(sample))
 
 
@@ -210,7 +215,7 @@ def test_second_derivatives_are_refused_under_func(info):
     sample = _small(info, "cpu", n=1)[0]
     f = _fn_of_floats(info, sample)
     x = sample.float_tensors()
-    g = lambda *ts: f(*ts).sum()  # noqa: E731
+    g = lambda *ts: sum(o.sum() for o in outputs(f(*ts)))  # noqa: E731
     with pytest.raises(NotImplementedError, match="lossext"):
         torch.func.hessian(g)(*x)
     with pytest.raises(NotImplementedError, match="lossext"):
@@ -226,7 +231,9 @@ def test_vmap(info):
             leaves = [torch.stack([a, b]) for a, b in zip(sample.float_tensors(), other.float_tensors())]
             f = _fn_of_floats(info, sample)
             batched = torch.func.vmap(f)(*leaves)
-            assert_close(batched[0], f(*sample.float_tensors()), 1e-12, 1e-12, repr(sample))
+            first = [b[0] for b in outputs(batched)]
+            assert_close(first if isinstance(batched, tuple) else first[0], f(*sample.float_tensors()), 1e-12, 1e-12,
+                         repr(sample))
 
 
 # ---- 5. devices ---------------------------------------------------------------------------

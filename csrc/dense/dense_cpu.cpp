@@ -233,7 +233,7 @@ void dice_sums_t(const DiceProblem& p, Tensor& out) {
   if (p.multiclass) {
     check_dice_labels(p);
     const int64_t* lab_all = ptr<const int64_t>(p.target);
-    cpu_helpers::parallel_rows(B * nch, kChunk * C, [&](int64_t tb, int64_t te) {
+    cpu_helpers::parallel_rows(B * nch, std::min(P, kChunk) * C, [&](int64_t tb, int64_t te) {
       std::vector<A> prob(static_cast<size_t>(C * kT));
       A keep[kT];
       int64_t lab[kT];
@@ -260,7 +260,7 @@ void dice_sums_t(const DiceProblem& p, Tensor& out) {
     const bool has_ignore = p.has_ignore;
     const A ign = static_cast<A>(p.ignore);
     with_bool(p.from_logits, [&](auto kLogits) {
-      cpu_helpers::parallel_rows(rows * nch, kChunk, [&](int64_t tb, int64_t te) {
+      cpu_helpers::parallel_rows(rows * nch, std::min(P, kChunk), [&](int64_t tb, int64_t te) {
         A pv[kT], tv[kT], kv[kT];
         for (int64_t task = tb; task < te; ++task) {
           const int64_t r = task / nch, ch = task % nch;
@@ -299,7 +299,7 @@ void dice_sums_backward_t(const DiceProblem& p, const Tensor& grad, Tensor& out)
     check_dice_labels(p);
     const int64_t* lab_all = ptr<const int64_t>(p.target);
     const int64_t nt = (P + kT - 1) / kT;
-    cpu_helpers::parallel_rows(B * nt, kT * C, [&](int64_t tb, int64_t te) {
+    cpu_helpers::parallel_rows(B * nt, std::min<int64_t>(P, kT) * C, [&](int64_t tb, int64_t te) {
       std::vector<A> prob(static_cast<size_t>(C * kT)), dp(static_cast<size_t>(C * kT));
       A keep[kT], dot[kT];
       int64_t lab[kT];
@@ -365,21 +365,26 @@ void masked_l1_sums_t(const MaskedL1Problem& p, Tensor& out) {
   const scalar_t* y = ptr<const scalar_t>(p.target);
   const scalar_t* m = ptr<const scalar_t>(p.mask);
   std::vector<double> part(static_cast<size_t>(rows * nch * 4), 0.0);
-  cpu_helpers::parallel_rows(rows * nch, kChunk, [&](int64_t tb, int64_t te) {
+  // a task is one chunk of one sample, its C channels in turn: a broadcast mask chunk is read
+  // from memory once and from cache for the other channels
+  cpu_helpers::parallel_rows(B * nch, std::min(P, kChunk) * C, [&](int64_t tb, int64_t te) {
     for (int64_t task = tb; task < te; ++task) {
-      const int64_t r = task / nch, ch = task % nch;
-      const scalar_t* __restrict xr = x + r * P;
-      const scalar_t* __restrict yr = y + r * P;
-      const scalar_t* __restrict mr = m + (p.mask_bcast ? r / C : r) * P;
-      const A cnt = !p.mask_bcast || r % C == 0 ? A(1) : A(0);  // a broadcast mask counted once
+      const int64_t b = task / nch, ch = task % nch;
       const int64_t k1 = std::min(P, (ch + 1) * kChunk);
-      double* acc = &part[task * 4];
-      for (int64_t k0 = ch * kChunk; k0 < k1; k0 += kBlock) {
-        auto d = [&](int64_t k) { return std::abs(static_cast<A>(xr[k]) - static_cast<A>(yr[k])); };
-        auto mk = [&](int64_t k) { return static_cast<A>(mr[k]); };
-        add_lane_sums<A>(acc, k0, std::min(k1, k0 + kBlock), [&](int64_t k) { return d(k) * mk(k); },
-                         [&](int64_t k) { return d(k) * (A(1) - mk(k)); }, [&](int64_t k) { return cnt * mk(k); },
-                         [&](int64_t k) { return cnt * (A(1) - mk(k)); });
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t r = b * C + c;
+        const scalar_t* __restrict xr = x + r * P;
+        const scalar_t* __restrict yr = y + r * P;
+        const scalar_t* __restrict mr = m + (p.mask_bcast ? b : r) * P;
+        const A cnt = !p.mask_bcast || c == 0 ? A(1) : A(0);  // a broadcast mask counted once
+        double* acc = &part[(r * nch + ch) * 4];
+        for (int64_t k0 = ch * kChunk; k0 < k1; k0 += kBlock) {
+          auto d = [&](int64_t k) { return std::abs(static_cast<A>(xr[k]) - static_cast<A>(yr[k])); };
+          auto mk = [&](int64_t k) { return static_cast<A>(mr[k]); };
+          add_lane_sums<A>(acc, k0, std::min(k1, k0 + kBlock), [&](int64_t k) { return d(k) * mk(k); },
+                           [&](int64_t k) { return d(k) * (A(1) - mk(k)); }, [&](int64_t k) { return cnt * mk(k); },
+                           [&](int64_t k) { return cnt * (A(1) - mk(k)); });
+        }
       }
     }
   });
@@ -395,17 +400,22 @@ void masked_l1_sums_backward_t(const MaskedL1Problem& p, const Tensor& grad, Ten
   const scalar_t* m = ptr<const scalar_t>(p.mask);
   const A* g = ptr<const A>(grad);
   scalar_t* o = ptr<scalar_t>(out);
-  cpu_helpers::parallel_rows(p.B * C, P, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const A gf = g[r * 4], gb = g[r * 4 + 1];
-      const scalar_t* __restrict xr = x + r * P;
-      const scalar_t* __restrict yr = y + r * P;
-      const scalar_t* __restrict mr = m + (p.mask_bcast ? r / C : r) * P;
-      scalar_t* __restrict orow = o + r * P;
+  const int64_t nch = chunks_of(P);
+  cpu_helpers::parallel_rows(p.B * nch, std::min(P, kChunk) * C, [&](int64_t tb, int64_t te) {
+    for (int64_t task = tb; task < te; ++task) {  // one chunk of one sample, its channels in turn
+      const int64_t b = task / nch, k0 = (task % nch) * kChunk, k1 = std::min(P, k0 + kChunk);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t r = b * C + c;
+        const A gf = g[r * 4], gb = g[r * 4 + 1];
+        const scalar_t* __restrict xr = x + r * P;
+        const scalar_t* __restrict yr = y + r * P;
+        const scalar_t* __restrict mr = m + (p.mask_bcast ? b : r) * P;
+        scalar_t* __restrict orow = o + r * P;
 #pragma omp simd
-      for (int64_t k = 0; k < P; ++k)
-        orow[k] = static_cast<scalar_t>(
-            masked_l1_grad(gf, gb, static_cast<A>(xr[k]), static_cast<A>(yr[k]), static_cast<A>(mr[k])));
+        for (int64_t k = k0; k < k1; ++k)
+          orow[k] = static_cast<scalar_t>(
+              masked_l1_grad(gf, gb, static_cast<A>(xr[k]), static_cast<A>(yr[k]), static_cast<A>(mr[k])));
+      }
     }
   });
 }

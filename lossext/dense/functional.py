@@ -206,6 +206,14 @@ def mask_rcnn_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor, re
 _DICE_MODES = ["binary", "multiclass", "multilabel"]
 
 
+def _numel_from(t: Tensor, dim: int) -> int:
+    """The product of t's sizes from dim on (1 for none)."""
+    n = 1
+    for d in t.shape[dim:]:
+        n *= d
+    return n
+
+
 def _dice_sums(fn: str, logits: Tensor, target: Tensor, multiclass: bool, from_logits: bool,
                ignore_index: Optional[int]) -> Tensor:
     if torch.jit.is_scripting():
@@ -238,6 +246,12 @@ def _dice_eager_args(fn, logits, target, mode, classes, log_loss, from_logits, s
         raise ValueError(f"{fn}: target must not require grad (the dice loss's target is not differentiable)")
     (logits,) = V.promote(fn, "fp32", ("logits",), logits)
     return logits, classes, log_loss, from_logits, smooth, eps, ignore_index, class_weights
+
+
+def _dice_formula(fn, formula):
+    """An eager check of formula's type (the scriptable check concatenates it as a str)."""
+    if not isinstance(formula, str):
+        raise ValueError(f"{fn}: formula must be 'semimetric' or 'classic', got {formula!r}")
 
 
 def dice_loss(logits: Tensor, target: Tensor, mode: str = "multiclass", classes: Optional[List[int]] = None,
@@ -291,6 +305,7 @@ def dice_loss(logits: Tensor, target: Tensor, mode: str = "multiclass", classes:
     if not torch.jit.is_scripting():
         (logits, classes, log_loss, from_logits, smooth, eps, ignore_index, class_weights) = _dice_eager_args(
             fn, logits, target, mode, classes, log_loss, from_logits, smooth, eps, ignore_index, class_weights)
+        _dice_formula(fn, formula)
     if mode != "binary" and mode != "multiclass" and mode != "multilabel":
         raise ValueError(fn + ": mode must be 'binary', 'multiclass' or 'multilabel', got '" + mode + "'")
     if formula != "semimetric" and formula != "classic":
@@ -313,14 +328,11 @@ def dice_loss(logits: Tensor, target: Tensor, mode: str = "multiclass", classes:
             raise ValueError(fn + ": classes cannot be used with mode='binary'")
         if class_weights is not None:
             raise ValueError(fn + ": class_weights cannot be used with mode='binary'")
-        if logits.dim() >= 2 and logits.shape[1] != 1 and logits.dim() == target.dim():
-            raise ValueError(fn + ": mode='binary' needs logits [B, 1, ...] or [B, ...], got shape "
-                             + str(list(logits.shape)))
         if logits.numel() != target.numel():
             raise ValueError(fn + ": target has shape " + str(list(target.shape)) + " but binary logits have shape "
                              + str(list(logits.shape)))
-        x = logits.reshape(B, 1, -1)
-        t = target.reshape(B, 1, -1)
+        x = logits.reshape(B, 1, _numel_from(logits, 1))  # explicit sizes: -1 is ambiguous when B = 0
+        t = target.reshape(B, 1, _numel_from(logits, 1))
     elif multiclass:
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(fn + ": mode='multiclass' needs integer class labels as target, got " + str(target.dtype))
@@ -328,14 +340,14 @@ def dice_loss(logits: Tensor, target: Tensor, mode: str = "multiclass", classes:
         if list(target.shape) != want:
             raise ValueError(fn + ": target must have shape " + str(want) + " (logits are [B, C, ...] "
                              + str(list(logits.shape)) + "), got " + str(list(target.shape)))
-        x = logits.reshape(B, logits.shape[1], -1)
-        t = target.reshape(B, -1).to(torch.int64)
+        x = logits.reshape(B, logits.shape[1], _numel_from(logits, 2))
+        t = target.reshape(B, _numel_from(logits, 2)).to(torch.int64)
     else:
         if target.shape != logits.shape:
             raise ValueError(fn + ": target must have the logits' shape " + str(list(logits.shape))
                              + " in mode='multilabel', got " + str(list(target.shape)))
-        x = logits.reshape(B, logits.shape[1], -1)
-        t = target.reshape(B, logits.shape[1], -1)
+        x = logits.reshape(B, logits.shape[1], _numel_from(logits, 2))
+        t = target.reshape(B, logits.shape[1], _numel_from(logits, 2))
     C = x.shape[1]
     if C == 0:
         raise ValueError(fn + ": logits have no classes (shape " + str(list(logits.shape)) + ")")
@@ -456,7 +468,8 @@ def pose_regression_loss(pred: Tensor, target: Tensor, reduction: str = "mean") 
         raise ValueError(fn + ": pred must be [B, ...], got a 0-dim tensor")
     red = V.reduction_enum(fn, reduction)
     B = pred.shape[0]
-    per = _sums(pred.reshape(B, 1, -1), target.reshape(B, 1, -1)).reshape(B)
+    n = _numel_from(pred, 1)  # each sample's values (explicit: reshape cannot infer -1 for B = 0)
+    per = _sums(pred.reshape(B, 1, n), target.reshape(B, 1, n)).reshape(B)
     if red == 0:
         return per.to(pred.dtype)
     if red == 2:
@@ -469,7 +482,7 @@ def _softplus_terms(fn: str, logits: Tensor, target_is_real: bool, per_element: 
     dim: the binary cross-entropy with logits against a constant target, on the mask loss's op
     (one channel, label 0)."""
     R = logits.shape[0] if logits.dim() > 0 else 1
-    x = logits.reshape(R, 1, -1)
+    x = logits.reshape(R, 1, _numel_from(logits, 1))  # explicit: reshape cannot infer -1 when empty
     labels = torch.zeros(R, dtype=torch.int64, device=logits.device)
     t = torch.full([R, x.shape[2]], 1.0 if target_is_real else 0.0, dtype=logits.dtype, device=logits.device)
     if torch.jit.is_scripting():

@@ -1,4 +1,5 @@
-"""OpInfo rows of the dense-prediction ops: joints_mse_loss, mask_rcnn_loss."""
+"""OpInfo rows of the dense-prediction ops: joints_mse_loss, mask_rcnn_loss here; dice_loss in
+opinfo_dice.py; the synthesis losses in opinfo_synthesis.py."""
 import math
 
 import torch
@@ -481,3 +482,8 @@ OP_ROWS = [
         bench_bytes={"forward": 2, "backward": 3, "full": 3},
     ),
 ]
+
+from .opinfo_dice import ROWS as _DICE_ROWS  # noqa: E402
+from .opinfo_synthesis import ROWS as _SYNTHESIS_ROWS  # noqa: E402
+
+OP_ROWS += _DICE_ROWS + _SYNTHESIS_ROWS

@@ -121,21 +121,22 @@ def _dice_inputs(logits, target, mode, from_logits, ignore_index):
     B = x.shape[0]
     if from_logits:
         x = x.log_softmax(dim=1).exp() if mode == "multiclass" else F.logsigmoid(x).exp()
-    if mode == "binary":
-        t = target.reshape(B, 1, -1).to(torch.float64)
-        p = x.reshape(B, 1, -1)
+    if mode == "binary":  # explicit sizes (smp's -1 is ambiguous for an empty batch, where smp raises)
+        P = math.prod(x.shape[1:])
+        t = target.reshape(B, 1, P).to(torch.float64)
+        p = x.reshape(B, 1, P)
         if ignore_index is not None:
             keep = t != ignore_index
             p, t = p * keep, t * keep
         return p, t
-    C = x.shape[1]
-    p = x.reshape(B, C, -1)
+    C, P = x.shape[1], math.prod(x.shape[2:])
+    p = x.reshape(B, C, P)
     if mode == "multiclass":
-        lab = target.reshape(B, -1).long()
+        lab = target.reshape(B, P).long()
         keep = torch.ones_like(lab, dtype=torch.bool) if ignore_index is None else lab != ignore_index
         t = F.one_hot(torch.where(keep, lab, torch.zeros_like(lab)), C).permute(0, 2, 1).to(torch.float64)
         return p * keep.unsqueeze(1), t * keep.unsqueeze(1)
-    t = target.reshape(B, C, -1).to(torch.float64)
+    t = target.reshape(B, C, P).to(torch.float64)
     if ignore_index is not None:
         keep = t != ignore_index
         p, t = p * keep, t * keep
@@ -203,8 +204,9 @@ def masked_l1_loss(input, target, mask):
     d = (x - y).abs()
     nf, nb = (d * m).sum(), (d * (1 - m)).sum()
     sf, sb = m.sum(), (1 - m).sum()
-    fg = nf / sf if float(sf) != 0 else nf * 0
-    bg = nb / sb if float(sb) != 0 else nb * 0
+    # an empty side: 0 on the graph, also where a NaN or inf of the other side makes its numerator NaN (inf * 0)
+    fg = nf / sf if float(sf) != 0 else (nf * 0).nan_to_num(0.0, 0.0, 0.0)
+    bg = nb / sb if float(sb) != 0 else (nb * 0).nan_to_num(0.0, 0.0, 0.0)
     return fg, bg
 
 
@@ -221,7 +223,7 @@ def masked_l1_loss_composite(input, target, mask):
 def pose_regression_loss(pred, target, reduction="mean"):
     """sum over each sample's values of (P* - P)^2, then 'mean' / 'sum' over the batch or 'none'."""
     B = pred.shape[0]
-    per = ((pred.to(torch.float64) - target.to(torch.float64)) ** 2).reshape(B, -1).sum(1)
+    per = ((pred.to(torch.float64) - target.to(torch.float64)) ** 2).reshape(B, math.prod(pred.shape[1:])).sum(1)
     return per if reduction == "none" else (per.sum() if reduction == "sum" else per.mean())
 
 

@@ -645,10 +645,11 @@ def _fused_fuzz(draw, device):
         # the chunk products (cosines, or x w^T) are rounded to float16/bfloat16 for those dtypes
         product_dt = rdt if rdt in (torch.float16, torch.bfloat16) else None
         tol = _logit_tol(F, rdt, product_dt, vals, mag, n)
-        near = bool(normalize) and d > 1 and _target_cos_near_one(x, w, target, vals, product_dt or rdt)
+        near = bool(normalize) and d >= 1 and _target_cos_near_one(x, w, target, vals, product_dt or rdt)
         if near:
-            # a target cosine within rounding (eps) of +-1: theta = acos(cos) is off by about
-            # sqrt(2 eps) (acos' slope is infinite there), so is the margin's psi(theta) times
+            # a target cosine within rounding (eps) of +-1 (every cosine of a 1-D row is +-1): theta
+            # = acos(cos) is off by about sqrt(2 eps) (acos' slope is infinite there), so is the
+            # margin's psi(theta) times
             # about m1 + 1, and the logit times the scale
             eps = torch.finfo(torch.float64 if rdt == torch.float64 else product_dt or torch.float32).eps
             rows = max(n, 1) if vals["reduction"] == "sum" else 1

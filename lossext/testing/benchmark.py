@@ -81,7 +81,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from .opinfo import OpInfo, op_db
+from .opinfo import OpInfo, op_db, outputs
 
 PROVIDERS = ("lossext", "torch", "compile")
 MODES = ("forward", "backward", "full")
@@ -494,8 +494,9 @@ def provider_fn(info: OpInfo, provider: str, device, dtype):
 
 
 def _grad(loss, xs):
-    go = None if loss.dim() == 0 else torch.ones_like(loss)
-    return torch.autograd.grad(loss, xs, grad_outputs=go)
+    """d (sum of every element of every output) / d xs."""
+    outs = outputs(loss)
+    return torch.autograd.grad(outs, xs, grad_outputs=[None if o.dim() == 0 else torch.ones_like(o) for o in outs])
 
 
 def make_case(fn: Callable, sample, mode: str, grad_args: Sequence[int] = (0,)):
@@ -734,8 +735,9 @@ def check_correctness(info: OpInfo, device="cpu", dtype=torch.float32, numel=1 <
     rtol, atol = info.tol.get(dtype, (1e-5, 1e-5))
     res = {"op": info.name, "numel": numel, "dtype": str(dtype).replace("torch.", "")}
     ok = True
-    for name, a, b in (("loss", out, ref), ("grad", g, g64)):
-        a, b = a.detach().double(), b.detach()
+    for name, a, b in (("loss", out, ref), ("grad", g, g64)):  # an op's several outputs as one vector
+        a = torch.cat([t.detach().double().reshape(-1) for t in outputs(a)])
+        b = torch.cat([t.detach().reshape(-1) for t in outputs(b)])
         diff = (a - b).abs().max().item() if a.numel() else 0.0
         scale = b.abs().max().item() if b.numel() else 0.0
         res[f"{name}_max_abs_diff"] = diff

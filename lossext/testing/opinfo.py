@@ -7,6 +7,7 @@ Generic tests (tests/test_*.py) and the benchmarks (benchmarks/run.py) iterate o
 new loss adds rows in its family and puts only its own special tests in tests/test_<family>.py.
 Helpers of the element-wise pattern's rows: lossext/testing/pointwise.py.
 """
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -65,7 +66,7 @@ class ErrorInput:
 @dataclass
 class OpInfo:
     name: str
-    op: Callable                       # lossext.functional.<name>
+    op: Callable                       # lossext.functional.<name> (a tensor, or a tuple: several outputs)
     ref: Callable                      # lossext.reference.<name>, same signature
     module: Callable                   # lossext.nn Module class
     raw_ops: List[str]                 # torch.ops.lossext.<raw> that implement it
@@ -121,6 +122,26 @@ class OpInfo:
     # targets and anchors): gradcheck holds them constant
     constant_tensors: Tuple[int, ...] = ()
     family: str = ""                   # set by op_db() from the folder the row is in
+
+    @property
+    def has_reduction(self) -> bool:
+        """Whether the op takes a `reduction`. One that does not (it returns what it returns,
+        e.g. a pair of means) runs each reduction loop of the generic tests once, as it is."""
+        return "reduction" in inspect.signature(self.op).parameters
+
+    def reductions(self, wanted=("mean", "sum", "none")):
+        """The reductions a generic test loops over: `wanted`, or (None,) without a reduction."""
+        return tuple(wanted) if self.has_reduction else (None,)
+
+    def with_reduction(self, kwargs, reduction):
+        """A copy of kwargs with `reduction` set (unchanged for None or an op without one)."""
+        return dict(kwargs) if reduction is None or not self.has_reduction else dict(kwargs, reduction=reduction)
+
+
+def outputs(result) -> List[torch.Tensor]:
+    """An op's result as a list of tensors: [result], or the tensors of the tuple an op returns
+    (several losses of one pass); the generic tests check each output."""
+    return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
 def op_by_name(name):
