@@ -209,15 +209,7 @@ def _fuzz(draw, device):
             t = torch.zeros(x.shape, dtype=dt, device=device)
             error = ValueError, rf"^{fn}: output must be \[B, K, \.\.\.\] heatmaps, got shape"
     elif bad == "target":
-        how = draw(st.sampled_from(["type", "shape", "device"]))
-        if how == "type":
-            t, error = F.not_a_tensor(draw, fn, "target")
-        elif how == "shape":
-            o = F.other_shape(draw, shp)
-            t = torch.zeros(o, dtype=dt, device=device)
-            error = ValueError, rf"^{fn}: target shape {F.shape_text(o)} does not match output shape"
-        else:
-            t, error = F.on_meta(fn, "target", x, "output")
+        t, error = F.bad_pair_target(draw, fn, x, "output", kinds=("type", "shape", "device"))
     params, positional = F.signature_params(LF.joints_mse_loss, R.joints_mse_loss, (x, t), vals)
     args, kwargs = F.arguments(draw, (x, t), params, positional)
     case = F.FuzzCase(SampleInput(args, kwargs, f"{vals['reduction']}-{shp}", grad_keys=_GRAD_KW), error,

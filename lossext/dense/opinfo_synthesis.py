@@ -290,17 +290,7 @@ def _l1_fuzz(draw, device):
             m = torch.ones(x.shape, dtype=torch.bool, device=device)
             error = ValueError, rf"^{fn}: input must be \[B, C, \.\.\.\], got shape"
     elif bad == "target":
-        how = draw(st.sampled_from(["type", "dtype", "shape", "device"]))
-        if how == "type":
-            y, error = F.not_a_tensor(draw, fn, "target")
-        elif how == "dtype":
-            y, error = F.not_float(draw, fn, "target", shp, device)
-        elif how == "shape":
-            o = F.other_shape(draw, shp)
-            y = torch.zeros(o, dtype=dt, device=device)
-            error = ValueError, rf"^{fn}: target shape {F.shape_text(o)} does not match input shape"
-        else:
-            y, error = F.on_meta(fn, "target", x, "input")
+        y, error = F.bad_pair_target(draw, fn, x, "input")
     # the mask always as a keyword: a positional floating mask would be a gradient leaf
     rdt = torch.promote_types(dt, y.dtype) if error is None else dt
     case = F.FuzzCase(SampleInput((x, y), dict(mask=m), f"{shp}-mask-{lay}-{kind}", grad_keys=_NO_GRAD_KW), error,
@@ -444,17 +434,7 @@ def _pose_fuzz(draw, device):
             p, t = torch.zeros((), dtype=dt, device=device), torch.zeros((), dtype=dt, device=device)
             error = ValueError, rf"^{fn}: pred must be \[B, \.\.\.\], got a 0-dim tensor$"
     elif bad == "target":
-        how = draw(st.sampled_from(["type", "dtype", "shape", "device"]))
-        if how == "type":
-            t, error = F.not_a_tensor(draw, fn, "target")
-        elif how == "dtype":
-            t, error = F.not_float(draw, fn, "target", shp, device)
-        elif how == "shape":
-            o = F.other_shape(draw, shp)
-            t = torch.zeros(o, dtype=dt, device=device)
-            error = ValueError, rf"^{fn}: target shape {F.shape_text(o)} does not match pred shape"
-        else:
-            t, error = F.on_meta(fn, "target", p, "pred")
+        t, error = F.bad_pair_target(draw, fn, p, "pred")
     params, positional = F.signature_params(LF.pose_regression_loss, R.pose_regression_loss, (p, t), vals)
     args, kwargs = F.arguments(draw, (p, t), params, positional)
     rdt = torch.promote_types(dt, t.dtype) if error is None else dt

@@ -338,6 +338,22 @@ def bad_targets(draw, fn, tg, batch, rows):
     return tg[..., :4], (ValueError, rf"^{re.escape(fn)}: targets must have shape \[{batch}, T, 5\]")
 
 
+def bad_pair_target(draw, fn, like, like_name, kinds=("type", "dtype", "shape", "device")):
+    """(a bad target of an input/target pair, expected error): the checks of
+    lossext._core.validation.check_pair, one of `kinds`: not a tensor, not floating, another
+    shape or another device than `like` (the input, named like_name)."""
+    how = draw(st.sampled_from(list(kinds)))
+    if how == "type":
+        return not_a_tensor(draw, fn, "target")
+    if how == "dtype":
+        return not_float(draw, fn, "target", like.shape, like.device)
+    if how == "shape":
+        o = other_shape(draw, like.shape)
+        return torch.zeros(o, dtype=like.dtype, device=like.device), (
+            ValueError, rf"^{re.escape(fn)}: target shape {shape_text(o)} does not match {like_name} shape")
+    return on_meta(fn, "target", like, like_name)
+
+
 def on_meta(fn, name, like, like_name, shp=None, dt=None):
     """(a tensor on the meta device, expected error: on another device than `like`)."""
     t = torch.empty(like.shape if shp is None else shp, dtype=dt or like.dtype, device="meta")
