@@ -36,8 +36,13 @@ void check_targets(const LossSpec& s, const Tensor& target) {
   const char* op = s.op;
   const int64_t* t = ptr<const int64_t>(target);
   for (int64_t i = 0; i < s.N; ++i) {
-    LOSSEXT_CHECK(t[i] == s.ignore_index || (t[i] >= 0 && t[i] < s.C), op, ": argument 'target' has value ",
+    if (s.shard) {  // -1: the target is on another shard
+      LOSSEXT_CHECK(t[i] == -1 || (t[i] >= 0 && t[i] < s.C), op, ": argument 'target' has value ", t[i],
+                    " at index ", i, ", outside [0, ", s.C, ") and not -1 (a target on another shard)");
+    } else {
+      LOSSEXT_CHECK(t[i] == s.ignore_index || (t[i] >= 0 && t[i] < s.C), op, ": argument 'target' has value ",
                     t[i], " at index ", i, ", outside [0, ", s.C, ") and not ignore_index (", s.ignore_index, ")");
+    }
   }
 }
 
@@ -354,7 +359,7 @@ struct MarginCpu {
 #pragma omp simd
             for (int64_t j = 0; j < k; ++j) z[j] = scale * static_cast<A>(row[j]);
           }
-          const bool here = tg[i] != s.ignore_index && t >= 0 && t < k;
+          const bool here = tg[i] >= 0 && tg[i] != s.ignore_index && t >= 0 && t < k;
           double m = smax[i], sum = ssum[i], sz = 0.0;
           double z_t = 0.0;
           if (here) {  // the target's cosine (or logit) and margin in float64
@@ -379,6 +384,7 @@ struct MarginCpu {
   static void fused_backward_chunk(const FusedProblem& p, Tensor& P, int64_t c0, const Tensor& G,
                                    Tensor* grad_bias) {
     const LossSpec& s = p.spec;
+    if (s.shard && c0 == 0) check_targets(s, p.target);  // (the other backward checks in row_grad_scale)
     dispatch_floating(p.x.scalar_type(), "lossext::fused_linear_margin_cross_entropy_backward", [&](auto tag) {
       using scalar_t = decltype(tag);
       using A = acc_t<scalar_t>;
@@ -394,12 +400,12 @@ struct MarginCpu {
       parallel_rows(s.N, k, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           scalar_t* __restrict row = Pp + i * k;
-          if (tg[i] == s.ignore_index) {
+          if (!s.shard && tg[i] == s.ignore_index) {
             std::fill(row, row + k, scalar_t(0));
             continue;
           }
           const int64_t t = tg[i] - c0;
-          const bool here = t >= 0 && t < k;
+          const bool here = tg[i] >= 0 && t >= 0 && t < k;
           const A Lh = static_cast<A>(lse[i]);
           const A Ll = static_cast<A>(lse[i] - double(Lh));
           const A gs = g[i] * scale;

@@ -103,6 +103,12 @@ __device__ __forceinline__ bool is_bad(int64_t t, int64_t ignore, int64_t C) {
   return t != ignore && (t < 0 || t >= C);
 }
 
+// The fused kernels skip a row whose target is ignore_index or bad. The shard ops (shard: no
+// ignore_index) take -1 as a target on another shard: the row counts, with no target column.
+__device__ __forceinline__ bool fused_skip(int64_t t, int64_t ignore, int64_t C, bool shard) {
+  return shard ? (t != -1 && (t < 0 || t >= C)) : (t == ignore || t < 0 || t >= C);
+}
+
 // ---- block reductions (fixed order) --------------------------------------------------------
 
 // Online softmax state: running max m, sum of exp(z - m), and a plain sum of z.
@@ -741,14 +747,14 @@ __device__ __forceinline__ void fused_finish_row(const scalar_t* row, const scal
 template <bool kSum, bool kSplit, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     fused_forward_kernel(const scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
-                         int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
+                         int64_t N, int64_t C, int64_t ignore, bool shard, const scalar_t* __restrict__ bias,
                          acc_t<scalar_t> scale, TargetMargin<double> tm, RowSplit split, Online* __restrict__ part,
                          double* __restrict__ ssum, double* __restrict__ smax, double* __restrict__ zy,
                          double* __restrict__ wz) {
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     if (!kSplit && c0 == 0 && threadIdx.x == 0) fused_init_row(i, ssum, smax, zy, wz);
     const int64_t t = tg[i];
-    if (t == ignore || t < 0 || t >= C) continue;  // block-uniform
+    if (fused_skip(t, ignore, C, shard)) continue;  // block-uniform
     const int64_t tl = t - c0;  // target column in this chunk, if in [0, k)
     const scalar_t* row = P + i * k;
     const Online red = fused_row_state<kSum>(row, bias, tl, scale, split.begin(), split.end(k));
@@ -766,7 +772,7 @@ __global__ void __launch_bounds__(kRowThreads)
 template <bool kSum, class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     fused_forward_merge_kernel(const scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
-                               int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
+                               int64_t N, int64_t C, int64_t ignore, bool shard, const scalar_t* __restrict__ bias,
                                acc_t<scalar_t> scale, TargetMargin<double> tm, int splits,
                                const Online* __restrict__ part, double* __restrict__ ssum, double* __restrict__ smax,
                                double* __restrict__ zy, double* __restrict__ wz) {
@@ -774,7 +780,7 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
     if (c0 == 0) fused_init_row(i, ssum, smax, zy, wz);
     const int64_t t = tg[i];
-    if (t == ignore || t < 0 || t >= C) continue;
+    if (fused_skip(t, ignore, C, shard)) continue;
     const int64_t tl = t - c0;
     fused_finish_row<kSum>(P + i * k, bias, i, tl, tl >= 0 && tl < k, scale, tm, merge_parts(part + i * splits, splits),
                            ssum, smax, zy, wz);
@@ -786,7 +792,7 @@ __global__ void __launch_bounds__(kRowThreads)
 template <class scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
     fused_backward_kernel(scalar_t* __restrict__ P, int64_t k, int64_t c0, const int64_t* __restrict__ tg,
-                          int64_t N, int64_t C, int64_t ignore, const scalar_t* __restrict__ bias,
+                          int64_t N, int64_t C, int64_t ignore, bool shard, const scalar_t* __restrict__ bias,
                           const double* __restrict__ lse, const acc_t<scalar_t>* __restrict__ g,
                           acc_t<scalar_t> scale, acc_t<scalar_t> keep, acc_t<scalar_t> spread, acc_t<scalar_t> a,
                           TargetMargin<double> tm, RowSplit split) {
@@ -795,8 +801,8 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     scalar_t* row = P + i * k;
     const int64_t t = tg[i];
-    if (t == ignore || t < 0 || t >= C) {
-      fill_row(row, j0, j1, t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>()));
+    if (fused_skip(t, ignore, C, shard)) {
+      fill_row(row, j0, j1, !shard && t == ignore ? to_s<scalar_t>(0.0f) : to_s<scalar_t>(nan_v<float>()));
       continue;
     }
     const int64_t tl = t - c0;  // matches a column only when the target is in the chunk
@@ -1063,12 +1069,12 @@ struct MarginCuda {
       with_bool(s.smoothing > 0.0, [&](auto kSum) {
         with_bool(sp.splits > 1, [&](auto kSplit) {
           fused_forward_kernel<kSum.value, kSplit.value, scalar_t><<<split_grid(s.N, sp), split_threads<scalar_t>(k, sp), 0, stream>>>(
-              Pp, k, c0, tg, s.N, s.C, s.ignore_index, bias, scale, tm, sp, pp, ssum, smax, zy, wz);
+              Pp, k, c0, tg, s.N, s.C, s.ignore_index, s.shard, bias, scale, tm, sp, pp, ssum, smax, zy, wz);
           check_launch("lossext::fused_linear_margin_cross_entropy chunk kernel");
         });
         if (sp.splits > 1) {
           fused_forward_merge_kernel<kSum.value, scalar_t><<<flat_grid(s.N, kRowThreads), kRowThreads, 0, stream>>>(
-              Pp, k, c0, tg, s.N, s.C, s.ignore_index, bias, scale, tm, sp.splits, pp, ssum, smax, zy, wz);
+              Pp, k, c0, tg, s.N, s.C, s.ignore_index, s.shard, bias, scale, tm, sp.splits, pp, ssum, smax, zy, wz);
           check_launch("lossext::fused_linear_margin_cross_entropy chunk merge kernel");
         }
       });
@@ -1088,7 +1094,7 @@ struct MarginCuda {
       scalar_t* Pp = ptr<scalar_t>(P);
       const RowSplit sp = row_split<scalar_t>(s.N, k, p.x.get_device_index());
       fused_backward_kernel<scalar_t><<<split_grid(s.N, sp), split_threads<scalar_t>(k, sp), 0, stream>>>(
-          Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, bias, ptr<const double>(*p.lse),
+          Pp, k, c0, ptr<const int64_t>(p.target), s.N, s.C, s.ignore_index, s.shard, bias, ptr<const double>(*p.lse),
           ptr<const A>(G), static_cast<A>(s.scale), keep, spread, a, s.target_margin<double>(), sp);
       check_launch("lossext::fused_linear_margin_cross_entropy_backward chunk kernel");
       if (grad_bias) {

@@ -59,6 +59,9 @@ struct LossSpec {
   std::optional<Tensor> lambda_dev;
   bool easy_margin;
   int64_t ignore_index;
+  // The shard ops (fused_linear_margin_shard_*): no ignore_index, and target -1 means "this row's
+  // target is on another shard": the row counts, with no target column here.
+  bool shard = false;
   Reduction reduction;
   int64_t N, C;
   double keep() const { return 1.0 - smoothing; }
@@ -479,22 +482,27 @@ struct FusedKernels {
     const char* op = "lossext::fused_linear_margin_cross_entropy";
     FusedProblem p = prepare_fused(op, x, w, target, bias, scale, m1, m2, m3, lambda, easy_margin, normalize,
                                    smoothing, ignore_index, reduction, chunk);
-    const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk;
     RowStats st = new_row_stats(p.spec, p.x, true);
     Tensor loss = new_loss(p.spec, fused_loss_type(p.x.scalar_type()), p.x);
-    if (N > 0) {
-      prepare_norms<Device>(p);
-      Tensor flat = new_tensor({N * K}, p.x.scalar_type(), p.x);
-      for (int64_t c0 = 0; c0 < C; c0 += K) {
-        const int64_t k = std::min(K, C - c0);
-        Tensor P = chunk_view(flat, N, k);
-        chunk_logits<Device>(p, P, chunk_weights<Device>(p, c0, k));
-        Device::fused_forward_chunk(p, P, c0, st);
-      }
-    }
+    forward_chunks(p, st);
     Tensor lse = st.lse;
     Device::finalize(p.spec, st, p.target, nullptr, loss, lse);
     return {loss, lse};
+  }
+
+  // The chunk loop of the forward: the running (max, sum of exp(z - max)) of each row in st.max
+  // and st.lse, its target logit in st.zy (0 where the target is not among these classes).
+  static void forward_chunks(FusedProblem& p, RowStats& st) {
+    const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk;
+    if (N == 0) return;
+    prepare_norms<Device>(p);
+    Tensor flat = new_tensor({N * K}, p.x.scalar_type(), p.x);
+    for (int64_t c0 = 0; c0 < C; c0 += K) {
+      const int64_t k = std::min(K, C - c0);
+      Tensor P = chunk_view(flat, N, k);
+      chunk_logits<Device>(p, P, chunk_weights<Device>(p, c0, k));
+      Device::fused_forward_chunk(p, P, c0, st);
+    }
   }
 
   static std::tuple<Tensor, Tensor, Tensor> backward(Tensor grad_output, Tensor x, Tensor w, Tensor target,
@@ -509,6 +517,14 @@ struct FusedKernels {
     check_grad_output(op, grad_output, x, p.spec, fused_loss_type(x.scalar_type()));
     check_lse(op, lse, x, p.spec.N);
     p.lse = torch::stable::contiguous(lse);
+    return backward_chunks(p, [&](Tensor& G) {
+      Device::row_grad_scale(p.spec, torch::stable::contiguous(grad_output), p.target, nullptr, G);
+    });
+  }
+
+  // The chunk loop of the backward, with G_i = dLoss/dloss_i (acc [N], written by fill_G).
+  template <class FillG>
+  static std::tuple<Tensor, Tensor, Tensor> backward_chunks(FusedProblem& p, const FillG& fill_G) {
     const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk, D = p.D;
     const ScalarType st = p.x.scalar_type(), acc = acc_scalar_type(st);
     // grad_w and grad_b: empty, since with N > 0 the chunks [c0, c0 + k) cover [0, C) and each
@@ -535,7 +551,7 @@ struct FusedKernels {
     // needs the unscaled B: the scratch keeps both intact.
     if (p.normalize && st != acc && D > 0) p.gw_acc = new_tensor({K, D}, acc, p.x);
     Tensor G = new_tensor({N}, acc, p.x);
-    Device::row_grad_scale(p.spec, torch::stable::contiguous(grad_output), p.target, nullptr, G);
+    fill_G(G);
     Tensor flat = new_tensor({N * K}, st, p.x);
     Tensor acc_x = zeros({N, D}, acc, p.x);
     std::optional<Tensor> tmp;  // half inputs: B wc in the input dtype before the float32 add
@@ -555,12 +571,64 @@ struct FusedKernels {
   }
 };
 
+// ---- fused_linear_margin_shard_forward / _backward -----------------------------------------
+// One shard of the classes of a normalized fused margin CE (lossext.distributed): the forward
+// returns each row's max, sum of exp(z - max) over this shard's logits and the target logit
+// (0 when the row's target is elsewhere: target -1), all float64 [N], for the caller to combine
+// across shards; the backward takes the combined (global) lse and G_i = dLoss/dloss_i, and
+// returns this shard's part of dL/dinput (summed over the shards by the caller) and its dL/dW.
+
+inline FusedProblem prepare_shard(const char* op, const Tensor& x, const Tensor& w, const Tensor& target,
+                                  double scale, double m1, double m2, double m3,
+                                  const std::optional<Tensor>& lambda, bool easy_margin, int64_t chunk) {
+  FusedProblem p = prepare_fused(op, x, w, target, std::nullopt, scale, m1, m2, m3, lambda, easy_margin, true, 0.0,
+                                 -1, 0, chunk);
+  p.spec.shard = true;
+  return p;
+}
+
+template <class Device>
+struct ShardKernels {
+  static std::tuple<Tensor, Tensor, Tensor> forward(Tensor x, Tensor w, Tensor target, double scale, double m1,
+                                                    double m2, double m3, std::optional<Tensor> lambda,
+                                                    bool easy_margin, int64_t chunk) {
+    FusedProblem p = prepare_shard("lossext::fused_linear_margin_shard_forward", x, w, target, scale, m1, m2, m3,
+                                   lambda, easy_margin, chunk);
+    RowStats st = new_row_stats(p.spec, p.x, true);
+    FusedKernels<Device>::forward_chunks(p, st);
+    return {*st.max, st.lse, st.zy};
+  }
+
+  static std::tuple<Tensor, Tensor> backward(Tensor grad_rows, Tensor x, Tensor w, Tensor target, Tensor lse,
+                                             double scale, double m1, double m2, double m3,
+                                             std::optional<Tensor> lambda, bool easy_margin, int64_t chunk) {
+    const char* op = "lossext::fused_linear_margin_shard_backward";
+    FusedProblem p = prepare_shard(op, x, w, target, scale, m1, m2, m3, lambda, easy_margin, chunk);
+    const ScalarType acc = acc_scalar_type(p.x.scalar_type());
+    LOSSEXT_CHECK(grad_rows.scalar_type() == acc, op, ": argument 'grad_rows' must have dtype ",
+                  torch::headeronly::toString(acc), " (float64 for float64 inputs, else float32), got ",
+                  torch::headeronly::toString(grad_rows.scalar_type()));
+    LOSSEXT_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == p.spec.N, op,
+                  ": argument 'grad_rows' must have shape [", p.spec.N, "], got ", shape_str(grad_rows));
+    LOSSEXT_CHECK(grad_rows.device() == x.device(), op,
+                  ": argument 'grad_rows' is on a different device than input");
+    check_lse(op, lse, x, p.spec.N);
+    p.lse = torch::stable::contiguous(lse);
+    auto grads = FusedKernels<Device>::backward_chunks(p, [&](Tensor& G) {
+      torch::stable::copy_(G, grad_rows);
+    });
+    return {std::get<0>(grads), std::get<1>(grads)};
+  }
+};
+
 template <class Device, class Lib>
 void register_margin_kernels(Lib& m) {
   m.impl("margin_cross_entropy", TORCH_BOX(&MarginCeKernels<Device>::forward));
   m.impl("margin_cross_entropy_backward", TORCH_BOX(&MarginCeKernels<Device>::backward));
   m.impl("fused_linear_margin_cross_entropy", TORCH_BOX(&FusedKernels<Device>::forward));
   m.impl("fused_linear_margin_cross_entropy_backward", TORCH_BOX(&FusedKernels<Device>::backward));
+  m.impl("fused_linear_margin_shard_forward", TORCH_BOX(&ShardKernels<Device>::forward));
+  m.impl("fused_linear_margin_shard_backward", TORCH_BOX(&ShardKernels<Device>::backward));
 }
 
 }  // namespace margin

@@ -6,6 +6,11 @@
 // not bake it into the graph: None means 0, else a 0-dim float64 tensor on the logits' (or
 // embeddings') device, finite and >= 0 (checked on the CPU; on CUDA the kernels read it from
 // device memory without a host sync, and a bad value gives a NaN loss).
+// The shard ops (lossext.distributed: one rank's shard of the classes of a normalized fused op):
+// target -1 means "on another shard"; the forward returns (row_max, row_sumexp, target_logit),
+// float64 [N] each, not reduced; the backward takes the global lse [N] float64 and
+// grad_rows [N] (dLoss/dloss_i, float32, or float64 for float64 inputs) and returns
+// (grad_input: this shard's part, grad_weight).
 #include <torch/csrc/stable/library.h>
 
 STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
@@ -23,4 +28,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
         "Tensor target, Tensor? bias, Tensor lse, float scale, float m1, float m2, float m3, "
         "Tensor? lambda_, bool easy_margin, bool normalize, float label_smoothing, int ignore_index, int reduction, "
         "int chunk_size) -> (Tensor, Tensor, Tensor)");
+  m.def("fused_linear_margin_shard_forward(Tensor input, Tensor weight, Tensor target, float scale, "
+        "float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, int chunk_size) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("fused_linear_margin_shard_backward(Tensor grad_rows, Tensor input, Tensor weight, Tensor target, "
+        "Tensor lse, float scale, float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, "
+        "int chunk_size) -> (Tensor, Tensor)");
 }

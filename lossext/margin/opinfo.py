@@ -302,8 +302,30 @@ def _fused_params(kw, device="cpu"):
 
 
 def _fused_raw_calls(sample):
-    return _raw_calls("fused_linear_margin_cross_entropy", (*sample.args, sample.kwargs.get("bias")),
-                      _fused_params(sample.kwargs, sample.args[0].device))
+    calls = _raw_calls("fused_linear_margin_cross_entropy", (*sample.args, sample.kwargs.get("bias")),
+                       _fused_params(sample.kwargs, sample.args[0].device))
+    if sample.kwargs.get("normalize", True) and sample.kwargs.get("label_smoothing", 0.0) == 0.0:
+        calls += _shard_raw_calls(sample)
+    return calls
+
+
+def _shard_params(kw, device="cpu"):
+    p = _ce_params(kw, device)
+    return p[:6] + (int(kw.get("chunk_size") or 0),)
+
+
+def _shard_raw_calls(sample):
+    """The shard ops on the sample's embeddings and classes as one shard: every third target (and
+    the ignored ones) set to -1, "on another shard"; lse the shard's own, G random."""
+    x, w, t = sample.args
+    t = torch.where((t < 0) | (torch.arange(t.shape[0], device=t.device) % 3 == 1), -1, t)
+    params = _shard_params(sample.kwargs, x.device)
+    mx, se, _ = torch.ops.lossext.fused_linear_margin_shard_forward(x, w, t, *params)
+    lse = mx + se.log()
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    g = torch.randn(x.shape[0], generator=torch.Generator().manual_seed(2), dtype=acc).to(x.device)
+    return [("fused_linear_margin_shard_forward", (x, w, t, *params)),
+            ("fused_linear_margin_shard_backward", (g, x, w, t, lse.detach(), *params))]
 
 
 def _fused_module(sample):
@@ -345,7 +367,29 @@ def _fused_raw_errors(device):
         (name, (x, w, t, None, *plain[:2], 0.5, *plain[3:]), "normalize=False takes only"),
         (f"{name}_backward", (torch.ones(4, device=device), x, w, t, None, torch.zeros(4, device=device, dtype=torch.float64), *p),
          "'grad_output' must be 0-dim"),
+    ] + _shard_raw_errors(device)
+
+
+def _shard_raw_errors(device):
+    x = torch.rand(4, 3, device=device)
+    w = torch.rand(5, 3, device=device)
+    t = torch.tensor([0, -1, 4, 2], device=device)
+    p = list(_shard_params({}, device))
+    fwd, bwd = "fused_linear_margin_shard_forward", "fused_linear_margin_shard_backward"
+    lse = torch.zeros(4, device=device, dtype=torch.float64)
+    g = torch.ones(4, device=device)
+    E = [
+        (fwd, (x, w[:, :2], t, *p), "'weight' has D = 2"),
+        (fwd, (x, w, t.int(), *p), "'target' must be int64"),
+        (bwd, (g.double(), x, w, t, lse, *p), "'grad_rows' must have dtype Float"),
+        (bwd, (g[:3], x, w, t, lse, *p), "'grad_rows' must have shape \\[4\\]"),
+        (bwd, (g, x, w, t, lse.float(), *p), "'lse' must be float64"),
     ]
+    if device == "cpu":
+        bad = torch.tensor([0, -2, 4, 2])
+        E += [(fwd, (x, w, bad, *p), "target' has value -2 at index 1, outside \\[0, 5\\) and not -1"),
+              (bwd, (g, x, w, bad, lse, *p), "target' has value -2 at index 1")]
+    return E
 
 
 # fuzz ------------------------------------------------------------------------------------------
@@ -701,7 +745,8 @@ OP_ROWS = [
         name="fused_linear_margin_cross_entropy",
         op=LF.fused_linear_margin_cross_entropy, ref=R.fused_linear_margin_cross_entropy,
         module=functools.partial(LN.CombinedMarginLoss, 8, 11),
-        raw_ops=["fused_linear_margin_cross_entropy", "fused_linear_margin_cross_entropy_backward"],
+        raw_ops=["fused_linear_margin_cross_entropy", "fused_linear_margin_cross_entropy_backward",
+                 "fused_linear_margin_shard_forward", "fused_linear_margin_shard_backward"],
         hyper=_MARGIN_HYPER,
         sample_inputs=_fused_samples, edge_inputs=_fused_edges, error_inputs=_fused_errors,
         bench_input=_fused_bench, raw_calls=_fused_raw_calls, module_call=_fused_module,

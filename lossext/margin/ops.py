@@ -10,6 +10,17 @@ Ops (reduction: 0 none, 1 mean, 2 sum):
                        chunk_size) -> (loss, lse)
   fused_linear_margin_cross_entropy_backward(grad_output, input, weight, target, bias?, lse, ...)
       -> (grad_input, grad_weight, grad_bias)  (grad_bias is empty without bias)
+  fused_linear_margin_shard_forward(input, weight, target, scale, m1, m2, m3, lambda_,
+                       easy_margin, chunk_size) -> (row_max, row_sumexp, target_logit)
+  fused_linear_margin_shard_backward(grad_rows, input, weight, target, lse, scale, m1, m2, m3,
+                       lambda_, easy_margin, chunk_size) -> (grad_input, grad_weight)
+      one shard of the classes of the normalized fused op, for lossext.distributed: target -1
+      means "on another shard"; the forward's statistics ([N] float64 each, not differentiable)
+      are combined across the shards by the caller, who passes the global lse and
+      grad_rows = dLoss/dloss_i (float32, float64 for float64 inputs) to the backward; its
+      grad_input is this shard's part of the sum over shards. A target that is neither -1 nor
+      in [0, C_shard) raises on the CPU; on CUDA its row's statistics stay (-inf, 0, 0) and its
+      gradient rows are NaN (lossext.distributed checks the labels before calling).
 
 lambda_ is a Tensor? (SphereFace's annealing changes every step; a float argument would be a
 compile-time constant under torch.compile): None means 0, else a 0-dim float64 tensor on the
@@ -85,6 +96,20 @@ def _(grad, x, w, target, bias, lse, *params):
                    ("grad_output", grad), ("lse", lse))
     return (x.new_empty(x.shape), w.new_empty(w.shape),
             x.new_empty((w.shape[0] if bias is not None else 0,)))
+
+
+@torch.library.register_fake("lossext::fused_linear_margin_shard_forward")
+def _(x, w, target, *params):
+    _fused_devices("fused_linear_margin_shard_forward", x, w, target, None, params[4])
+    n = x.shape[0]
+    return tuple(x.new_empty((n,), dtype=torch.float64) for _ in range(3))
+
+
+@torch.library.register_fake("lossext::fused_linear_margin_shard_backward")
+def _(grad_rows, x, w, target, lse, *params):
+    _fused_devices("fused_linear_margin_shard_backward", x, w, target, None, params[4],
+                   ("grad_rows", grad_rows), ("lse", lse))
+    return x.new_empty(x.shape), w.new_empty(w.shape)
 
 
 def _class_weight_grad(grad, cos, target, weight, row_scale, params):
@@ -199,3 +224,19 @@ amp.register("fused_linear_margin_cross_entropy", "matmul", float_outputs=1)
 
 for _name in ("margin_cross_entropy", "fused_linear_margin_cross_entropy"):
     refuse_double_backward(_name, [f"{_name}_backward"])
+
+
+# ---- the shard ops (lossext.distributed differentiates through them itself) ---------------
+
+def _shard_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output)  # per-shard statistics, combined by the caller
+
+
+def _shard_backward(ctx, *grads):
+    raise NotImplementedError("lossext.fused_linear_margin_shard_forward: its outputs are per-shard statistics "
+                              "and not differentiable; lossext.distributed differentiates the combined loss")
+
+
+register_autograd("fused_linear_margin_shard_forward", setup_context=_shard_setup, backward=_shard_backward)
+amp.register("fused_linear_margin_shard_forward", "matmul")
+refuse_double_backward("fused_linear_margin_shard", ["fused_linear_margin_shard_backward"])
