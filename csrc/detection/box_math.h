@@ -64,16 +64,18 @@ LOSSEXT_HD float atan2_nonneg(float w, float h) {
 #ifdef LOSSEXT_ON_DEVICE
   return ::atan2f(w, h);
 #else
-  const bool swap = w > h;
-  const float lo = swap ? h : w, hi = swap ? w : h;
-  float x = hi > 0.0f ? lo / hi : 0.0f;  // in [0, 1]; 0 for a point (atan2(0, 0) = 0)
-  const bool big = x > 0.414213562373095f;  // tan(pi/8)
-  x = big ? (x - 1.0f) / (x + 1.0f) : x;
+  // every condition a float comparison used in place (no named bools: GCC does not vectorize the
+  // mix of mask widths they become, nor a select between two constants, a table load)
+  const float lo = w > h ? h : w, hi = w > h ? w : h;
+  const float q = lo / (hi > 0.0f ? hi : 1.0f);
+  const float x0 = hi > 0.0f ? q : 0.0f;  // in [0, 1]; 0 for a point (atan2(0, 0) = 0)
+  const float x = x0 > 0.414213562373095f ? (x0 - 1.0f) / (x0 + 1.0f) : x0;  // tan(pi/8)
   const float z = x * x;
-  float y = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z - 3.33329491539e-1f) * z * x + x;
-  y += big ? 0.785398163397448f : 0.0f;
-  const float r = swap ? 1.57079632679490f - y : y;
-  return (w != w || h != h) ? w + h : r;  // NaN propagates
+  const float y = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z - 3.33329491539e-1f) * z * x + x;
+  const float yb = x0 > 0.414213562373095f ? y + 0.785398163397448f : y;
+  const float r = w > h ? 1.57079632679490f - yb : yb;
+  const float nan = w + h;  // NaN iff w or h is (both are >= 0)
+  return nan != nan ? nan : r;
 #endif
 }
 
@@ -96,7 +98,6 @@ struct BoxIouOp {
     T w1, h1, w2, h2;          // clamped at 0
     Pick<T> ix1, iy1, ix2, iy2;  // intersection corners
     T iw, ih;
-    bool overlap;
     T inter, D, iou;           // D = U + eps
     Pick<T> cx1, cy1, cx2, cy2;  // enclosing box corners
     T cw, ch;                  // enclosing box sides (unclamped)
@@ -106,7 +107,14 @@ struct BoxIouOp {
     T loss;
   };
 
+  // The mode: the runtime one (M < 0, the CUDA kernels), or M itself, known at compile time so
+  // that the CPU loops have no branch on it and vectorize (one box per lane).
+  template <int M>
+  LOSSEXT_HD BoxMode mode_of() const { return M < 0 ? mode : static_cast<BoxMode>(M); }
+
+  template <int M = -1>
   LOSSEXT_HD Fwd forward(const Box<T>& a, const Box<T>& b) const {
+    const BoxMode mode = mode_of<M>();
     Fwd f;
     const T dw1 = a.x2 - a.x1, dh1 = a.y2 - a.y1, dw2 = b.x2 - b.x1, dh2 = b.y2 - b.y1;
     f.w1 = dw1 < T(0) ? T(0) : dw1;
@@ -119,8 +127,7 @@ struct BoxIouOp {
     f.iy2 = pick_min(a.y2, b.y2);
     f.iw = f.ix2.v - f.ix1.v;
     f.ih = f.iy2.v - f.iy1.v;
-    f.overlap = f.iw > T(0) && f.ih > T(0);
-    f.inter = f.overlap ? f.iw * f.ih : T(0);
+    f.inter = f.iw > T(0) ? (f.ih > T(0) ? f.iw * f.ih : T(0)) : T(0);
     const T U = f.w1 * f.h1 + f.w2 * f.h2 - f.inter;
     f.D = U + eps;
     f.iou = f.inter / f.D;
@@ -154,15 +161,19 @@ struct BoxIouOp {
     return f;
   }
 
-  LOSSEXT_HD T value(const Box<T>& a, const Box<T>& b) const { return forward(a, b).loss; }
+  template <int M = -1>
+  LOSSEXT_HD T value(const Box<T>& a, const Box<T>& b) const { return forward<M>(a, b).loss; }
 
   // d loss / d coordinates times g.
+  // Branch-free in the data (selects, not ifs), so that the CPU loop vectorizes.
+  template <int M = -1>
   LOSSEXT_HD BoxGrad<T> backward(const Box<T>& a, const Box<T>& b, T g) const {
-    const Fwd f = forward(a, b);
-    BoxGrad<T> r;
-    for (int k = 0; k < 8; ++k) r.g[k] = T(0);
-    T* ga = r.g;      // box 1: x1, y1, x2, y2
-    T* gb = r.g + 4;  // box 2
+    const BoxMode mode = mode_of<M>();
+    const Fwd f = forward<M>(a, b);
+    // box 1's (x1, y1, x2, y2), then box 2's; local arrays (not r.g through pointers: GCC then
+    // keeps them in registers, and the CPU loop vectorizes)
+    T ga[4] = {T(0), T(0), T(0), T(0)};
+    T gb[4] = {T(0), T(0), T(0), T(0)};
     // loss = 1 - I / D (+ terms); D = A1 + A2 - I + eps
     T gI = -g / f.D;                    // through IoU's numerator
     T gU = g * f.iou / f.D;             // through IoU's denominator
@@ -173,8 +184,9 @@ struct BoxIouOp {
     const T gw2 = b.x2 - b.x1 < T(0) ? T(0) : gU * f.h2, gh2 = b.y2 - b.y1 < T(0) ? T(0) : gU * f.w2;
     T gw1t = gw1, gh1t = gh1, gw2t = gw2, gh2t = gh2;
     // intersection I = iw ih where it overlaps
-    if (f.overlap) {
-      const T giw = gI * f.ih, gih = gI * f.iw;
+    {  // (0 where the boxes do not overlap)
+      const T giw = f.iw > T(0) ? (f.ih > T(0) ? gI * f.ih : T(0)) : T(0);
+      const T gih = f.iw > T(0) ? (f.ih > T(0) ? gI * f.iw : T(0)) : T(0);
       ga[2] += giw * f.ix2.ga; gb[2] += giw * f.ix2.gb;
       ga[0] -= giw * f.ix1.ga; gb[0] -= giw * f.ix1.gb;
       ga[3] += gih * f.iy2.ga; gb[3] += gih * f.iy2.gb;
@@ -199,14 +211,15 @@ struct BoxIouOp {
         // alpha v, alpha constant: dv = 2 (4/pi^2) (t2 - t1) d(t2 - t1); t = atan2(w, h)
         const T gt2 = g * f.alpha * T(2) * T(kFourOverPi2) * (f.t2 - f.t1);
         const T n1 = f.w1 * f.w1 + f.h1 * f.h1, n2 = f.w2 * f.w2 + f.h2 * f.h2;
-        if (n1 > T(0)) {
-          if (!(a.x2 - a.x1 < T(0))) gw1t -= gt2 * f.h1 / n1;
-          if (!(a.y2 - a.y1 < T(0))) gh1t += gt2 * f.w1 / n1;
-        }
-        if (n2 > T(0)) {
-          if (!(b.x2 - b.x1 < T(0))) gw2t += gt2 * f.h2 / n2;
-          if (!(b.y2 - b.y1 < T(0))) gh2t -= gt2 * f.w2 / n2;
-        }
+        // d atan2(w, h) = (h dw - w dh) / (w^2 + h^2), 0 at w = h = 0 and through a clamped side
+        const T n1s = n1 > T(0) ? n1 : T(1), n2s = n2 > T(0) ? n2 : T(1);
+        // n = 0 needs no condition of its own: then w = h = 0 (or they underflowed), and the
+        // terms over n = 1 are 0 (or negligible); one select per term (GCC does not vectorize
+        // the and-ed masks of two)
+        gw1t -= a.x2 - a.x1 < T(0) ? T(0) : gt2 * f.h1 / n1s;
+        gh1t += a.y2 - a.y1 < T(0) ? T(0) : gt2 * f.w1 / n1s;
+        gw2t += b.x2 - b.x1 < T(0) ? T(0) : gt2 * f.h2 / n2s;
+        gh2t -= b.y2 - b.y1 < T(0) ? T(0) : gt2 * f.w2 / n2s;
       }
     }
     if (mode != BoxMode::IoU) {  // enclosing box: cw = max(x2, X2) - min(x1, X1)
@@ -218,6 +231,9 @@ struct BoxIouOp {
     // widths and heights: w = x2 - x1
     ga[2] += gw1t; ga[0] -= gw1t; ga[3] += gh1t; ga[1] -= gh1t;
     gb[2] += gw2t; gb[0] -= gw2t; gb[3] += gh2t; gb[1] -= gh2t;
+    BoxGrad<T> r;
+    r.g[0] = ga[0]; r.g[1] = ga[1]; r.g[2] = ga[2]; r.g[3] = ga[3];
+    r.g[4] = gb[0]; r.g[5] = gb[1]; r.g[6] = gb[2]; r.g[7] = gb[3];
     return r;
   }
 };

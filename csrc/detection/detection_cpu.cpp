@@ -8,6 +8,7 @@
 // Bad labels (softmax focal: outside [0, C) and not ignore_index) raise before any row is read.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include <torch/csrc/stable/library.h>
@@ -50,6 +51,18 @@ inline Box<A> load_box(const scalar_t* p) {
   return {static_cast<A>(p[0]), static_cast<A>(p[1]), static_cast<A>(p[2]), static_cast<A>(p[3])};
 }
 
+// f(std::integral_constant<int, mode>) for the problem's mode: the box loops are compiled per
+// mode, with no branch on it inside (so that they vectorize).
+template <class F>
+void with_box_mode(int64_t mode, const F& f) {
+  switch (static_cast<BoxMode>(mode)) {
+    case BoxMode::IoU: f(std::integral_constant<int, 0>{}); break;
+    case BoxMode::GIoU: f(std::integral_constant<int, 1>{}); break;
+    case BoxMode::DIoU: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 3>{});
+  }
+}
+
 template <class scalar_t>
 void box_forward_t(const BoxProblem& p, Tensor& loss) {
   using A = acc_t<scalar_t>;
@@ -58,20 +71,27 @@ void box_forward_t(const BoxProblem& p, Tensor& loss) {
   const scalar_t* b2 = ptr<const scalar_t>(p.boxes2);
   scalar_t* out = ptr<scalar_t>(loss);
   if (p.reduction == Reduction::None) {
-    for_chunks(p.n, 8, [&](int64_t, int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) out[k] = static_cast<scalar_t>(op.value(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k)));
+    with_box_mode(p.mode, [&](auto M) {
+      for_chunks(p.n, 8, [&](int64_t, int64_t b, int64_t e) {
+        const auto o = op;  // a local copy: GCC does not vectorize reads through the captured reference
+#pragma omp simd
+        for (int64_t k = b; k < e; ++k)
+          out[k] = static_cast<scalar_t>(o.template value<M.value>(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k)));
+      });
     });
     return;
   }
   std::vector<double> partial((p.n + kChunk - 1) / kChunk, 0.0);
-  for_chunks(p.n, 8, [&](int64_t c, int64_t b, int64_t e) {
-    double s = 0.0;
-    for (int64_t blk = b; blk < e; blk += kBlock) {
-      s += double(cpu_detail::lane_sum<A>(blk, std::min(e, blk + kBlock), [&](int64_t k) {
-        return op.value(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k));
-      }));
-    }
-    partial[c] = s;
+  with_box_mode(p.mode, [&](auto M) {
+    for_chunks(p.n, 8, [&](int64_t c, int64_t b, int64_t e) {
+      double s = 0.0;
+      for (int64_t blk = b; blk < e; blk += kBlock) {
+        s += double(cpu_detail::lane_sum<A>(blk, std::min(e, blk + kBlock), [&](int64_t k) {
+          return op.template value<M.value>(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k));
+        }));
+      }
+      partial[c] = s;
+    });
   });
   const double total = sum_in_order(partial);
   // 'mean' of no boxes is 0 (torchvision's box losses)
@@ -91,15 +111,26 @@ void box_backward_t(const BoxProblem& p, const Tensor& grad_output, Tensor& grad
   const bool per_box = p.reduction == Reduction::None;
   const A scale = static_cast<A>(p.grad_scale());
   const A go0 = per_box ? A(0) : static_cast<A>(go[0]) * scale;
-  for_chunks(p.n, 16, [&](int64_t, int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) {
-      const A g = per_box ? static_cast<A>(go[k]) : go0;
-      const BoxGrad<A> r = op.backward(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k), g);
-      for (int j = 0; j < 4; ++j) {
-        g1[4 * k + j] = static_cast<scalar_t>(r.g[j]);
-        g2[4 * k + j] = static_cast<scalar_t>(r.g[4 + j]);
+  auto run = [&](auto M, auto kPerBox) {
+    for_chunks(p.n, 16, [&](int64_t, int64_t b, int64_t e) {
+      // boxes are independent and the outputs never alias the inputs (fresh tensors): one box
+      // per lane (GCC does not vectorize this loop by itself: eight output streams)
+#pragma omp simd
+      for (int64_t k = b; k < e; ++k) {
+        A g = go0;
+        if constexpr (kPerBox.value) g = static_cast<A>(go[k]);
+        const BoxGrad<A> r = op.template backward<M.value>(load_box<A>(b1 + 4 * k), load_box<A>(b2 + 4 * k), g);
+        scalar_t* o1 = g1 + 4 * k;
+        scalar_t* o2 = g2 + 4 * k;
+        o1[0] = static_cast<scalar_t>(r.g[0]); o1[1] = static_cast<scalar_t>(r.g[1]);
+        o1[2] = static_cast<scalar_t>(r.g[2]); o1[3] = static_cast<scalar_t>(r.g[3]);
+        o2[0] = static_cast<scalar_t>(r.g[4]); o2[1] = static_cast<scalar_t>(r.g[5]);
+        o2[2] = static_cast<scalar_t>(r.g[6]); o2[3] = static_cast<scalar_t>(r.g[7]);
       }
-    }
+    });
+  };
+  with_box_mode(p.mode, [&](auto M) {
+    if (per_box) run(M, std::true_type{}); else run(M, std::false_type{});
   });
 }
 
