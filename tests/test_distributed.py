@@ -70,9 +70,15 @@ def test_checkpoint_saved_at_two_loads_at_three_and_one(worlds):
     for w in (3, 1):
         for r, res in enumerate(worlds[w]):
             assert res["loaded_loss"] == pytest.approx(saved, rel=1e-6), (w, r)
-            assert res["loaded_step"] == 0
+            assert res["loaded_step"] == 5
+            assert torch.equal(res["loaded_weight"], worlds[2][0]["after_step_weight"]), (w, r)
     for w, r, res in _all(worlds):
         assert "reshard" in res["wrong_world_refused"], (w, r, res["wrong_world_refused"])
+        assert res["refused_left_weight"], (w, r)  # refused before the weight was copied
+        if r == 0:
+            assert torch.equal(res["gathered_on_dst"], res["after_step_weight"]), (w, r)
+        else:
+            assert res["gathered_on_dst"] is None
 
 
 def test_sampling(worlds):
@@ -81,14 +87,18 @@ def test_sampling(worlds):
             same_a, same_b, other = runs
             for run in runs:
                 assert run["positives_kept"], (w, r, rate)
-                assert run["ref"] <= 1e-10, (w, r, rate, run)  # the fused op on the sampled classes
+                # the fused op on the sampled classes of all ranks: loss, embedding and weight gradients
+                assert run["ref"] <= 1e-10 and run["grad_x"] <= 1e-10, (w, r, rate, run)
+                assert run["size"] == 0 or run["grad_w"] <= 1e-10, (w, r, rate, run)
                 assert run["unsampled_grad_zero"], (w, r, rate)
                 assert run["size"] == max(run["num_sample"], run["n_pos"]) or (
                     run["n_pos"] < run["num_sample"] and run["size"] == run["num_sample"]), (w, r, rate, run)
             assert same_a["index"] == same_b["index"] and same_a["loss"] == same_b["loss"], (w, r, rate)
         assert res["rate_one_equal"], (w, r)
-    # some seed change moves the sample somewhere
-    assert any(runs[0]["index"] != runs[2]["index"] for _, _, res in _all(worlds) for runs in res["sampling"].values())
+    # another seed, another step: other draws (where negatives are drawn at all)
+    runs = [run for _, _, res in _all(worlds) for rs in res["sampling"].values() for run in rs]
+    assert any(a["index"] != b["index"] for _, _, res in _all(worlds) for a, _, b in res["sampling"].values())
+    assert any(run["next_index"] != run["index"] for run in runs)
 
 
 def test_out_of_range_label_raises_on_every_rank(worlds):
@@ -99,6 +109,15 @@ def test_out_of_range_label_raises_on_every_rank(worlds):
                 assert f"local_labels has values [{W.C}] at indices [2]" in msg, msg
             else:
                 assert f"rank(s) [{w - 1}] passed labels outside [0, {W.C})" in msg, msg
+            # check_labels=False: a NaN loss, NaN weight gradients and the bad row's embedding gradient
+            # NaN (on its rank), never a silent finite value
+            assert res["unchecked_bad_label"] == (True, r == w - 1, True), (w, r, res["unchecked_bad_label"])
+
+
+def test_unequal_batch_sizes_raise_on_every_rank(worlds):
+    for w in (2, 3):
+        for r, res in enumerate(worlds[w]):
+            assert f"got {[W.N - 1] + [W.N] * (w - 1)} on ranks 0..{w - 1}" in res["unequal_sizes"], res["unequal_sizes"]
 
 
 def test_a_rank_that_fails_early_makes_the_others_time_out(worlds):
@@ -147,7 +166,8 @@ def test_sample_classes():
     index, remap = LD.sample_classes(target, 50, 2, g)
     assert index.tolist() == [0, 3, 7]
     assert remap.tolist() == [1, -1, 2, 1, -1, 0]
-    assert splitmix64(1, 0, 0) != splitmix64(1, 1, 0) != splitmix64(1, 0, 1)
+    seeds = {splitmix64(1, r, step) for r in range(4) for step in range(50)}
+    assert len(seeds) == 200 and all(0 <= v < 2 ** 63 for v in seeds)
 
 
 def _sds(c, w, d=3):
@@ -174,7 +194,10 @@ def test_reshard_round_trips():
     # bare insightface dicts (weight only, rank order)
     bare = [{"weight": sd["weight"]} for sd in sds]
     out = LD.reshard(bare, 3)
-    assert torch.equal(torch.cat([sd["weight"] for sd in out]), full) and "_extra_state" not in out[0]
+    assert torch.equal(torch.cat([sd["weight"] for sd in out]), full)
+    assert [(sd["_extra_state"]["class_start"], sd["_extra_state"]["num_local"]) for sd in out] == [(0, 13), (13, 12),
+                                                                                                   (25, 12)]
+    assert out[1]["_extra_state"]["embedding_dim"] == 3 and out[1]["_extra_state"]["step"] == 0
     with pytest.raises(ValueError, match="insightface's shard formula"):
         LD.reshard(bare[::-1], 3)
     with pytest.raises(ValueError, match="pass every rank's"):

@@ -78,8 +78,8 @@ def _split(full, num_classes, new_world_size):
 def reshard(state_dicts, new_world_size):
     """The state dicts of a checkpoint saved at one world size (one per rank, any order; or bare
     insightface PartialFC_V2 dicts in rank order), re-cut for new_world_size ranks. Returns a
-    list, entry r for rank r (load it with ClassParallelMarginLoss.load_state_dict). The seed
-    and step are copied; the classes sampled afterwards differ from those a run at the old world
+    list of CPU state dicts, entry r for rank r (load it with ClassParallelMarginLoss.load_state_dict;
+    bare insightface dicts get the metadata too, at step 0). The seed and step are copied; the classes sampled afterwards differ from those a run at the old world
     size would draw (each rank draws from its own generator)."""
     if isinstance(new_world_size, bool) or not isinstance(new_world_size, int) or new_world_size < 1:
         raise ValueError(f"{_FN}: new_world_size must be an int >= 1, got {new_world_size!r}")
@@ -87,16 +87,16 @@ def reshard(state_dicts, new_world_size):
     if new_world_size > num_classes:
         raise ValueError(f"{_FN}: new_world_size = {new_world_size} exceeds num_classes = {num_classes} (every rank "
                          "needs a class)")
-    full = torch.cat([sd["weight"] for sd in ordered])
+    full = torch.cat([sd["weight"].detach().cpu() for sd in ordered])  # (shards may sit on different devices)
+    if meta is None:  # insightface's dicts: the metadata a ClassParallelMarginLoss needs to load them
+        meta = {"format": FORMAT, "num_classes": num_classes, "embedding_dim": full.shape[1],
+                "generator_seed": None, "sampling_seed": None, "step": 0}
     out = []
     for r, w in enumerate(_split(full, num_classes, new_world_size)):
         start, n = shard_range(num_classes, new_world_size, r)
-        sd = {"weight": w}
-        if meta is not None:
-            m = copy.deepcopy(meta)
-            m.update(world_size=new_world_size, rank=r, class_start=start, num_local=n)
-            sd["_extra_state"] = m
-        out.append(sd)
+        m = copy.deepcopy(meta)
+        m.update(world_size=new_world_size, rank=r, class_start=start, num_local=n)
+        out.append({"weight": w, "_extra_state": m})
     return out
 
 
@@ -115,4 +115,4 @@ def reshard_tensors(tensors, new_world_size):
                              f"over {len(tensors)} ranks in rank order")
     if isinstance(new_world_size, bool) or not isinstance(new_world_size, int) or not 1 <= new_world_size <= num_classes:
         raise ValueError(f"{fn}: new_world_size must be an int in [1, {num_classes}], got {new_world_size!r}")
-    return _split(torch.cat(list(tensors)), num_classes, new_world_size)
+    return _split(torch.cat([t.detach().cpu() for t in tensors]), num_classes, new_world_size)

@@ -4,8 +4,8 @@ Each rank holds a contiguous shard of the class weights. The embeddings and labe
 group are gathered, each rank runs the margin family's fused shard kernel against its own shard
 (row max, sum of exp and the target logit, never the [N_tot, C_local] logits), and two
 all-reduces combine them: the row max (MAX), then the rescaled sums and the target logits in one
-SUM. Every rank returns the same global loss; no host sync on the way (the label check below is
-one on CUDA, and it can be turned off).
+SUM. Every rank returns the same global loss. The loss itself needs no host sync; the checks of
+the batch sizes and of the label range are one each on CUDA, and both can be turned off.
 
 Backward: every rank runs its shard's backward with the global lse; its dL/dW is exact with no
 communication, and its part of dL/dX joins the others' in the gather's reduce-scatter
@@ -14,6 +14,7 @@ communication, and its part of dL/dX joins the others' in the gather's reduce-sc
 import torch
 import torch.distributed as dist
 
+from .._core import amp
 from .._core import validation as V
 from ..margin import ops as _margin_ops  # noqa: F401  (registers the shard ops' fakes and autograd)
 from . import _comm
@@ -41,15 +42,19 @@ def _check_margins(fn, scale, m1, m2, m3):
     return scale, m1, m2, m3
 
 
+def bad_labels(labels, num_classes, ignore_index):
+    return (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+
+
 def check_labels_in_range(fn, labels, num_classes, ignore_index, rank, n_local, check):
     """Raises on every rank if any gathered label is outside [0, num_classes) and not
     ignore_index: the rank that passed it names the local indices and values; the others name
     that rank. All ranks hold the same gathered labels, so all raise together (nobody is left
-    waiting in a collective). On CUDA this is one host sync (check=False skips it: such rows
-    then give a NaN loss)."""
-    if not check and labels.is_cuda:
+    waiting in a collective). On CUDA this is one host sync. check=False skips it (on every
+    device): such rows then give a NaN loss and NaN gradients (shard_loss)."""
+    if not check:
         return
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    bad = bad_labels(labels, num_classes, ignore_index)
     if not bool(bad.any()):
         return
     rows = bad.nonzero().flatten().tolist()
@@ -62,19 +67,13 @@ def check_labels_in_range(fn, labels, num_classes, ignore_index, rank, n_local, 
     raise ValueError(f"{fn}: rank(s) {owners} passed labels outside [0, {num_classes}) (see the error there)")
 
 
-def _autocast_dtype(device_type):
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
 class _ShardMarginCE(torch.autograd.Function):
     """loss(x_all, w_shard) for the rows of the whole group against this rank's classes; the
     global statistics come from two all-reduces. target_local: the shard-local target, -1 where
     it is on another shard or the row is ignored; valid: the rows that count."""
 
     @staticmethod
-    def forward(ctx, x_all, w, target_local, valid, params, reduction, rank, group):
+    def forward(ctx, x_all, w, target_local, valid, bad, params, reduction, out_dtype, rank, group):
         scale, m1, m2, m3, easy, chunk = params
         with torch.no_grad():
             mx, se, zy = torch.ops.lossext.fused_linear_margin_shard_forward(
@@ -88,10 +87,11 @@ class _ShardMarginCE(torch.autograd.Function):
                 dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)
             lse = gmax + both[0].log()
             per_row = torch.where(valid, lse - both[1], torch.zeros_like(lse))
+            # a label in no shard (check_labels=False): NaN, never the plain lse of a row with no target
+            per_row = torch.where(bad, torch.full_like(per_row, float("nan")), per_row)
             n_valid = valid.sum()
-        ctx.save_for_backward(x_all, w, target_local, valid, lse, n_valid)
+        ctx.save_for_backward(x_all, w, target_local, valid, bad, lse, n_valid)
         ctx.params, ctx.reduction, ctx.rank, ctx.group = params, reduction, rank, group
-        out_dtype = torch.float64 if x_all.dtype == torch.float64 else torch.float32
         if reduction == "mean":
             return (per_row.sum() / n_valid).to(out_dtype)
         if reduction == "sum":
@@ -101,7 +101,7 @@ class _ShardMarginCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        x_all, w, target_local, valid, lse, n_valid = ctx.saved_tensors
+        x_all, w, target_local, valid, bad, lse, n_valid = ctx.saved_tensors
         scale, m1, m2, m3, easy, chunk = ctx.params
         acc = torch.float64 if x_all.dtype == torch.float64 else torch.float32
         if ctx.reduction == "none":
@@ -110,10 +110,12 @@ class _ShardMarginCE(torch.autograd.Function):
             g_rows = (g.to(torch.float64) / n_valid).to(acc).expand(x_all.shape[0])
         else:
             g_rows = g.to(acc).expand(x_all.shape[0])
-        g_rows = torch.where(valid, g_rows, torch.zeros((), dtype=acc, device=g_rows.device)).contiguous()
+        g_rows = torch.where(valid, g_rows, torch.zeros((), dtype=acc, device=g_rows.device))
+        g_rows = torch.where(bad, torch.full((), float("nan"), dtype=acc, device=g_rows.device), g_rows).contiguous()
         gx, gw = torch.ops.lossext.fused_linear_margin_shard_backward(
             g_rows, x_all, w, target_local, lse, scale, m1, m2, m3, None, easy, chunk)
-        return gx, gw, None, None, None, None, None, None
+        need = ctx.needs_input_grad
+        return (gx if need[0] else None, gw if need[1] else None) + (None,) * 8
 
 
 @torch.compiler.disable  # collectives inside an autograd.Function: eager only
@@ -122,11 +124,13 @@ def shard_loss(fn, x_local, labels_local, w, class_start, num_classes, scale, m1
                remap=None):
     """The shared body of the functional form and the Module (arguments already checked).
     remap: (labels_all -> target_local) override for sampling; labels_all: already gathered."""
-    dt = _autocast_dtype(x_local.device.type)
-    if dt is not None:
-        x_local, w = x_local.to(dt), w.to(dt)
-    elif x_local.dtype != w.dtype:
+    # autocast: the fused family's "matmul" policy (float32/16 run in the autocast dtype, float64
+    # stays; a float32 loss); outside it the loss has the embeddings' dtype
+    autocast = amp.enabled(x_local.device.type)
+    x_local, w = amp.cast_inputs("matmul", x_local.device.type, x_local, w)
+    if x_local.dtype != w.dtype:
         raise TypeError(f"{fn}: local_embeddings have dtype {x_local.dtype} but the weight shard has {w.dtype}")
+    out_dtype = torch.float64 if x_local.dtype == torch.float64 else (torch.float32 if autocast else x_local.dtype)
     x_all = _comm.gather_rows(x_local, group, world if embedding_grad == "world_size" else 1)
     if labels_all is None:
         labels_all = _comm.all_gather_rows(labels_local, group)
@@ -137,8 +141,9 @@ def shard_loss(fn, x_local, labels_local, w, class_start, num_classes, scale, m1
         target_local = torch.where(inside, labels_all - class_start, -1)
     else:
         target_local = remap
+    bad = bad_labels(labels_all, num_classes, ignore_index)
     params = (float(scale), float(m1), float(m2), float(m3), bool(easy_margin), int(chunk_size or 0))
-    return _ShardMarginCE.apply(x_all, w, target_local, valid, params, reduction, rank, group)
+    return _ShardMarginCE.apply(x_all, w, target_local, valid, bad, params, reduction, out_dtype, rank, group)
 
 
 def check_inputs(fn, x, labels, d):
@@ -195,9 +200,11 @@ def class_parallel_margin_cross_entropy(local_embeddings, local_labels, weight_s
     (``embedding_grad='exact'``) or world_size times it (``'world_size'``, insightface's
     convention under DDP's averaging). Every rank must run backward.
 
-    ``check_sizes`` (default True): one small all_gather per call checks equal batch sizes and D
-    and that the shards tile [0, num_classes) in rank order. ``check_labels``: on CUDA one host
-    sync checks the label range (on the CPU it is free and always on).
+    ``check_sizes`` (default True): one small all_gather per call (a host sync on CUDA) checks
+    equal batch sizes and D and that the shards tile [0, num_classes) in rank order.
+    ``check_labels`` (default True): the label range, checked from the gathered labels on every
+    rank (a host sync on CUDA); off, a bad label's row gives a NaN loss and NaN gradients.
+    With both off there is no host sync.
     """
     fn = "lossext.distributed.class_parallel_margin_cross_entropy"
     rank, world = _comm.group_info(process_group)

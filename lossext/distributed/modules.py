@@ -23,8 +23,8 @@ class ClassParallelMarginLoss(nn.Module):
     num_local) (insightface's balanced contiguous split, :func:`shard_range`).
     ``forward(local_embeddings, local_labels)`` gathers the embeddings and labels of the group,
     and returns the same global loss (mean over the non-ignored rows of the whole group) on
-    every rank. Every rank must pass the same batch size (checked with one small all_gather on
-    the first call, then locally) and must run backward.
+    every rank. Every rank must pass the same batch size in a call (the size may change from
+    call to call, on every rank together) and must run backward.
 
     Args:
         sample_rate: < 1 samples classes in training (PartialFC): per rank num_sample =
@@ -35,13 +35,17 @@ class ClassParallelMarginLoss(nn.Module):
             size, insightface's convention for a backbone under DDP, which averages).
         generator_seed: seed of the weight initialization and of the sampling (None: 0 for the
             initialization, and torch.initial_seed() for the sampling).
-        check_labels: on CUDA, one host sync per step checks the label range (the CPU check
-            is free and always on); off, out-of-range labels give a NaN loss.
+        check_labels: the label range, checked on every rank from the gathered labels (one
+            host sync per step on CUDA); off, out-of-range labels give a NaN loss and NaN
+            gradients.
+        check_sizes: one small all_gather per step (one host sync on CUDA) checks that every
+            rank passes the same batch size and D; off, unequal sizes fail (or hang until the
+            process group's timeout) inside the gather.
     """
 
     def __init__(self, embedding_dim, num_classes, m1=1.0, m2=0.0, m3=0.0, scale=64.0, sample_rate=1.0,
                  process_group=None, embedding_grad="exact", generator_seed=None, easy_margin=False,
-                 ignore_index=-100, chunk_size=None, check_labels=True):
+                 ignore_index=-100, chunk_size=None, check_labels=True, check_sizes=True):
         super().__init__()
         n = type(self).__name__
         self.embedding_dim = V.integer(n, "embedding_dim", embedding_dim, 1)
@@ -56,6 +60,7 @@ class ClassParallelMarginLoss(nn.Module):
         self.ignore_index = V.integer(n, "ignore_index", ignore_index)
         self.chunk_size = None if chunk_size is None else V.integer(n, "chunk_size", chunk_size, 1)
         self.check_labels = V.flag(n, "check_labels", check_labels)
+        self.check_sizes = V.flag(n, "check_sizes", check_sizes)
         self.process_group = process_group
         self.rank, self.world_size = _comm.group_info(process_group)
         if self.num_classes < self.world_size:
@@ -68,7 +73,6 @@ class ClassParallelMarginLoss(nn.Module):
                              f"{self.num_local} (int(sample_rate * num_local) = 0)")
         self.step = 0
         self._sampling_seed = self.generator_seed if self.generator_seed is not None else torch.initial_seed()
-        self._batch = None  # the checked per-rank batch size
         self.last_sample_index = None  # the shard rows used by the last sampled forward
         self.weight = nn.Parameter(torch.empty(self.num_local, self.embedding_dim))
         self.reset_parameters()
@@ -91,13 +95,9 @@ class ClassParallelMarginLoss(nn.Module):
         labels = check_inputs(fn, local_embeddings, local_labels, self.embedding_dim)
         V.check_device(fn, "local_embeddings", local_embeddings, "weight", self.weight)
         n = local_embeddings.shape[0]
-        if self._batch is None:
+        if self.check_sizes:
             check_group_sizes(fn, local_embeddings, self.class_start, self.num_local, self.process_group,
                               self.rank, self.world_size, self.num_classes)
-            self._batch = n
-        elif n != self._batch:
-            raise ValueError(f"{fn}: local_embeddings has {n} rows but the first call had {self._batch}; every rank "
-                             "must pass the same batch size on every call")
         labels_all = _comm.all_gather_rows(labels, self.process_group)
         check_labels_in_range(fn, labels_all, self.num_classes, self.ignore_index, self.rank, n, self.check_labels)
         w, remap = self.weight, None
@@ -121,35 +121,61 @@ class ClassParallelMarginLoss(nn.Module):
     def get_extra_state(self):
         return {"format": FORMAT, "num_classes": self.num_classes, "world_size": self.world_size,
                 "rank": self.rank, "class_start": self.class_start, "num_local": self.num_local,
-                "embedding_dim": self.embedding_dim, "generator_seed": self.generator_seed, "step": self.step}
+                "embedding_dim": self.embedding_dim, "generator_seed": self.generator_seed,
+                "sampling_seed": self._sampling_seed, "step": self.step}
 
-    def set_extra_state(self, state):
+    def _check_extra_state(self, state):
         n = type(self).__name__
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{n}.load_state_dict: not a {FORMAT} checkpoint")
         mine = self.get_extra_state()
         for key in ("num_classes", "embedding_dim", "world_size", "rank", "class_start", "num_local"):
+            if key not in state:
+                raise ValueError(f"{n}.load_state_dict: the checkpoint's metadata has no {key!r}")
             if state[key] != mine[key]:
                 raise ValueError(f"{n}.load_state_dict: the checkpoint's {key} is {state[key]} but this module's is "
                                  f"{mine[key]}; re-cut a checkpoint saved at another world size with "
                                  "lossext.distributed.reshard(state_dicts, new_world_size)")
-        self.step = int(state["step"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the metadata is checked before anything is copied (torch copies the weight first and
+        # calls set_extra_state after: a refused checkpoint would already have replaced it)
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self._check_extra_state(extra)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_extra_state(self, state):
+        self._check_extra_state(state)
+        self.step = int(state.get("step", 0))
+        if state.get("sampling_seed") is not None:  # the draws of a resumed run continue the saved run's
+            self._sampling_seed = int(state["sampling_seed"])
 
     @torch.no_grad()
     def gather_full_weight(self, dst=None):
-        """The full [num_classes, embedding_dim] weight, gathered from every rank (C x D floats of
-        memory): on every rank, or only on rank dst (the others get None). A collective: every
-        rank must call it."""
+        """The full [num_classes, embedding_dim] weight (C x D floats, nothing more: each shard is
+        sent into its rows of one buffer), on every rank (dst None: one broadcast per rank) or
+        only on rank dst (point-to-point sends; the others get None). A collective: every rank
+        must call it."""
+        import torch.distributed as dist
         if dst is not None:
             dst = V.integer(type(self).__name__ + ".gather_full_weight", "dst", dst, 0, self.world_size - 1)
-        rows = -(-self.num_classes // self.world_size)  # the largest shard
-        pad = self.weight.new_zeros(rows, self.embedding_dim)
-        pad[:self.num_local] = self.weight
-        every = _comm.all_gather_rows(pad, self.process_group)
-        parts = [every[r * rows:r * rows + shard_range(self.num_classes, self.world_size, r)[1]]
-                 for r in range(self.world_size)]
-        full = torch.cat(parts)
-        return full if dst is None or dst == self.rank else None
+        group = self.process_group
+        glob = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
+        w = self.weight.detach()
+        full = w.new_empty(self.num_classes, self.embedding_dim) if dst is None or dst == self.rank else None
+        if full is not None:
+            full[self.class_start:self.class_start + self.num_local] = w
+        for r in range(self.world_size):
+            start, n = shard_range(self.num_classes, self.world_size, r)
+            if dst is None:
+                dist.broadcast(full[start:start + n], src=glob(r), group=group)
+            elif r != dst:
+                if self.rank == r:
+                    dist.send(w.contiguous(), dst=glob(dst), group=group)
+                elif self.rank == dst:
+                    dist.recv(full[start:start + n], src=glob(r), group=group)
+        return full
 
     def extra_repr(self):
         s = (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, classes=[{self.class_start}, "

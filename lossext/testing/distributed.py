@@ -99,8 +99,10 @@ def _module(res, rank, world, out):
     rows12 = slice(rank * (12 // world), (rank + 1) * (12 // world))
     head.eval()
     with torch.no_grad():
-        res["after_step_loss"] = float(head.__class__.forward(_fresh_batch(head), X12[rows12], Y12[rows12]))
+        res["after_step_loss"] = float(head(X12[rows12], Y12[rows12]))  # (another batch size: allowed)
     res["after_step_weight"] = head.gather_full_weight().clone()
+    res["gathered_on_dst"] = [t if t is None else t.clone() for t in (head.gather_full_weight(dst=0),)][0]
+    head.step = 5  # as after five sampled steps: the checkpoint carries the counter
     torch.save(head.state_dict(), os.path.join(out, f"ckpt_{world}_{rank}.pt"))
     src = os.path.join(out, "resharded", f"ckpt_{world}_{rank}.pt")
     if os.path.exists(src):  # a checkpoint saved at another world size, re-cut for this one
@@ -109,19 +111,16 @@ def _module(res, rank, world, out):
         with torch.no_grad():
             res["loaded_loss"] = float(fresh(X12[rows12], Y12[rows12]))
         res["loaded_step"] = fresh.step
-    try:  # a checkpoint of another world size is refused, naming reshard
-        other = {"weight": torch.zeros(head.num_local + 1, D),
+        res["loaded_weight"] = fresh.gather_full_weight().clone()
+    before = head.weight.detach().clone()
+    try:  # a checkpoint of another world size is refused, naming reshard, before anything is copied
+        other = {"weight": torch.zeros(head.num_local, D),
                  "_extra_state": dict(head.get_extra_state(), world_size=world + 1)}
         head.load_state_dict(other)
         res["wrong_world_refused"] = ""
     except (ValueError, RuntimeError) as e:
         res["wrong_world_refused"] = str(e)
-
-
-def _fresh_batch(head):
-    """head with its batch-size check reset (a second batch size, for the checkpoint test)."""
-    head._batch = None
-    return head
+    res["refused_left_weight"] = bool(torch.equal(head.weight.detach(), before))
 
 
 def _sampling(res, rank, world):
@@ -131,7 +130,9 @@ def _sampling(res, rank, world):
     import lossext.functional as LF
     X, _, Y = data(world, torch.float64, seed=5)
     rows = slice(rank * N, (rank + 1) * N)
-    for rate in (0.5, 0.1):  # num_sample >= W N (no sync), and < W N (the positives may overflow it)
+    # rate 0.5: num_sample >= W N at W = 1, 2 (no sync), < W N at W = 3; rate 0.1: num_sample < W N
+    # (the positives may overflow it: then only they are used)
+    for rate in (0.5, 0.1):
         found = []
         for seed in (11, 11, 12):
             head = LD.ClassParallelMarginLoss(D, C, m2=0.5, scale=SCALE, sample_rate=rate, generator_seed=seed,
@@ -140,6 +141,9 @@ def _sampling(res, rank, world):
             loss = head(x, Y[rows])
             loss.backward()
             index = head.last_sample_index
+            with torch.no_grad():  # a second step draws again (another step, another draw)
+                head(X[rows], Y[rows])
+            next_index = head.last_sample_index.tolist()
             global_index = index + head.class_start
             every = [None] * world
             dist.all_gather_object(every, global_index.tolist())
@@ -148,12 +152,18 @@ def _sampling(res, rank, world):
             full = head.gather_full_weight()
             valid = Y != -100
             remapped = torch.where(valid, torch.searchsorted(union, Y.clamp_min(0)), -100)
-            ref = LF.fused_linear_margin_cross_entropy(X, full[union], remapped, scale=SCALE, m2=0.5)
+            Xr = X.clone().requires_grad_(True)
+            Wu = full[union].clone().requires_grad_(True)
+            ref = LF.fused_linear_margin_cross_entropy(Xr, Wu, remapped, scale=SCALE, m2=0.5)
+            ref.backward()
+            mine = torch.searchsorted(union, global_index)  # this rank's sampled classes in the union
             positives = set(Y[valid & (Y >= head.class_start) & (Y < head.class_start + head.num_local)].tolist())
             zero_rows = head.weight.grad.abs().sum(1) == 0
             unsampled = torch.ones(head.num_local, dtype=torch.bool)
             unsampled[index] = False
-            found.append({"loss": loss.item(), "index": index.tolist(), "ref": _rel(loss.detach(), ref),
+            found.append({"loss": loss.item(), "index": index.tolist(), "ref": _rel(loss.detach(), ref.detach()),
+                          "grad_x": _rel(x.grad, Xr.grad[rows]), "grad_w": _rel(head.weight.grad[index], Wu.grad[mine]),
+                          "next_index": next_index,
                           "positives_kept": positives <= set(global_index.tolist()),
                           "size": len(index), "num_sample": head.num_sample, "n_pos": len(positives),
                           "unsampled_grad_zero": bool(zero_rows[unsampled].all())})
@@ -180,6 +190,19 @@ def _failures(res, rank, world):
         res["bad_label"] = ""
     except ValueError as e:
         res["bad_label"] = str(e)
+    # unchecked: that row's loss, so the mean, is NaN (never the finite lse of a row with no target)
+    x = X[rows].clone().requires_grad_(True)
+    ws = W[start:start + n].clone().requires_grad_(True)
+    loss = LD.class_parallel_margin_cross_entropy(x, y, ws, start, C, check_labels=False)
+    loss.backward()
+    res["unchecked_bad_label"] = (bool(loss.isnan()), bool(x.grad.isnan().any()), bool(ws.grad.isnan().any()))
+    # unequal batch sizes: every rank raises, naming the sizes
+    try:
+        LD.class_parallel_margin_cross_entropy(X[rows][:N - (rank == 0)], Y[rows][:N - (rank == 0)],
+                                               W[start:start + n], start, C)
+        res["unequal_sizes"] = ""
+    except ValueError as e:
+        res["unequal_sizes"] = str(e)
     # a rank that fails before the collective: the others time out instead of hanging forever
     group = dist.new_group(timeout=datetime.timedelta(seconds=3))
     dist.barrier()
