@@ -9,9 +9,9 @@ Processes: gloo over 127.0.0.1 on this machine, torch threads per rank = max(1, 
 (W = 4 on 2 cores oversubscribes: its times include that). Peak memory: the profiler's CPU
 allocator events during one step (lossext/testing/benchmark.py peak_memory), above the state
 before it (the shard weight exists; its .grad does not yet). Writes the "DISTRIBUTED CPU"
-section of benchmarks/RESULTS.md. There is no eager or torch.compile column: the composite
-(insightface's PartialFC, CUDA-only, collectives inside autograd Functions) does not run here
-on CPU, so it appears only through its memory model.
+section of benchmarks/RESULTS.md. The eager composite is PartialFC_V2's algorithm written in
+PyTorch for the CPU (insightface's own code is CUDA-only); there is no torch.compile column
+(collectives inside autograd Functions).
 """
 import argparse
 import datetime
@@ -63,6 +63,69 @@ def predicted(world, n, d, c, rate, f=4):
     return ours, pfc, n_r, k_used, k
 
 
+class _DistCrossEntropy(torch.autograd.Function):
+    """The eager composite of insightface's PartialFC_V2 (partial_fc_v2.py DistCrossEntropyFunc),
+    in our words: softmax statistics of the materialized logits all-reduced (max, sum, target
+    probability), the gradient p - onehot, no host sync (its .item() dropped)."""
+
+    @staticmethod
+    def forward(ctx, logits, label, group):
+        import torch.distributed as dist
+        index = torch.where(label != -1)[0]
+        mx = logits.max(dim=1, keepdim=True)[0]
+        dist.all_reduce(mx, dist.ReduceOp.MAX, group=group)
+        logits = logits - mx
+        logits.exp_()
+        se = logits.sum(dim=1, keepdim=True)
+        dist.all_reduce(se, dist.ReduceOp.SUM, group=group)
+        logits.div_(se)
+        loss = torch.zeros(logits.size(0), 1, device=logits.device)
+        loss[index] = logits[index].gather(1, label[index][:, None])
+        dist.all_reduce(loss, dist.ReduceOp.SUM, group=group)
+        ctx.save_for_backward(index, logits, label)
+        return loss.clamp_min_(1e-30).log_().mean() * (-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        index, prob, label = ctx.saved_tensors
+        grad = prob.clone()
+        grad[index, label[index]] -= 1.0
+        return grad * (g / prob.size(0)), None, None
+
+
+def partial_fc_step(x, y, weight, class_start, num_sample, sample_gen, m2, scale, world):
+    """PartialFC_V2's forward (sampling as PartialFC_V2.sample, the ArcFace margin with autograd,
+    the exact gradient, as lossext) on the materialized logits, then backward."""
+    import torch.distributed as dist
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach())
+    parts[dist.get_rank()] = x  # (the gradient of the other ranks' rows is the backbone's business there)
+    emb = torch.cat(parts)
+    labels = [torch.empty_like(y) for _ in range(world)]
+    dist.all_gather(labels, y)
+    labels = torch.cat(labels)
+    n_local = weight.shape[0]
+    inside = (labels >= class_start) & (labels < class_start + n_local)
+    labels = torch.where(inside, labels - class_start, -1)
+    w = weight
+    if num_sample < n_local:
+        pos = torch.unique(labels[labels >= 0], sorted=True)
+        perm = torch.rand(n_local, generator=sample_gen)
+        perm[pos] = 2.0
+        index = torch.topk(perm, k=num_sample)[1].sort()[0]
+        labels = torch.where(labels >= 0, torch.searchsorted(index, labels.clamp_min(0)), -1)
+        w = weight[index]
+    logits = torch.nn.functional.linear(torch.nn.functional.normalize(emb), torch.nn.functional.normalize(w))
+    logits = logits.clamp(-1, 1)
+    rows = torch.where(labels != -1)[0]
+    tgt = logits[rows, labels[rows]]
+    tgt = torch.cos(torch.acos(tgt.clamp(-1 + 1e-7, 1 - 1e-7)) + m2)
+    logits = logits.index_put((rows, labels[rows]), tgt) * scale
+    loss = _DistCrossEntropy.apply(logits, labels, None)
+    loss.backward()
+    return loss.detach()
+
+
 def worker(rank, world, store, cfg, out):
     threads = max(1, (os.cpu_count() or 1) // world)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -85,18 +148,33 @@ def worker(rank, world, store, cfg, out):
         loss.backward()
         return loss.detach()
 
-    step()  # warmup (and the first call's size check)
-    times = []
-    for _ in range(cfg["reps"]):
+    sample_gen = torch.Generator().manual_seed(rank)
+
+    def composite(_state=None):
+        head.weight.grad = None
+        x.grad = None
+        return partial_fc_step(x, y, head.weight, head.class_start, head.num_sample, sample_gen, 0.5, 64.0, world)
+
+    found = {}
+    for name, fn in (("lossext", step), ("composite", composite)):
+        if name == "composite" and not cfg["composite"]:
+            continue
+        fn()  # warmup
+        times = []
+        for _ in range(cfg["reps"]):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        head.weight.grad = None
+        x.grad = None
         dist.barrier()
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    head.weight.grad = None
-    x.grad = None
-    dist.barrier()
-    peak = peak_memory(step, "cpu")
-    torch.save({"times": times, "peak": peak, "threads": threads}, os.path.join(out, f"bench_{world}_{rank}.pt"))
+        found[name] = {"times": times, "peak": peak_memory(fn, "cpu")}
+    if cfg["composite"] and cfg["rate"] == 1.0:  # the same loss (sampling draws differ)
+        head.weight.grad = None
+        found["loss_rel_diff"] = float((step() - composite()).abs() / step().abs())
+    found["threads"] = threads
+    torch.save(found, os.path.join(out, f"bench_{world}_{rank}.pt"))
     dist.barrier()
     os._exit(0)
 
@@ -114,17 +192,29 @@ def render(rows, cfg):
              f"`ClassParallelMarginLoss` (ArcFace m2 = 0.5), one step = forward + backward, N = {cfg['n']} per rank, "
              f"D = {cfg['d']}, C = {cfg['c']:,}; per rank: the median step time of {cfg['reps']} steps (after one "
              "warmup) and the peak memory of one step above the weights (profiler allocator events), the "
-             "largest over the ranks. Predicted: the model of docs/distributed.md; PartialFC: the same model "
-             "for insightface's PartialFC_V2 under fp16 autocast (not run: CUDA only).",
+             "largest over the ranks. Predicted: the model of docs/distributed.md; PartialFC predicted: the "
+             "same model for insightface's PartialFC_V2 under fp16 autocast (CUDA only). Composite: "
+             "PartialFC_V2's algorithm as eager PyTorch on the CPU in float32 (materialized logits, its "
+             "DistCrossEntropy without the host sync, the margin differentiated), run at the world sizes "
+             "whose logits fit in memory; torch.compile is not run (collectives inside autograd Functions).",
              f"Machine: {os.cpu_count()} cores; torch threads per rank = max(1, cores // W). "
              f"torch {torch.__version__}.", "",
              "| W | sample_rate | classes per rank (used) | step (s) | peak (MiB) | predicted (MiB) | measured / predicted | "
-             "PartialFC predicted (MiB) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "PartialFC predicted (MiB) | composite step (s) | composite peak (MiB) | speed vs composite | "
+             "memory vs composite |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        comp = "| n/a | n/a | n/a | n/a |"
+        if "c_time" in r:
+            comp = (f"| {r['c_time']:.2f} | {r['c_peak'] / MiB:.0f} | {r['c_time'] / r['time']:.2f}× | "
+                    f"{r['peak'] / r['c_peak']:.2f}× |")
         lines.append(f"| {r['world']} | {r['rate']} | {r['n_r']:,} ({r['k_used']:,}) | {r['time']:.2f} | "
                      f"{r['peak'] / MiB:.0f} | {r['pred'] / MiB:.0f} | {r['peak'] / r['pred']:.2f} | "
-                     f"{r['pfc'] / MiB:.0f} |")
+                     f"{r['pfc'] / MiB:.0f} " + comp)
+    diffs = [r["loss_diff"] for r in rows if r.get("loss_diff") == r.get("loss_diff") and "loss_diff" in r]
+    if diffs:
+        lines += ["", f"The composite's loss equals lossext's at sample_rate 1 (largest relative difference "
+                      f"{max(diffs):.1e}, float32)."]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -147,17 +237,24 @@ def main():
     ap.add_argument("--worlds", default="1,2,4")
     ap.add_argument("--rates", default="1.0,0.1")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--composite-worlds", default="1,2",
+                    help="world sizes that also run the PartialFC composite (its logits take W x 4+ GB at C = 1M)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     rows = []
     for rate in (float(r) for r in a.rates.split(",")):
         for world in (int(w) for w in a.worlds.split(",")):
-            cfg = dict(n=a.batch, d=a.dim, c=a.classes, rate=rate, reps=a.reps)
+            composite = world in [int(w) for w in a.composite_worlds.split(",") if w]
+            cfg = dict(n=a.batch, d=a.dim, c=a.classes, rate=rate, reps=a.reps, composite=composite)
             res = run_world(world, cfg)
             pred, pfc, n_r, k_used, _ = predicted(world, a.batch, a.dim, a.classes, rate)
             row = dict(world=world, rate=rate, n_r=n_r, k_used=k_used,
-                       time=max(statistics.median(r["times"]) for r in res),
-                       peak=max(r["peak"] for r in res), pred=pred, pfc=pfc)
+                       time=max(statistics.median(r["lossext"]["times"]) for r in res),
+                       peak=max(r["lossext"]["peak"] for r in res), pred=pred, pfc=pfc)
+            if composite:
+                row["c_time"] = max(statistics.median(r["composite"]["times"]) for r in res)
+                row["c_peak"] = max(r["composite"]["peak"] for r in res)
+                row["loss_diff"] = max(r.get("loss_rel_diff", float("nan")) for r in res)
             rows.append(row)
             print(row, flush=True)
     section = render(rows, dict(n=a.batch, d=a.dim, c=a.classes, reps=a.reps))
