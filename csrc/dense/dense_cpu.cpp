@@ -161,10 +161,10 @@ void add_chunks(int64_t rows, int64_t nch, const std::vector<double>& part, Tens
     }
 }
 
-template <class A, class T0, class T1, class T2, class T3>
-inline void add_lane_sums(double* acc, int64_t b, int64_t e, const T0& t0, const T1& t1, const T2& t2, const T3& t3) {
-  const auto s = cpu_detail::lane_sums<A>(b, e, t0, t1, t2, t3);
-  for (int q = 0; q < 4; ++q) acc[q] += static_cast<double>(s[q]);
+template <class A, class... Terms>
+inline void add_lane_sums(double* acc, int64_t b, int64_t e, const Terms&... terms) {
+  const auto s = cpu_detail::lane_sums<A>(b, e, terms...);
+  for (size_t q = 0; q < sizeof...(Terms); ++q) acc[q] += static_cast<double>(s[q]);
 }
 
 // Multiclass labels: each in [0, C) or ignore_index.
@@ -376,14 +376,22 @@ void masked_l1_sums_t(const MaskedL1Problem& p, Tensor& out) {
         const scalar_t* __restrict xr = x + r * P;
         const scalar_t* __restrict yr = y + r * P;
         const scalar_t* __restrict mr = m + (p.mask_bcast ? b : r) * P;
-        const A cnt = !p.mask_bcast || c == 0 ? A(1) : A(0);  // a broadcast mask counted once
+        // a broadcast mask is counted once: its sums come from channel 0, the other channels
+        // add the two distance series only (their mask slots stay 0)
+        const bool count = !p.mask_bcast || c == 0;
         double* acc = &part[(r * nch + ch) * 4];
         for (int64_t k0 = ch * kChunk; k0 < k1; k0 += kBlock) {
           auto d = [&](int64_t k) { return std::abs(static_cast<A>(xr[k]) - static_cast<A>(yr[k])); };
           auto mk = [&](int64_t k) { return static_cast<A>(mr[k]); };
-          add_lane_sums<A>(acc, k0, std::min(k1, k0 + kBlock), [&](int64_t k) { return d(k) * mk(k); },
-                           [&](int64_t k) { return d(k) * (A(1) - mk(k)); }, [&](int64_t k) { return cnt * mk(k); },
-                           [&](int64_t k) { return cnt * (A(1) - mk(k)); });
+          const int64_t e = std::min(k1, k0 + kBlock);
+          if (count) {
+            add_lane_sums<A>(acc, k0, e, [&](int64_t k) { return d(k) * mk(k); },
+                             [&](int64_t k) { return d(k) * (A(1) - mk(k)); }, [&](int64_t k) { return mk(k); },
+                             [&](int64_t k) { return A(1) - mk(k); });
+          } else {
+            add_lane_sums<A>(acc, k0, e, [&](int64_t k) { return d(k) * mk(k); },
+                             [&](int64_t k) { return d(k) * (A(1) - mk(k)); });
+          }
         }
       }
     }
