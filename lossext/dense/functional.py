@@ -24,12 +24,17 @@ def _sums(output: Tensor, target: Tensor) -> Tensor:
     return call_op("joints_mse_sums", output, target)
 
 
-def _eager_call(fn: str, op: str, *args):
-    """call_op, a kernel error re-raised as fn's naming the argument (an out-of-range label an
-    IndexError). Eager only: TorchScript has no try."""
+def _eager_call(fn: str, op: str, *args, label_arg: str = "target"):
+    """call_op, a kernel error re-raised as fn's naming the argument; an out-of-range value of
+    label_arg (the op's class-index argument) an IndexError, as indexing with it would. Eager
+    only: TorchScript has no try."""
     try:
         return call_op(op, *args)
     except RuntimeError as e:
+        msg = str(e)
+        at = msg.find("argument '" + label_arg + "' has value")
+        if label_arg != "target" and at >= 0:  # (raise_from_kernel knows 'target')
+            raise IndexError(fn + ": " + label_arg + msg[at + len(label_arg) + 11:].split("\n")[0]) from None
         V.raise_from_kernel(fn, e)
         raise
 
@@ -124,20 +129,6 @@ def joints_mse_loss(output: Tensor, target: Tensor, target_weight: Optional[Tens
     return per.mean().to(output.dtype)
 
 
-def _mask_bce_eager(fn, mask_logits, labels, mask_targets, per_pixel):
-    """The op's output; a label outside [0, C) re-raised as an IndexError naming it, other
-    kernel errors as fn's (eager only: TorchScript has no try)."""
-    try:
-        return call_op("mask_bce", mask_logits, labels, mask_targets, per_pixel)
-    except RuntimeError as e:
-        msg = str(e)
-        at = msg.find("argument 'labels' has value")
-        if at >= 0:  # as indexing the channel would
-            raise IndexError(fn + ": labels" + msg[at + len("argument 'labels'"):].split("\n")[0]) from None
-        V.raise_from_kernel(fn, e)
-        raise
-
-
 def mask_rcnn_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor, reduction: str = "mean") -> Tensor:
     r"""The Mask R-CNN mask loss (He et al., ICCV 2017, Sec. 3; torchvision's
     ``roi_heads.maskrcnn_loss`` after its target projection): the binary cross-entropy with
@@ -193,7 +184,7 @@ def mask_rcnn_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor, re
     if torch.jit.is_scripting():
         out = torch.ops.lossext.mask_bce(mask_logits, labels, mask_targets, per_pixel)
     else:
-        out = _mask_bce_eager(fn, mask_logits, labels, mask_targets, per_pixel)
+        out = _eager_call(fn, "mask_bce", mask_logits, labels, mask_targets, per_pixel, label_arg="labels")
     if per_pixel:
         return out
     pixels = mask_targets.numel()
