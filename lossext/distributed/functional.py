@@ -42,6 +42,13 @@ def _check_margins(fn, scale, m1, m2, m3):
     return scale, m1, m2, m3
 
 
+def local_targets(labels_all, class_start, num_local, ignore_index):
+    """The shard-local target of each gathered row: label - class_start where the label is one
+    of this shard's classes, -1 elsewhere (another shard, or ignore_index)."""
+    inside = (labels_all != ignore_index) & (labels_all >= class_start) & (labels_all < class_start + num_local)
+    return torch.where(inside, labels_all - class_start, -1)
+
+
 def bad_labels(labels, num_classes, ignore_index):
     return (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
 
@@ -135,12 +142,7 @@ def shard_loss(fn, x_local, labels_local, w, class_start, num_classes, scale, m1
     if labels_all is None:
         labels_all = _comm.all_gather_rows(labels_local, group)
     valid = labels_all != ignore_index
-    if remap is None:
-        n_local = w.shape[0]
-        inside = valid & (labels_all >= class_start) & (labels_all < class_start + n_local)
-        target_local = torch.where(inside, labels_all - class_start, -1)
-    else:
-        target_local = remap
+    target_local = local_targets(labels_all, class_start, w.shape[0], ignore_index) if remap is None else remap
     bad = bad_labels(labels_all, num_classes, ignore_index)
     params = (float(scale), float(m1), float(m2), float(m3), bool(easy_margin), int(chunk_size or 0))
     return _ShardMarginCE.apply(x_all, w, target_local, valid, bad, params, reduction, out_dtype, rank, group)

@@ -6,7 +6,7 @@ from .._core import validation as V
 from . import _comm
 from .checkpoint import FORMAT
 from .functional import (_check_margins, check_embedding_grad, check_group_sizes, check_inputs,
-                         check_labels_in_range, shard_loss, shard_range, splitmix64)
+                         check_labels_in_range, local_targets, shard_loss, shard_range, splitmix64)
 from .sampling import sample_classes
 
 __all__ = ["ClassParallelMarginLoss"]
@@ -102,9 +102,7 @@ class ClassParallelMarginLoss(nn.Module):
         check_labels_in_range(fn, labels_all, self.num_classes, self.ignore_index, self.rank, n, self.check_labels)
         w, remap = self.weight, None
         if self.training and self.num_sample < self.num_local:
-            valid = labels_all != self.ignore_index
-            inside = valid & (labels_all >= self.class_start) & (labels_all < self.class_start + self.num_local)
-            local = torch.where(inside, labels_all - self.class_start, -1)
+            local = local_targets(labels_all, self.class_start, self.num_local, self.ignore_index)
             g = torch.Generator(device=self.weight.device)
             g.manual_seed(splitmix64(self._sampling_seed, self.rank, self.step))
             index, remap = sample_classes(local, self.num_local, self.num_sample, g)
