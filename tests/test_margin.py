@@ -493,6 +493,7 @@ def test_bad_label_message_is_exact_on_every_raw_op():
     calls = {
         "margin_cross_entropy": (cos, t, None, None, *p),
         "margin_cross_entropy_backward": (torch.ones(()), cos, t, None, None, lse, *p),
+        "margin_cross_entropy_with_grad": (cos, t, None, None, *p),
         "fused_linear_margin_cross_entropy": (x, w, t, None, *fp),
         "fused_linear_margin_cross_entropy_backward": (torch.ones(()), x, w, t, None, lse, *fp),
     }
@@ -978,3 +979,91 @@ def test_reference_annealing_keeps_a_tiny_lambda():
     out = target_margin(c, 1.0, 0.5, 0.0, 9e-272)
     assert out[0] == float("inf") and out[1].isfinite()
     assert target_margin(c, 1.0, 0.5, 0.0, 0.0)[0].isfinite()  # no annealing: psi clamps the angle
+
+
+# ---- the one-pass forward (issue #15) ------------------------------------------------------
+
+def _with_and_without_one_pass(monkeypatch, fn):
+    """fn() through margin_cross_entropy_with_grad, then through the two-pass ops."""
+    import lossext.margin.functional as MF
+    one = fn()
+    monkeypatch.setattr(MF, "use_one_pass", lambda cos, red: False)
+    two = fn()
+    monkeypatch.undo()
+    return one, two
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["plain", "weights+smoothing", "feature_norm", "all"])
+@pytest.mark.parametrize("red", ["mean", "sum"])
+def test_one_pass_equals_two_passes(monkeypatch, dtype, case, red):
+    """The one-pass CPU kernel: the loss bitwise the two-pass forward's (the same blocks and lane
+    sums), the gradients of cos_logits and feature_norm within rounding of the backward kernel's,
+    for grad_output 1 and not 1, rows with the target in the first, a middle and the last block,
+    and an ignored row."""
+    import lossext.margin.ops as MO
+    N, C = 9, 5000  # three blocks of 2048 classes
+    cos = _cos(N, C, seed=3, dtype=dtype)
+    t = _target(N, C, seed=4)
+    t[0], t[1], t[2], t[3] = 0, 2048, C - 1, -100
+    w = torch.rand(C, generator=torch.Generator().manual_seed(5), dtype=dtype) + 0.5
+    fn = torch.rand(N, generator=torch.Generator().manual_seed(6), dtype=dtype) * 20 + 1
+    kw = dict(scale=30.0, m1=1.0, m2=0.5, m3=0.1, reduction=red)
+    if case in ("weights+smoothing", "all"):
+        kw.update(weight=w, label_smoothing=0.1)
+    use_fn = case in ("feature_norm", "all")
+    assert MO.use_one_pass(cos.requires_grad_(), 1)
+
+    def run(g):
+        c = cos.detach().requires_grad_()
+        f = fn.detach().requires_grad_()
+        loss = LF.margin_cross_entropy(c, t, feature_norm=f if use_fn else None, **kw)
+        grads = torch.autograd.grad(loss, [c, f] if use_fn else [c], torch.tensor(g, dtype=dtype))
+        return loss.detach(), grads
+
+    for g in (1.0, 0.37):
+        (l1, g1), (l2, g2) = _with_and_without_one_pass(monkeypatch, lambda: run(g))
+        assert torch.equal(l1, l2)
+        tol = dict(rtol=1e-5, atol=1e-9) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-16)
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, **tol)
+        assert torch.all(g1[0][3] == 0)
+
+
+def test_one_pass_retain_graph_and_create_graph():
+    """Backwards through one graph (retain_graph) with grad_output 2, 3, then 1 (the forward's
+    buffer itself) agree; modifying that buffer in place makes a later backward raise, never
+    read it silently; create_graph raises, as the two-pass op."""
+    cos = _cos(6, 40, dtype=torch.float32).requires_grad_()
+    t = _target(6, 40)
+    loss = LF.arcface_loss(cos, t)
+    g2, = torch.autograd.grad(loss, cos, torch.tensor(2.0), retain_graph=True)
+    g3, = torch.autograd.grad(loss, cos, torch.tensor(3.0), retain_graph=True)
+    g1, = torch.autograd.grad(loss, cos)
+    ref, = torch.autograd.grad(LF.arcface_loss(cos.double(), t), cos)
+    torch.testing.assert_close(g1, ref.float(), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(g2, 2 * g1, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(g3, 3 * g1, rtol=1e-5, atol=1e-12)
+    loss = LF.arcface_loss(cos, t)
+    a, = torch.autograd.grad(loss, cos, retain_graph=True)
+    b, = torch.autograd.grad(loss, cos, retain_graph=True)
+    assert torch.equal(a, b)
+    a.zero_()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss, cos)
+    loss = LF.arcface_loss(cos, t)
+    g, = torch.autograd.grad(loss, cos, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        g.sum().backward()
+
+
+def test_one_pass_is_taken_only_where_it_applies():
+    """use_one_pass: reduced float32/float64 losses on the CPU whose input requires grad."""
+    import lossext.margin.ops as MO
+    c = torch.zeros(2, 3)
+    assert not MO.use_one_pass(c, 1)
+    c.requires_grad_()
+    assert MO.use_one_pass(c, 1) and MO.use_one_pass(c, 2) and not MO.use_one_pass(c, 0)
+    assert not MO.use_one_pass(c.half(), 1)
+    with torch.no_grad():
+        assert not MO.use_one_pass(c, 1)

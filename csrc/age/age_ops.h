@@ -27,6 +27,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/alloc.h"
 #include "../common/checks.h"
 #include "age_math.h"
 
@@ -56,7 +57,7 @@ struct AgeGrads {
 inline double row_weight(const AgeProblem& p) { return p.reduction == Reduction::Mean ? 1.0 / double(p.N) : 1.0; }
 
 inline Tensor new_tensor(std::vector<int64_t> sizes, ScalarType st, const Tensor& like) {
-  return torch::stable::empty(sizes, st, std::nullopt, like.device());
+  return lossext::empty(sizes, st, std::nullopt, like.device());
 }
 
 // An output of `per_row` ([N]) or 0-dim shape in the logits' dtype.

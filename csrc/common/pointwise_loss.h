@@ -12,6 +12,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "alloc.h"
 #include "checks.h"
 
 namespace lossext {
@@ -70,12 +71,12 @@ inline PointwiseProblem prepare_pointwise(const char* op, const Tensor& input, c
 }
 
 inline Tensor new_like_input(const PointwiseProblem& p) {
-  return torch::stable::empty(p.input.sizes(), p.input.scalar_type(), std::nullopt, p.input.device());
+  return lossext::empty(p.input.sizes(), p.input.scalar_type(), std::nullopt, p.input.device());
 }
 
 inline Tensor new_loss(const PointwiseProblem& p) {
   if (p.reduction == Reduction::None) return new_like_input(p);
-  return torch::stable::empty(std::vector<int64_t>{}, p.input.scalar_type(), std::nullopt,
+  return lossext::empty(std::vector<int64_t>{}, p.input.scalar_type(), std::nullopt,
                               p.input.device());
 }
 

@@ -25,6 +25,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/alloc.h"
 #include "../common/checks.h"
 #include "dense_math.h"
 
@@ -106,9 +107,9 @@ template <class Device>
 struct MaskBceKernels {
   static Tensor forward(Tensor logits, Tensor labels, Tensor targets, bool per_pixel) {
     MaskProblem p = prepare_mask("lossext::mask_bce", logits, labels, targets, per_pixel);
-    Tensor out = per_pixel ? torch::stable::empty(sizes_of(p.targets), p.logits.scalar_type(), std::nullopt,
+    Tensor out = per_pixel ? lossext::empty(sizes_of(p.targets), p.logits.scalar_type(), std::nullopt,
                                                   p.logits.device())
-                           : torch::stable::empty(std::vector<int64_t>{p.R}, acc_type_of(p.logits.scalar_type()),
+                           : lossext::empty(std::vector<int64_t>{p.R}, acc_type_of(p.logits.scalar_type()),
                                                   std::nullopt, p.logits.device());
     Device::mask_bce(p, out);
     return out;
@@ -126,8 +127,8 @@ struct MaskBceKernels {
     for (int64_t i = 0; ok && i < grad.dim(); ++i) ok = grad.size(i) == p.targets.size(i);
     LOSSEXT_CHECK(ok, op, ": argument 'grad' must have shape ", per_pixel ? shape_str(p.targets) : "[" + std::to_string(p.R) + "]",
                   ", got ", shape_str(grad));
-    Tensor gl = torch::stable::empty(sizes_of(p.logits), p.logits.scalar_type(), std::nullopt, p.logits.device());
-    Tensor gtg = torch::stable::empty(sizes_of(p.targets), p.logits.scalar_type(), std::nullopt, p.logits.device());
+    Tensor gl = lossext::empty(sizes_of(p.logits), p.logits.scalar_type(), std::nullopt, p.logits.device());
+    Tensor gtg = lossext::empty(sizes_of(p.targets), p.logits.scalar_type(), std::nullopt, p.logits.device());
     Device::mask_bce_backward(p, torch::stable::contiguous(grad), gl, gtg);
     return {gl, gtg};
   }
@@ -137,7 +138,7 @@ template <class Device>
 struct JointsMseKernels {
   static Tensor forward(Tensor output, Tensor target) {
     HeatmapProblem p = prepare_heatmaps("lossext::joints_mse_sums", output, target);
-    Tensor sums = torch::stable::empty(std::vector<int64_t>{p.B, p.K}, acc_type_of(p.output.scalar_type()), std::nullopt,
+    Tensor sums = lossext::empty(std::vector<int64_t>{p.B, p.K}, acc_type_of(p.output.scalar_type()), std::nullopt,
                                        p.output.device());
     Device::row_sums(p, sums);
     return sums;
@@ -152,7 +153,7 @@ struct JointsMseKernels {
     LOSSEXT_CHECK(grad.device() == p.output.device(), op, ": argument 'grad' is on a different device than output");
     LOSSEXT_CHECK(grad.dim() == 2 && grad.size(0) == p.B && grad.size(1) == p.K, op,
                   ": argument 'grad' must have shape [", p.B, ", ", p.K, "], got ", shape_str(grad));
-    Tensor g = torch::stable::empty(sizes_of(p.output), p.output.scalar_type(), std::nullopt, p.output.device());
+    Tensor g = lossext::empty(sizes_of(p.output), p.output.scalar_type(), std::nullopt, p.output.device());
     Device::row_sums_backward(p, torch::stable::contiguous(grad), g);
     return g;
   }
@@ -243,7 +244,7 @@ inline void check_sums_grad(const char* op, const Tensor& grad, const Tensor& re
 }
 
 inline Tensor new_sums(const Tensor& ref, int64_t B, int64_t C) {
-  return torch::stable::empty(std::vector<int64_t>{B, C, 4}, acc_type_of(ref.scalar_type()), std::nullopt, ref.device());
+  return lossext::empty(std::vector<int64_t>{B, C, 4}, acc_type_of(ref.scalar_type()), std::nullopt, ref.device());
 }
 
 template <class Device>
@@ -259,7 +260,7 @@ struct DiceKernels {
     const char* op = "lossext::dice_sums_backward";
     DiceProblem p = prepare_dice(op, logits, target, multiclass, from_logits, ignore_index);
     check_sums_grad(op, grad, p.logits, p.B, p.C);
-    Tensor g = torch::stable::empty(sizes_of(p.logits), p.logits.scalar_type(), std::nullopt, p.logits.device());
+    Tensor g = lossext::empty(sizes_of(p.logits), p.logits.scalar_type(), std::nullopt, p.logits.device());
     Device::dice_sums_backward(p, torch::stable::contiguous(grad), g);
     return g;
   }
@@ -277,7 +278,7 @@ struct MaskedL1Kernels {
     const char* op = "lossext::masked_l1_sums_backward";
     MaskedL1Problem p = prepare_masked_l1(op, input, target, mask);
     check_sums_grad(op, grad, p.input, p.B, p.C);
-    Tensor g = torch::stable::empty(sizes_of(p.input), p.input.scalar_type(), std::nullopt, p.input.device());
+    Tensor g = lossext::empty(sizes_of(p.input), p.input.scalar_type(), std::nullopt, p.input.device());
     Device::masked_l1_sums_backward(p, torch::stable::contiguous(grad), g);
     return g;
   }

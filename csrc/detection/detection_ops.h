@@ -19,6 +19,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/alloc.h"
 #include "../common/pointwise_loss.h"
 #include "box_math.h"
 #include "focal_math.h"
@@ -124,7 +125,7 @@ inline std::vector<int64_t> box_batch_shape(const Tensor& boxes) {
 template <class Device>
 Tensor box_iou_loss(Tensor boxes1, Tensor boxes2, int64_t mode, double eps, int64_t reduction) {
   const auto p = prepare_box("lossext::box_iou_loss", boxes1, boxes2, mode, eps, reduction);
-  Tensor loss = torch::stable::empty(p.reduction == Reduction::None ? box_batch_shape(boxes1) : std::vector<int64_t>{},
+  Tensor loss = lossext::empty(p.reduction == Reduction::None ? box_batch_shape(boxes1) : std::vector<int64_t>{},
                                      boxes1.scalar_type(), std::nullopt, boxes1.device());
   Device::box_forward(p, loss);
   return loss;
@@ -151,8 +152,8 @@ std::tuple<Tensor, Tensor> box_iou_loss_backward(Tensor grad_output, Tensor boxe
                   shape_str(grad_output));
   }
   const Tensor go = torch::stable::contiguous(grad_output);
-  Tensor g1 = torch::stable::empty(sizes_of(p.boxes1), boxes1.scalar_type(), std::nullopt, boxes1.device());
-  Tensor g2 = torch::stable::empty(sizes_of(p.boxes1), boxes1.scalar_type(), std::nullopt, boxes1.device());
+  Tensor g1 = lossext::empty(sizes_of(p.boxes1), boxes1.scalar_type(), std::nullopt, boxes1.device());
+  Tensor g2 = lossext::empty(sizes_of(p.boxes1), boxes1.scalar_type(), std::nullopt, boxes1.device());
   Device::box_backward(p, go, g1, g2);
   return {g1, g2};
 }
@@ -219,7 +220,7 @@ Tensor softmax_focal_loss(Tensor logits, Tensor target, std::optional<Tensor> al
                           double gamma, int64_t ignore_index, int64_t reduction) {
   const auto p = prepare_focal("lossext::softmax_focal_loss", logits, target, alpha, weight, gamma, ignore_index,
                                reduction);
-  Tensor loss = torch::stable::empty(p.reduction == Reduction::None ? sizes_of(target) : std::vector<int64_t>{},
+  Tensor loss = lossext::empty(p.reduction == Reduction::None ? sizes_of(target) : std::vector<int64_t>{},
                                      logits.scalar_type(), std::nullopt, logits.device());
   Device::softmax_focal_forward(p, loss);
   return loss;
@@ -243,7 +244,7 @@ Tensor softmax_focal_loss_backward(Tensor grad_output, Tensor logits, Tensor tar
                   shape_str(grad_output));
   }
   const Tensor go = torch::stable::contiguous(grad_output);
-  Tensor grad = torch::stable::empty(sizes_of(p.logits), logits.scalar_type(), std::nullopt, logits.device());
+  Tensor grad = lossext::empty(sizes_of(p.logits), logits.scalar_type(), std::nullopt, logits.device());
   Device::softmax_focal_backward(p, go, grad);
   return grad;
 }

@@ -18,6 +18,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/alloc.h"
 #include "../common/checks.h"
 #include "batch_scale.h"
 #include "multibox_math.h"
@@ -76,8 +77,8 @@ inline MatchProblem prepare_match(const char* op, const Tensor& priors, const Te
 template <class Device>
 std::tuple<Tensor, Tensor> match_priors(Tensor priors, Tensor targets, double overlap_thresh, int64_t matching) {
   const MatchProblem m = prepare_match("lossext::match_priors", priors, targets, overlap_thresh, matching, 1.0, 1.0);
-  Tensor matches = torch::stable::empty({m.B, m.P}, ScalarType::Long, std::nullopt, priors.device());
-  Tensor overlaps = torch::stable::empty({m.B, m.P}, ScalarType::Double, std::nullopt, priors.device());
+  Tensor matches = lossext::empty({m.B, m.P}, ScalarType::Long, std::nullopt, priors.device());
+  Tensor overlaps = lossext::empty({m.B, m.P}, ScalarType::Double, std::nullopt, priors.device());
   Device::match(m, matches, overlaps);
   return {overlaps, matches};  // the floating output first (opcheck's aot test sums the outputs in order)
 }
@@ -133,11 +134,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> multibox_loss(
   p.objectness = objectness_thresh;
   p.binary = binary;
   const auto dev = loc.device();
-  Tensor loss_loc = torch::stable::empty({p.m.B}, loc.scalar_type(), std::nullopt, dev);
-  Tensor loss_conf = torch::stable::empty({p.m.B}, loc.scalar_type(), std::nullopt, dev);
-  Tensor num_pos = torch::stable::empty({p.m.B}, ScalarType::Long, std::nullopt, dev);
-  Tensor grad_loc = torch::stable::empty({p.m.B, p.m.P, 4}, loc.scalar_type(), std::nullopt, dev);
-  Tensor grad_conf = torch::stable::empty({p.m.B, p.m.P, p.C}, loc.scalar_type(), std::nullopt, dev);
+  Tensor loss_loc = lossext::empty({p.m.B}, loc.scalar_type(), std::nullopt, dev);
+  Tensor loss_conf = lossext::empty({p.m.B}, loc.scalar_type(), std::nullopt, dev);
+  Tensor num_pos = lossext::empty({p.m.B}, ScalarType::Long, std::nullopt, dev);
+  Tensor grad_loc = lossext::empty({p.m.B, p.m.P, 4}, loc.scalar_type(), std::nullopt, dev);
+  Tensor grad_conf = lossext::empty({p.m.B, p.m.P, p.C}, loc.scalar_type(), std::nullopt, dev);
   Device::run(p, loss_loc, loss_conf, num_pos, grad_loc, grad_conf);
   return {loss_loc, loss_conf, num_pos, grad_loc, grad_conf};
 }

@@ -19,6 +19,7 @@
 #include <torch/csrc/stable/stableivalue_conversions.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/alloc.h"
 #include "../common/checks.h"
 #include "batch_scale.h"
 #include "region_math.h"
@@ -102,9 +103,9 @@ std::tuple<Tensor, Tensor, Tensor> yolov2_region_loss(Tensor output, Tensor targ
                                 scale_coord_by_size);
   std::vector<int64_t> shape;
   for (int64_t i = 0; i < 4; ++i) shape.push_back(output.size(i));
-  Tensor loss = torch::stable::empty({r.B}, output.scalar_type(), std::nullopt, output.device());
-  Tensor grad = torch::stable::empty(shape, output.scalar_type(), std::nullopt, output.device());
-  Tensor stats = torch::stable::empty({int64_t(kNumStats)}, region_stats_type(output.scalar_type()), std::nullopt,
+  Tensor loss = lossext::empty({r.B}, output.scalar_type(), std::nullopt, output.device());
+  Tensor grad = lossext::empty(shape, output.scalar_type(), std::nullopt, output.device());
+  Tensor stats = lossext::empty({int64_t(kNumStats)}, region_stats_type(output.scalar_type()), std::nullopt,
                                       output.device());
   Device::run(r, loss, grad, stats);
   return {loss, grad, stats};

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
@@ -54,24 +56,30 @@ double class_weight_sum(const scalar_t* w, int64_t C) {
   return s;
 }
 
+// m_new = the running max m after the block [b, e) of z_j = r v_j; returns the shift that exp
+// takes in the block: m_new, or 0 while every logit so far is -inf (exp(-inf - 0) = 0, not NaN).
+// NaN never wins the max: it shows up in the sum of exps instead.
+template <class scalar_t, class A>
+inline A block_shift(const scalar_t* __restrict v, int64_t b, int64_t e, A r, double m, double& m_new) {
+  A bm = -std::numeric_limits<A>::infinity();
+#pragma omp simd reduction(max : bm)
+  for (int64_t j = b; j < e; ++j) {
+    const A z = r * static_cast<A>(v[j]);
+    bm = z > bm ? z : bm;
+  }
+  m_new = std::max(m, double(bm));
+  return m_new == -std::numeric_limits<double>::infinity() ? A(0) : static_cast<A>(m_new);
+}
+
 // Online max / sum of exp over z_j = r * v_j, j in [b0, e0), blockwise: folds the segment into
 // (m, s). sum_z gets sum_j w_j z_j when kSum.
 template <bool kW, bool kSum, class scalar_t, class A>
 inline void online_span(const scalar_t* __restrict v, const scalar_t* __restrict w, int64_t b0, int64_t e0,
                         A r, double& m, double& s, double& sum_z) {
-  const A ninf = -std::numeric_limits<A>::infinity();
   for (int64_t b = b0; b < e0; b += kBlock) {
     const int64_t e = std::min(e0, b + kBlock);
-    A bm = ninf;
-#pragma omp simd reduction(max : bm)
-    for (int64_t j = b; j < e; ++j) {
-      const A z = r * static_cast<A>(v[j]);
-      bm = z > bm ? z : bm;
-    }
-    // NaN never wins a max: it shows up in the sum below instead.
-    const double m_new = std::max(m, double(bm));
-    // all -inf so far: shift by 0, so exp(-inf - shift) = 0, not NaN
-    const A mf = m_new == -std::numeric_limits<double>::infinity() ? A(0) : static_cast<A>(m_new);
+    double m_new;
+    const A mf = block_shift(v, b, e, r, m, m_new);
     // z - m with z = r x rounded as in the max above (the max's own term is exp(0) = 1): an fma
     // would keep the product's rounding residual, half an ulp of z, which leaves exp's range
     // for huge logits (a float64 logit of 8e18 gave a loss of inf)
@@ -112,6 +120,13 @@ inline void around(int64_t n, int64_t skip, const F& f) {
   }
   f(int64_t(0), skip);
   f(skip + 1, n);
+}
+
+// A row's w_t and a = keep w_t + spread W (margin_math.h's cross-entropy with smoothing).
+template <bool kW, class scalar_t, class A>
+inline std::pair<A, A> target_weights(const scalar_t* w, int64_t t, A keep, A spread, A wsum) {
+  const A w_t = kW ? static_cast<A>(w[t]) : A(1);
+  return {w_t, keep * w_t + spread * wsum};
 }
 
 template <class F>
@@ -197,8 +212,7 @@ struct MarginCpu {
               }
               const scalar_t* __restrict row = cos + i * C;
               const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
-              const A w_t = kW.value ? static_cast<A>(w[t]) : A(1);
-              const A a = keep * w_t + spread * wsum;
+              const auto [w_t, a] = target_weights<kW.value>(w, t, keep, spread, wsum);
               // lse as a float pair Lh + Ll: z - lse = (z - Lh) - Ll with z = r x rounded as in the
               // forward (no fma: see online_span)
               const A Lh = static_cast<A>(lse[i]);
@@ -223,6 +237,144 @@ struct MarginCpu {
               const double d_t = target_dlogit(a, keep, spread, w_t, double(r) * f, lse[i]);
               o[t] = static_cast<scalar_t>(target_cos_grad(double(gr) * d_t, df));
               if constexpr (kRS.value) out_rs[i] = static_cast<scalar_t>(double(g[i]) * (dr + d_t * f));
+            }
+          });
+        });
+      });
+    });
+  }
+
+  // One pass over each row (issue #15; margin_ops.h forward_with_grad). Per block of kBlock
+  // classes, read from memory once: the running max m_k (as online_span), then e_j = exp(z_j - m_k)
+  // written into the gradient with the block's sums (the same lane sums as ce_forward, so lse and
+  // the loss are bitwise ce_forward's); after the row, a sweep over its gradient (still in L2: a
+  // row of 100k float32 is 400 KB) scales each block by G r a exp(m_k - lse) and subtracts the
+  // label-smoothing term G r spread w_j. One read and one write of each element and one exp,
+  // against ce_forward + ce_backward's two reads and two exps; e_j <= 1 and exp(m_k - lse) <= 1,
+  // so nothing overflows that the two-pass formula would not. float16/bfloat16 take the two
+  // passes: e_j rounded to the half dtype before its scaling would cost precision.
+  static void ce_forward_with_grad(const CeProblem& p, const Tensor& G, RowStats& st, Tensor& grad,
+                                   Tensor* grad_rs) {
+    const ScalarType dt = p.cos.scalar_type();
+    if (dt != ScalarType::Float && dt != ScalarType::Double) {
+      ce_forward_then_backward<MarginCpu>(p, G, st, grad, grad_rs);
+      return;
+    }
+    const LossSpec& s = p.spec;
+    check_targets(s, p.target);
+    dispatch_floating(dt, "lossext::margin_cross_entropy_with_grad", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+        ce_one_pass<scalar_t>(p, G, st, grad, grad_rs);
+      }
+    });
+  }
+
+  template <class scalar_t>
+  static void ce_one_pass(const CeProblem& p, const Tensor& G, RowStats& st, Tensor& grad, Tensor* grad_rs) {
+    using A = scalar_t;  // float32 and float64 accumulate in their own type, as ce_forward
+    const LossSpec& s = p.spec;
+    const scalar_t* cos = ptr<const scalar_t>(p.cos);
+    const int64_t* tg = ptr<const int64_t>(p.target);
+    const scalar_t* w = ptr<const scalar_t>(p.weight);
+    const scalar_t* rs = ptr<const scalar_t>(p.row_scale);
+    const A* g = ptr<const A>(G);
+    double* lse = ptr<double>(st.lse);
+    double* zy = ptr<double>(st.zy);
+    double* wz = ptr<double>(st.wz);
+    scalar_t* out = ptr<scalar_t>(grad);
+    scalar_t* out_rs = grad_rs ? ptr<scalar_t>(*grad_rs) : nullptr;
+    const auto tm = s.target_margin<double>();
+    const int64_t C = s.C;
+    const A keep = A(s.keep()), spread = A(s.spread());
+    const A wsum = A(class_weight_sum(w, C));
+    const int64_t max_blocks = (C + kBlock - 1) / kBlock + 1;
+    with_bool(w != nullptr, [&](auto kW) {
+      with_bool(s.smoothing > 0.0, [&](auto kSum) {
+        with_bool(out_rs != nullptr, [&](auto kRS) {
+          parallel_rows(s.N, C, [&](int64_t b, int64_t e) {
+            struct Block { int64_t b, e; A shift; double sx; };
+            std::vector<Block> blocks(static_cast<size_t>(max_blocks));
+            for (int64_t i = b; i < e; ++i) {
+              const int64_t t = tg[i];
+              scalar_t* __restrict o = out + i * C;
+              if (t == s.ignore_index) {
+                std::fill(o, o + C, scalar_t(0));
+                lse[i] = zy[i] = wz[i] = 0.0;
+                if (kRS.value) out_rs[i] = scalar_t(0);
+                continue;
+              }
+              const scalar_t* __restrict row = cos + i * C;
+              const A r = rs ? static_cast<A>(rs[i]) : static_cast<A>(s.scale);
+              const auto [w_t, a] = target_weights<kW.value>(w, t, keep, spread, wsum);
+              double f, df;
+              tm.apply(double(row[t]), f, df);
+              const double z_t = acc_logit<A>(double(r) * f);
+              // pass 1: block maxima, e_j into the gradient, the row's online (m, sum)
+              double m = -std::numeric_limits<double>::infinity(), sum = 0.0, sz = 0.0, swx = 0.0;
+              int64_t nb = 0;
+              around(C, t, [&](int64_t b0, int64_t e0) {
+                for (int64_t bb = b0; bb < e0; bb += kBlock) {
+                  const int64_t ee = std::min(e0, bb + kBlock);
+                  double m_new;
+                  const A mf = block_shift(row, bb, ee, r, m, m_new);  // as online_span
+                  const auto ex = [&](int64_t j) {
+                    const A v = math::exp_softmax(r * static_cast<A>(row[j]) - mf);
+                    o[j] = v;
+                    return v;
+                  };
+                  const auto ex_x = [&](int64_t j) { return o[j] * static_cast<A>(row[j]); };
+                  const auto wx = [&](int64_t j) { return (kW.value ? static_cast<A>(w[j]) : A(1)) * r * static_cast<A>(row[j]); };
+                  const auto w_x = [&](int64_t j) { return (kW.value ? static_cast<A>(w[j]) : A(1)) * static_cast<A>(row[j]); };
+                  A bs, bz = A(0), bx = A(0), bwx = A(0);
+                  if constexpr (kSum.value && kRS.value) {
+                    const auto v = cpu_detail::lane_sums<A>(bb, ee, ex, wx, ex_x, w_x);
+                    bs = v[0]; bz = v[1]; bx = v[2]; bwx = v[3];
+                  } else if constexpr (kSum.value) {
+                    const auto v = cpu_detail::lane_sums<A>(bb, ee, ex, wx);
+                    bs = v[0]; bz = v[1];
+                  } else if constexpr (kRS.value) {
+                    const auto v = cpu_detail::lane_sums<A>(bb, ee, ex, ex_x);
+                    bs = v[0]; bx = v[1];
+                  } else {
+                    bs = cpu_detail::lane_sum<A>(bb, ee, ex);
+                  }
+                  // (m, sum) exactly as online_span folds it (the shift there is mf too)
+                  sum = (sum == 0.0 ? 0.0 : sum * std::exp(m - m_new)) + double(bs);
+                  m = m_new;
+                  if constexpr (kSum.value) sz += double(bz);
+                  if constexpr (kSum.value && kRS.value) swx += double(bwx);
+                  blocks[static_cast<size_t>(nb++)] = Block{bb, ee, mf, double(bx)};
+                }
+              });
+              online_add(z_t, m, sum);
+              const double L = row_lse(m, sum);
+              lse[i] = L;
+              zy[i] = z_t;
+              wz[i] = sz + (kW.value ? double(w[t]) : 1.0) * z_t;
+              // pass 2: p_j = e_j exp(m_k - lse); dL/dcos_j = G r (a p_j - spread w_j)
+              const A gr = g[i] * r;
+              const A gs = gr * spread;
+              double dr = 0.0;
+              for (int64_t k = 0; k < nb; ++k) {
+                const Block& blk = blocks[static_cast<size_t>(k)];
+                const double pk = std::exp(double(blk.shift) - L);  // NaN with L: the row is NaN
+                const A fk = static_cast<A>(double(gr) * double(a) * pk);
+                if constexpr (kSum.value) {
+#pragma omp simd
+                  for (int64_t j = blk.b; j < blk.e; ++j) o[j] = o[j] * fk - gs * (kW.value ? static_cast<A>(w[j]) : A(1));
+                } else {
+#pragma omp simd
+                  for (int64_t j = blk.b; j < blk.e; ++j) o[j] = o[j] * fk;
+                }
+                if constexpr (kRS.value) dr += double(a) * pk * blk.sx;
+              }
+              const double d_t = target_dlogit(a, keep, spread, w_t, double(r) * f, L);
+              o[t] = static_cast<scalar_t>(target_cos_grad(double(gr) * d_t, df));
+              if constexpr (kRS.value) {
+                // sum over j != t of (a p_j - spread w_j) x_j, then the target's d_t f
+                out_rs[i] = static_cast<scalar_t>(double(g[i]) * (dr - double(spread) * swx + d_t * f));
+              }
             }
           });
         });

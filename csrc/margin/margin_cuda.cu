@@ -940,6 +940,12 @@ struct MarginCuda {
     });
   }
 
+  // No one-pass kernel on CUDA yet: the forward's and the backward's kernels in turn.
+  static void ce_forward_with_grad(const CeProblem& p, const Tensor& G, RowStats& st, Tensor& grad,
+                                   Tensor* grad_rs) {
+    ce_forward_then_backward<MarginCuda>(p, G, st, grad, grad_rs);
+  }
+
   static void ce_backward(const CeProblem& p, const Tensor& G, Tensor& grad, Tensor* grad_rs) {
     const LossSpec& s = p.spec;
     on_ce(p, "lossext::margin_cross_entropy_backward", [&](auto tag, cudaStream_t stream, auto w) {

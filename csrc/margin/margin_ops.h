@@ -6,6 +6,9 @@
 // float64 inputs; N rows, C classes, D features):
 //   ce_forward(const CeProblem&, RowStats&)            fills the row stats of margin CE
 //   ce_backward(const CeProblem&, const Tensor& G, Tensor& grad_cos, Tensor* grad_row_scale)
+//   ce_forward_with_grad(const CeProblem&, const Tensor& G, RowStats&, Tensor& grad_cos,
+//                        Tensor* grad_row_scale)   both of the above in one call (the CPU's
+//                                                  float kernels: one read of each row)
 //   finalize(const LossSpec&, const RowStats&, const Tensor& target, const Tensor* class_weight,
 //            Tensor& loss, Tensor& lse)               loss_i, the reduction, lse_i (RowStats and
 //                                                     lse are float64 for every input dtype), the
@@ -42,6 +45,7 @@
 #include <torch/csrc/stable/stableivalue_conversions.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/alloc.h"
 #include "../common/checks.h"
 #include "margin_math.h"
 
@@ -111,7 +115,7 @@ inline ScalarType acc_scalar_type(ScalarType st) {
 }
 
 inline Tensor new_tensor(std::vector<int64_t> sizes, ScalarType st, const Tensor& like) {
-  return torch::stable::empty(sizes, st, std::nullopt, like.device());
+  return lossext::empty(sizes, st, std::nullopt, like.device());
 }
 
 inline Tensor zeros(std::vector<int64_t> sizes, ScalarType st, const Tensor& like) {
@@ -332,7 +336,45 @@ struct MarginCeKernels {
     Device::ce_backward(p, G, grad_cos, p.row_scale ? &grad_rs : nullptr);
     return {grad_cos, grad_rs};
   }
+
+  // The one-pass forward (issue #15): (loss, lse) as forward, plus dloss/dcos and dloss/drow_scale
+  // for grad_output = 1 (the 'mean' division included), which the autograd backward only scales
+  // by grad_output (lossext/margin/ops.py). G is known before any row is read: it depends on the
+  // targets and class weights alone.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> forward_with_grad(
+      Tensor cos, Tensor target, std::optional<Tensor> weight, std::optional<Tensor> row_scale, double scale,
+      double m1, double m2, double m3, std::optional<Tensor> lambda, bool easy_margin, double smoothing,
+      int64_t ignore_index, int64_t reduction) {
+    const char* op = "lossext::margin_cross_entropy_with_grad";
+    CeProblem p = prepare_ce(op, cos, target, weight, row_scale, scale, m1, m2, m3, lambda, easy_margin,
+                             smoothing, ignore_index, reduction);
+    const LossSpec& s = p.spec;
+    const Tensor* w = p.weight ? &*p.weight : nullptr;
+    Tensor ones = new_loss(s, p.cos.scalar_type(), p.cos);
+    torch::stable::fill_(ones, 1.0);
+    Tensor G = new_tensor({s.N}, acc_scalar_type(p.cos.scalar_type()), p.cos);
+    Device::row_grad_scale(s, ones, p.target, w, G);  // also checks the targets
+    RowStats st = new_row_stats(s, p.cos, false);
+    Tensor grad_cos = new_tensor({s.N, s.C}, p.cos.scalar_type(), p.cos);
+    Tensor grad_rs = new_tensor({p.row_scale ? s.N : 0}, p.cos.scalar_type(), p.cos);
+    Device::ce_forward_with_grad(p, G, st, grad_cos, p.row_scale ? &grad_rs : nullptr);
+    Tensor loss = new_loss(s, p.cos.scalar_type(), p.cos);
+    Tensor lse = st.lse;
+    Device::finalize(s, st, p.target, w, loss, lse);
+    return {loss, lse, grad_cos, grad_rs};
+  }
 };
+
+// ce_forward_with_grad as the two passes it replaces: the forward's statistics, then the backward
+// kernel over them (their lse, which ce_forward leaves final in st.lse). Devices and dtypes
+// without a one-pass kernel (CUDA; float16/bfloat16 on the CPU) take it.
+template <class Device>
+void ce_forward_then_backward(const CeProblem& p, const Tensor& G, RowStats& st, Tensor& grad, Tensor* grad_rs) {
+  Device::ce_forward(p, st);
+  CeProblem q = p;
+  q.lse = st.lse;
+  Device::ce_backward(q, G, grad, grad_rs);
+}
 
 // ---- fused_linear_margin_cross_entropy ---------------------------------------------------
 
@@ -625,6 +667,7 @@ template <class Device, class Lib>
 void register_margin_kernels(Lib& m) {
   m.impl("margin_cross_entropy", TORCH_BOX(&MarginCeKernels<Device>::forward));
   m.impl("margin_cross_entropy_backward", TORCH_BOX(&MarginCeKernels<Device>::backward));
+  m.impl("margin_cross_entropy_with_grad", TORCH_BOX(&MarginCeKernels<Device>::forward_with_grad));
   m.impl("fused_linear_margin_cross_entropy", TORCH_BOX(&FusedKernels<Device>::forward));
   m.impl("fused_linear_margin_cross_entropy_backward", TORCH_BOX(&FusedKernels<Device>::backward));
   m.impl("fused_linear_margin_shard_forward", TORCH_BOX(&ShardKernels<Device>::forward));

@@ -6,6 +6,9 @@
 // not bake it into the graph: None means 0, else a 0-dim float64 tensor on the logits' (or
 // embeddings') device, finite and >= 0 (checked on the CPU; on CUDA the kernels read it from
 // device memory without a host sync, and a bad value gives a NaN loss).
+// margin_cross_entropy_with_grad returns (loss, lse, grad_cos_logits, grad_row_scale): the
+// forward's two, then the backward's two for grad_output = 1 (grad_row_scale is empty without
+// row_scale), computed in the same pass over the logits; they are not differentiable.
 // The shard ops (lossext.distributed: one rank's shard of the classes of a normalized fused op):
 // target -1 means "on another shard"; the forward returns (row_max, row_sumexp, target_logit),
 // float64 [N] each, not reduced; the backward takes the global lse [N] float64 and
@@ -21,6 +24,9 @@ STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
         "Tensor? weight, Tensor? row_scale, Tensor lse, float scale, float m1, float m2, float m3, "
         "Tensor? lambda_, bool easy_margin, float label_smoothing, int ignore_index, int reduction) "
         "-> (Tensor, Tensor)");
+  m.def("margin_cross_entropy_with_grad(Tensor cos_logits, Tensor target, Tensor? weight, Tensor? row_scale, "
+        "float scale, float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, "
+        "float label_smoothing, int ignore_index, int reduction) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("fused_linear_margin_cross_entropy(Tensor input, Tensor weight, Tensor target, Tensor? bias, "
         "float scale, float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, bool normalize, "
         "float label_smoothing, int ignore_index, int reduction, int chunk_size) -> (Tensor, Tensor)");

@@ -21,6 +21,7 @@
 #include <torch/csrc/stable/stableivalue_conversions.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include "../common/alloc.h"
 #include "../common/checks.h"
 #include "metric_math.h"
 
@@ -41,7 +42,7 @@ inline ScalarType acc_scalar_type(ScalarType st) {
 }
 
 inline Tensor new_tensor(std::vector<int64_t> sizes, ScalarType st, const Tensor& like) {
-  return torch::stable::empty(sizes, st, std::nullopt, like.device());
+  return lossext::empty(sizes, st, std::nullopt, like.device());
 }
 
 // out = a @ b through the dispatcher (BLAS on CPU, cuBLAS on CUDA).

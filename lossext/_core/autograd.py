@@ -16,6 +16,7 @@ Autograd key), so that every training mode sees one formula:
 """
 import torch
 from torch.autograd import forward_ad
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _LIB = torch.library.Library("lossext", "FRAGMENT")  # noqa: TOR901  (registrations only)
 
@@ -25,6 +26,30 @@ FUNCTIONS = {}  # op name -> its autograd.Function
 
 def _transforms_or_dual_active():
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def is_unit(grad):
+    """grad_output is exactly 1 (loss.backward() of this loss alone, or of a plain sum of losses):
+    read on the CPU only (no device sync) and in plain eager autograd only (not while
+    torch.compile traces, nor under a torch.func transform or forward-mode AD, where the value is
+    not concrete, nor under a dispatch mode: make_fx / AOT tracing, fake tensors)."""
+    return (type(grad) is torch.Tensor and grad.dim() == 0 and grad.device.type == "cpu"
+            and not torch.compiler.is_compiling() and not _transforms_or_dual_active()
+            and _get_current_dispatch_mode() is None and grad.item() == 1.0)
+
+
+def scale_saved(grad, saved):
+    """The one-pass ops' input gradient: grad_output times the dloss/dinput their forward saved.
+    For grad_output = 1 it is the saved buffer itself: no second input-sized pass, and every
+    backward through the graph (retain_graph=True) returns the same values; modifying it in
+    place before such a second backward makes that one raise (autograd checks the versions of
+    saved tensors), never read it silently. grad is 0-dim for a reduced loss, else it has the
+    loss's shape: a per-row loss ([N]) scales its rows."""
+    if is_unit(grad):
+        return saved
+    if grad.dim() == 1 and saved.dim() == 2 and grad.shape[0] == saved.shape[0]:
+        grad = grad.unsqueeze(1)
+    return grad * saved
 
 
 def call(op_name, *args):

@@ -26,7 +26,7 @@ import torch
 
 from . import amp
 from . import library  # noqa: F401  (loads the kernels)
-from .autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .autograd import call as call_op, refuse_double_backward, register as register_autograd, scale_saved
 from .fake import check_same_device
 
 
@@ -194,7 +194,7 @@ def register(name, *, target_grad_is_neg_input_grad, one_pass):
             # second derivatives), so take the recompute op, whose double backward raises.
             gi = bwd(grad, input, target, weight, *p) if ctx.needs_input_grad[0] else None
         elif ctx.needs_input_grad[0]:
-            gi = grad * g
+            gi = scale_saved(grad, g)  # the buffer itself for grad_output = 1
         if ctx.needs_input_grad[1]:
             gt = target_grad(grad, input, target, weight, p, gi)
         if ctx.needs_input_grad[2]:

@@ -22,7 +22,7 @@ import torch
 
 from .._core import amp
 from .._core import library  # noqa: F401  (loads the kernels)
-from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd, scale_saved
 from .._core.fake import check_same_device
 
 
@@ -116,7 +116,7 @@ def _mv_one_pass_backward(ctx, g_loss, g_soft, g_mean, g_var, _g_stats, _g_grad)
     if g_soft is None and g_mean is None and g_var is None and not ctx.needs_input_grad[1] \
             and not torch.is_grad_enabled():
         # only the total: its saved gradient times the upstream one (per row for 'none')
-        return (g_loss.unsqueeze(-1) * grad if g_loss.dim() == 1 else g_loss * grad,) + none[1:]
+        return (scale_saved(g_loss, grad),) + none[1:]  # the buffer itself for grad_output = 1
     # the terms' gradients, dL/dy or create_graph (whose double backward must raise): recompute
     return _recompute(ctx, logits, target, stats, g_loss, g_soft, g_mean, g_var)
 

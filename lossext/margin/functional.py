@@ -17,6 +17,7 @@ from .._core import amp
 from .._core import validation as V
 from .._core.autograd import call as call_op
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
+from .ops import use_one_pass
 
 __all__ = ["margin_cross_entropy", "cosface_loss", "arcface_loss", "sphereface_loss",
            "fused_linear_margin_cross_entropy", "fused_linear_cross_entropy"]
@@ -91,12 +92,18 @@ def margin_ce(fn: str, names: List[str], cos_logits: Tensor, target: Tensor, sca
         raise ValueError(fn + ": cos_logits has no classes (shape " + str(list(cos_logits.shape)) + ")")
     w = V.check_vector(fn, "weight", weight, c, cos_logits, "C")
     rs = V.check_vector(fn, "feature_norm", feature_norm, n, cos_logits, "N")
+    one_pass = use_one_pass(cos_logits, red)  # issue #15: the forward also writes the gradient
     if torch.jit.is_scripting():
+        if one_pass:
+            return torch.ops.lossext.margin_cross_entropy_with_grad(cos_logits, target, w, rs, scale, m1, m2, m3,
+                                                                    lam, easy_margin, label_smoothing,
+                                                                    ignore_index, red)[0]
         return torch.ops.lossext.margin_cross_entropy(cos_logits, target, w, rs, scale, m1, m2, m3, lam,
                                                       easy_margin, label_smoothing, ignore_index, red)[0]
     else:
-        return _eager_call(fn, _CE_NAMES, "margin_cross_entropy", cos_logits, target, w, rs, scale, m1, m2, m3,
-                           lam, easy_margin, label_smoothing, ignore_index, red)
+        return _eager_call(fn, _CE_NAMES, "margin_cross_entropy_with_grad" if one_pass else "margin_cross_entropy",
+                           cos_logits, target, w, rs, scale, m1, m2, m3, lam, easy_margin, label_smoothing,
+                           ignore_index, red)
 
 
 def _margin_entry(fn: str, names: List[str], cos_logits: Tensor, target: Tensor, scale: float, m1: float, m2: float,

@@ -153,8 +153,9 @@ def _jit(name, arg_names, n_optional, params):
 
 def _margin_ce_raw_calls(sample):
     kw = sample.kwargs
-    return _raw_calls("margin_cross_entropy", (*sample.args, kw.get("weight"), kw.get("feature_norm")),
-                      _ce_params(kw, sample.args[0].device))
+    inputs = (*sample.args, kw.get("weight"), kw.get("feature_norm"))
+    params = _ce_params(kw, sample.args[0].device)
+    return _raw_calls("margin_cross_entropy", inputs, params) + [("margin_cross_entropy_with_grad", (*inputs, *params))]
 
 
 def _margin_ce_module(sample):
@@ -209,6 +210,8 @@ def _margin_ce_raw_errors(device):
         (name, (cos, t, None, torch.ones(3, device=device), *p), "'row_scale' must have shape"),
         (name, (cos, t, None, None, *bad_scale), "'scale' must be positive"),
         (name, (cos, t, None, None, *p[:-1], 5), "'reduction' must be"),
+        (f"{name}_with_grad", (cos[0], t, None, None, *p), "'cos_logits' must be 2-D"),
+        (f"{name}_with_grad", (cos, t, torch.ones(3, device=device), None, *p), "'weight' must have shape"),
         (f"{name}_backward", (torch.ones(4, device=device), cos, t, None, None, lse, *p), "'grad_output' must be 0-dim"),
         (f"{name}_backward", (go, cos, t, None, None, lse[:2], *p), "'lse' must have shape"),
         (f"{name}_backward", (go, cos, t, None, None, lse.float(), *p), "'lse' must be float64, got Float"),
@@ -731,7 +734,7 @@ OP_ROWS = [
     OpInfo(
         name="margin_cross_entropy",
         op=LF.margin_cross_entropy, ref=R.margin_cross_entropy, module=LN.MarginCrossEntropyLoss,
-        raw_ops=["margin_cross_entropy", "margin_cross_entropy_backward"],
+        raw_ops=["margin_cross_entropy", "margin_cross_entropy_backward", "margin_cross_entropy_with_grad"],
         hyper=_MARGIN_HYPER,
         sample_inputs=_margin_ce_samples, edge_inputs=_margin_ce_edges, error_inputs=_margin_ce_errors,
         bench_input=_margin_ce_bench, raw_calls=_margin_ce_raw_calls, module_call=_margin_ce_module,

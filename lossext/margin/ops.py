@@ -5,6 +5,10 @@ Ops (reduction: 0 none, 1 mean, 2 sum):
                        easy_margin, label_smoothing, ignore_index, reduction) -> (loss, lse)
   margin_cross_entropy_backward(grad_output, cos_logits, target, weight?, row_scale?, lse, ...)
       -> (grad_cos_logits, grad_row_scale)   (grad_row_scale is empty without row_scale)
+  margin_cross_entropy_with_grad(cos_logits, target, weight?, row_scale?, ...)
+      -> (loss, lse, grad_cos_logits, grad_row_scale)   the forward, plus the backward's outputs for
+      grad_output = 1 from the same pass over the logits (issue #15: one read of [N, C] instead
+      of two); the functional API takes it where use_one_pass says
   fused_linear_margin_cross_entropy(input, weight, target, bias?, scale, m1, m2, m3, lambda_?,
                        easy_margin, normalize, label_smoothing, ignore_index, reduction,
                        chunk_size) -> (loss, lse)
@@ -44,7 +48,7 @@ import torch
 
 from .._core import amp
 from .._core import library  # noqa: F401  (loads the kernels)
-from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd, scale_saved
 from .._core.fake import check_same_device
 
 
@@ -81,6 +85,14 @@ def _(grad, cos, target, weight, row_scale, lse, *params):
                 ("grad_output", grad), ("lse", lse))
     n = cos.shape[0]
     return (cos.new_empty(cos.shape), cos.new_empty((n if row_scale is not None else 0,)))
+
+
+@torch.library.register_fake("lossext::margin_cross_entropy_with_grad")
+def _(cos, target, weight, row_scale, *params):
+    _ce_devices("margin_cross_entropy_with_grad", cos, target, weight, row_scale, params[4])
+    n = cos.shape[0]
+    return (_loss_like(cos, n, params[-1]), cos.new_empty((n,), dtype=torch.float64), cos.new_empty(cos.shape),
+            cos.new_empty((n if row_scale is not None else 0,)))
 
 
 @torch.library.register_fake("lossext::fused_linear_margin_cross_entropy")
@@ -191,6 +203,56 @@ def _ce_jvp(ctx, t_cos, _t_target, t_weight, t_rs, *_t_params):
 
 register_autograd("margin_cross_entropy", setup_context=_setup, backward=_ce_backward, jvp=_ce_jvp)
 amp.register("margin_cross_entropy", "fp32")
+
+
+# ---- margin_cross_entropy_with_grad (one pass) ---------------------------------------------
+
+def _setup_with_grad(ctx, inputs, output):
+    """output = (loss, lse, dloss/dcos, dloss/drow_scale), the last three not differentiable."""
+    ctx.params = inputs[4:]
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs[:4], output[1], output[2], output[3])
+    ctx.save_for_forward(*inputs[:4], output[1])
+
+
+def _ce_backward_with_grad(ctx, grad, *_aux):
+    """grad_output times the forward's dloss/dcos (scale_saved: for grad_output = 1 the buffer
+    itself; another grad_output multiplies out of place, the bytes the two-pass backward moves
+    without its exps). create_graph=True takes the backward kernel, whose double backward raises."""
+    cos, target, weight, row_scale, lse, g_cos, g_rs = ctx.saved_tensors
+    n_params = len(ctx.params)
+    if grad is None:
+        return (None,) * (4 + n_params)
+    need = ctx.needs_input_grad
+    gc = gr = gw = None
+    if (need[0] or need[3]) and torch.is_grad_enabled():
+        gc, gr = call_op("margin_cross_entropy_backward", grad, cos, target, weight, row_scale, lse, *ctx.params)
+    elif need[0] or need[3]:
+        gc = scale_saved(grad, g_cos) if need[0] else None
+        gr = scale_saved(grad, g_rs) if need[3] else None
+    if need[2]:
+        gw = _class_weight_grad(grad, cos, target, weight, row_scale, ctx.params)
+    return (gc if need[0] else None, None, gw, gr if need[3] else None) + (None,) * n_params
+
+
+def _ce_jvp_with_grad(ctx, *tangents):
+    return (_ce_jvp(ctx, *tangents)[0], None, None, None)
+
+
+register_autograd("margin_cross_entropy_with_grad", setup_context=_setup_with_grad,
+                  backward=_ce_backward_with_grad, jvp=_ce_jvp_with_grad)
+amp.register("margin_cross_entropy_with_grad", "fp32")
+
+
+def use_one_pass(cos: torch.Tensor, reduction: int) -> bool:
+    """Where lossext.margin.functional takes margin_cross_entropy_with_grad (scriptable): a reduced
+    float32/float64 loss on the CPU whose cosines require grad, with grad mode on. Measured in
+    benchmarks/RESULTS.md (margin section); on CUDA the op runs the two kernels in turn (no
+    one-pass kernel there yet), and half precision's buffer would round before grad_output
+    scales it (the element-wise family's rule: lossext/_core/pointwise.py)."""
+    return (reduction != 0 and not cos.is_cuda and (cos.dtype == torch.float32 or cos.dtype == torch.float64)
+            and cos.requires_grad and torch.is_grad_enabled())
 
 
 # ---- fused_linear_margin_cross_entropy ----------------------------------------------------
