@@ -50,9 +50,13 @@ inline double chunk(const Op& op, const PointwisePtrs<scalar_t>& P, acc_t<scalar
         const A Y = static_cast<A>(y[k]);
         const A W = kW ? static_cast<A>(w[k]) : A(1);
         if constexpr (mode == PointwiseMode::ForwardWithGrad) {
-          o1[k] = static_cast<scalar_t>(scale * W * o.dinput(X, Y));
+          A d;
+          const A v = value_and_dinput(o, X, Y, d);
+          o1[k] = static_cast<scalar_t>(scale * W * d);
+          return W * v;
+        } else {
+          return W * o.value(X, Y);
         }
-        return W * o.value(X, Y);
       });
       total += static_cast<double>(s);
     }
@@ -63,11 +67,13 @@ inline double chunk(const Op& op, const PointwisePtrs<scalar_t>& P, acc_t<scalar
       const A X = static_cast<A>(x[k]);
       const A Y = static_cast<A>(y[k]);
       const A W = kW ? static_cast<A>(w[k]) : A(1);
-      if constexpr (kForward) {
+      if constexpr (mode == PointwiseMode::ForwardWithGrad) {
+        A d;
+        const A v = value_and_dinput(op, X, Y, d);
+        o0[k] = static_cast<scalar_t>(W * v);
+        o1[k] = static_cast<scalar_t>(scale * W * d);
+      } else if constexpr (kForward) {
         o0[k] = static_cast<scalar_t>(W * op.value(X, Y));
-        if constexpr (mode == PointwiseMode::ForwardWithGrad) {
-          o1[k] = static_cast<scalar_t>(scale * W * op.dinput(X, Y));
-        }
       } else {
         const A g = mode == PointwiseMode::BackwardInput ? op.dinput(X, Y) : op.dtarget(X, Y);
         const A G = kGoScalar ? go_scaled : static_cast<A>(go[k]) * scale;

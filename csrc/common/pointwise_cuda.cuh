@@ -70,8 +70,13 @@ __device__ __forceinline__ A block_sum(A v) {
 template <PointwiseMode mode, bool kW, bool kReduce, class A, class Op>
 __device__ __forceinline__ A element(const Op& op, A X, A Y, A W, A G, A scale, A& o0, A& o1) {
   if constexpr (mode == PointwiseMode::Forward || mode == PointwiseMode::ForwardWithGrad) {
-    const A v = W * op.value(X, Y);
-    if constexpr (mode == PointwiseMode::ForwardWithGrad) o1 = scale * W * op.dinput(X, Y);
+    A v, d;
+    if constexpr (mode == PointwiseMode::ForwardWithGrad) {
+      v = W * value_and_dinput(op, X, Y, d);
+      o1 = scale * W * d;
+    } else {
+      v = W * op.value(X, Y);
+    }
     if constexpr (!kReduce) {
       o0 = v;
       return A(0);

@@ -14,6 +14,7 @@
 
 #include "alloc.h"
 #include "checks.h"
+#include "config.h"
 
 namespace lossext {
 
@@ -26,6 +27,19 @@ enum class PointwiseMode {
 
 constexpr bool is_forward(PointwiseMode m) {
   return m == PointwiseMode::Forward || m == PointwiseMode::ForwardWithGrad;
+}
+
+// The loss of one element and, in d, its dL/dx: op.value_and_dinput(x, y, d) where the op has it
+// (its shared terms computed once: sigmoid focal's exp, log1p and division), else value and
+// dinput. Both kernels' ForwardWithGrad take it.
+template <class Op, class A>
+LOSSEXT_HD A value_and_dinput(const Op& op, A x, A y, A& d) {
+  if constexpr (requires { op.value_and_dinput(x, y, d); }) {
+    return op.value_and_dinput(x, y, d);
+  } else {
+    d = op.dinput(x, y);
+    return op.value(x, y);
+  }
 }
 
 struct PointwiseProblem {

@@ -70,11 +70,19 @@ struct SigmoidFocalOp {
     return t.at * t.ce * t.f;
   }
   // dFL/dx = alpha_t [(p - y) m^g + ce g m^(g-1) p (1 - p)(1 - 2y)],  p - y = p (1 - y) - (1 - p) y.
-  LOSSEXT_HD T dinput(T x, T y) const {
+  // FL itself is returned, from the same terms (the one-pass kernels: one exp, one log1p and one
+  // division per element for both).
+  LOSSEXT_HD T value_and_dinput(T x, T y, T& d) const {
     const Terms t = terms(x, y);
     const T dce = t.s * (T(1) - y) - t.sc * y;
     const T dm = t.s * t.sc * (T(1) - T(2) * y);
-    return t.at * (dce * t.f + t.ce * dpow(t) * dm);
+    d = t.at * (dce * t.f + t.ce * dpow(t) * dm);
+    return t.at * t.ce * t.f;
+  }
+  LOSSEXT_HD T dinput(T x, T y) const {
+    T d;
+    (void)value_and_dinput(x, y, d);
+    return d;
   }
   // dFL/dy = (2 alpha - 1) ce m^g + alpha_t [-x m^g + ce g m^(g-1) (1 - 2p)]
   // (dce/dy = -x, dm/dy = (1 - p) - p, dalpha_t/dy = 2 alpha - 1).

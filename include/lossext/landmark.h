@@ -31,7 +31,7 @@ namespace detail {
 // NAME_backward later over the saved inputs.
 struct WingLoss {
   static constexpr size_t num_params = 2;
-  static constexpr bool one_pass = false;
+  static constexpr bool one_pass = true;
   static const PointwiseOps<2>& ops() {
     static const PointwiseOps<2> o("lossext::wing_loss", /*has_target_backward=*/false);
     return o;

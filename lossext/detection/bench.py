@@ -141,8 +141,10 @@ def render(rows, device, cmd):
                 f = r["lossext_over_floor"]
                 lines.append(f"- sigmoid_focal_loss {r['case']}: {B._x(f)} the copy floor (target ≤"
                              f"{TARGETS['sigmoid_floor']:g}×) — {B.target_mark(f <= TARGETS['sigmoid_floor'])}; "
-                             "its forward + backward runs one exp, one log1p and one division per element "
-                             "(γ = 2 on its own path), which on 2 cores cost more than moving the 12 bytes")
+                             "one pass (the forward writes the gradient, from terms shared with the loss, "
+                             "and the backward returns it for grad_output = 1): one exp, one log1p and one "
+                             "division per element (γ = 2 on its own path), which on 2 cores cost more "
+                             "than moving the 12 bytes" if f > TARGETS["sigmoid_floor"] else "")
         elif r["op"] == "softmax_focal_loss":
             lines.append(f"- softmax_focal_loss {r['case']} (no peer to match; no target in the issue): "
                          f"{B._x(r['speedup_vs_torch'])} the composite's speed, {B._x(r['speedup_vs_compile'])} "

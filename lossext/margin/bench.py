@@ -10,6 +10,10 @@ interleaved with lossext.testing.benchmark.time_calls, plus the copy floor and p
   the target logit, scale, torch.nn.functional.cross_entropy), as pytorch-metric-learning and
   insightface compute it. Copy floor bytes: forward reads N C, backward reads N C and writes
   N C, full 3 N C.
+  On the CPU in float32 the functional API takes the one-pass op (issue #15:
+  margin_cross_entropy_with_grad writes the gradient in the forward): the backward row then
+  times only autograd's return of that buffer, and the forward row (no_grad) the plain forward,
+  so full mode is the row to compare; issue #15's target is full mode within 1.5x its floor.
 - fused_linear_margin_cross_entropy from embeddings [N, D] and class weights [C, D], modes
   forward and full (gradients to both). Composite: normalize, matmul, margin, cross_entropy
   (lossext.reference.fused_linear_margin_cross_entropy_composite). "peak above grads" is the
@@ -39,6 +43,7 @@ TARGETS = {
     "ce_vs_compile": 1.2,      # and 1.2x faster than torch.compile of it
     "fused_mem_frac": 0.10,    # fused: peak above grads at most 10 % of the composite's
     "fused_time_frac": 1.1,    # fused: full-mode time at most 1.1x the composite's
+    "ce_over_floor": 1.5,      # issue #15: margin CE full mode within 1.5x its copy floor
 }
 
 
@@ -137,6 +142,15 @@ def render(rows, device, cmd):
     if ce:
         lines.append(B.speedup_target_line(f"margin_cross_entropy {ce['case']}", ce, TARGETS["ce_vs_eager"],
                                            TARGETS["ce_vs_compile"]))
+        ratio = ce["lossext_over_floor"]
+        lines.append(f"- margin_cross_entropy {ce['case']} (issue #15): {B._x(ratio)} the copy floor "
+                     f"({_f(ce['lossext_ms'])} vs {_f(ce['floor_ms'])} ms; target ≤{TARGETS['ce_over_floor']:g}×) — "
+                     f"{mark(ratio <= TARGETS['ce_over_floor'])}" + (
+                         "; the one-pass op reads and writes the floor's bytes once, and the rest is "
+                         "the fresh [N, C] gradient's first-touch page faults (the kernel zeroes each "
+                         "page; huge pages, csrc/common/alloc.h, make that about 17 ms for 400 MB here) "
+                         "and the exps, where the floor copies into warm memory"
+                         if ratio > TARGETS["ce_over_floor"] else ""))
     fu = [r for r in rows if r["op"] == "fused_linear_margin_cross_entropy" and r["mode"] == "full"]
     if fu:
         r = fu[0]

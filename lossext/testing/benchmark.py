@@ -866,8 +866,13 @@ def targets_markdown(rows: List[Dict], mode: str = "full") -> str:
             f"{mark[c['lossext_over_floor'][2]]}\n"
             f"  - peak extra memory ≤ eager's: {_f(r.get('lossext_peak_mib'), 1)} vs "
             f"{_f(r.get('torch_peak_mib'), 1)} MiB (×{_f(v('peak_vs_torch'), 2)}) — "
-            f"{mark[c['peak_vs_torch'][2]]}")
+            f"{mark[c['peak_vs_torch'][2]]}\n"
+            f"  - issue #15: ≤{FLOOR_TARGET_ISSUE15:g}× the copy floor: {_x(v('lossext_over_floor'))} — "
+            f"{mark[None if math.isnan(v('lossext_over_floor')) else v('lossext_over_floor') <= FLOOR_TARGET_ISSUE15]}")
     return "\n".join(lines)
+
+
+FLOOR_TARGET_ISSUE15 = 1.3  # issue #15, part 3: element-wise losses within 1.3x the copy floor (full mode)
 
 
 def bench_row(op, case_name, args, kwargs, grad_args, mode, floor_bytes, grad_bytes, device, dtype, config,

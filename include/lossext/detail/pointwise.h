@@ -183,8 +183,11 @@ struct LossFunction : torch::autograd::Function<LossFunction<Loss>> {
     {
       at::NoGradGuard no_grad;
       if (one_pass) {
-        // grad is 0-dim (reduced loss); grad_in is scale * w * dL/dx.
-        if (need_x || (need_y && !ops.target_bwd.has_value())) gx = grad * grad_in;
+        // grad is 0-dim (reduced loss); grad_in is scale * w * dL/dx: the gradient itself for
+        // grad_output = 1 (read on the CPU only: no device sync), as lossext/_core/autograd.py
+        // scale_saved
+        const bool unit = grad.is_cpu() && grad.dim() == 0 && grad.item<double>() == 1.0;
+        if (need_x || (need_y && !ops.target_bwd.has_value())) gx = unit ? grad_in : grad * grad_in;
         if (need_y) gy = ops.grad_target(grad, x, y, wopt, p, reduction, gx);
       } else {
         if (need_x || (need_y && !ops.target_bwd.has_value())) {
