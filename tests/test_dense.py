@@ -995,3 +995,59 @@ def test_synthesis_losses_cuda_match_cpu():
     z = _synth(8, 1, 30, 30, seed=42, lo=-100.0, hi=100.0, dtype=torch.float32)
     for real in (True, False):
         torch.testing.assert_close(LF.adversarial_loss(z.cuda(), real, "none").cpu(), LF.adversarial_loss(z, real, "none"))
+
+
+# ---- joints_mse_loss's one-pass forward (issue #15) -----------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_joints_one_pass_equals_the_sums_path(monkeypatch, dtype, reduction, weighted):
+    """joints_mse_loss_with_grad (taken for reduced losses without OHKM whose heatmaps require
+    grad) against the sums path: the loss, the output's, target's and target_weight's gradients,
+    for grad_output 1 and 0.3; a zero weight's heatmap gets a zero gradient even where it is NaN."""
+    import lossext.dense.ops as DO
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.rand(3, 5, 6, 7, generator=g, dtype=torch.float64).to(dtype)
+    t0 = torch.rand(3, 5, 6, 7, generator=g, dtype=torch.float64).to(dtype)
+    w0 = (torch.rand(3, 5, 1, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    w0[1, 2] = 0
+    x0[1, 2, 0, 0] = float("nan")
+
+    def run(go):
+        x, t = x0.clone().requires_grad_(), t0.clone().requires_grad_()
+        w = w0.clone().requires_grad_() if weighted else None
+        loss = LF.joints_mse_loss(x, t, w, reduction=reduction)
+        leaves = [x, t] + ([w] if weighted else [])
+        return (loss.detach(),) + torch.autograd.grad(loss, leaves, torch.tensor(go, dtype=dtype))
+
+    xg = x0.clone().requires_grad_()
+    assert DO.joints_one_pass(xg, 1, False, 42) and not DO.joints_one_pass(xg, 0, False, 42)
+    assert not DO.joints_one_pass(xg, 1, True, 42) and not DO.joints_one_pass(xg.half(), 1, False, 42)
+    assert not DO.joints_one_pass(x0, 1, False, 42)
+    for go in (1.0, 0.3):
+        if not weighted:  # the NaN pixel's row counts: the loss and its gradient are NaN there
+            x0[1, 2, 0, 0] = 0.25
+        one = run(go)
+        monkeypatch.setattr(DO, "joints_one_pass", lambda *a: False)
+        two = run(go)
+        monkeypatch.undo()
+        tol = dict(rtol=1e-5, atol=1e-9) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-18)
+        for a, b in zip(one, two):
+            torch.testing.assert_close(a, b, equal_nan=True, **tol)
+        if weighted:
+            assert torch.all(one[1][1, 2] == 0)
+
+
+def test_joints_one_pass_retain_graph_and_create_graph():
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    t = torch.rand(2, 3, 4, 4)
+    loss = LF.joints_mse_loss(x, t)
+    a, = torch.autograd.grad(loss, x, retain_graph=True)
+    b, = torch.autograd.grad(loss, x, torch.tensor(2.0), retain_graph=True)
+    torch.testing.assert_close(b, 2 * a)
+    c, = torch.autograd.grad(loss, x)
+    assert torch.equal(a, c)
+    g, = torch.autograd.grad(LF.joints_mse_loss(x, t), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        g.sum().backward()

@@ -73,6 +73,37 @@ void row_sums_backward_t(const HeatmapProblem& p, const Tensor& grad, Tensor& ou
   });
 }
 
+// One pass (issue #15): per row, S_r in row_sum's lanes (bitwise row_sums_t's) while the gradient
+// 2 c_r (x - y) is written (zeros for c_r = 0, as row_sums_backward_t); the loss sum_r c_r S_r
+// then adds the rows in order in double, the same for any thread count.
+template <class scalar_t>
+void row_sums_with_grad_t(const HeatmapProblem& p, const Tensor& coef, Tensor& loss, Tensor& sums, Tensor& out) {
+  using A = acc_t<scalar_t>;
+  const scalar_t* x = ptr<const scalar_t>(p.output);
+  const scalar_t* y = ptr<const scalar_t>(p.target);
+  const A* c = ptr<const A>(coef);
+  A* s = ptr<A>(sums);
+  scalar_t* o = ptr<scalar_t>(out);
+  const int64_t P = p.pixels;
+  cpu_helpers::parallel_rows(p.rows, P, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const scalar_t* __restrict xr = x + r * P;
+      const scalar_t* __restrict yr = y + r * P;
+      scalar_t* __restrict orow = o + r * P;
+      const A cr = c[r];
+      const A keep = cr == A(0) ? A(0) : A(1);  // 0: the row's gradient is zeros, even for inf or NaN maps
+      s[r] = static_cast<A>(row_sum<A>(P, [&](int64_t k) {
+        const A X = static_cast<A>(xr[k]), Y = static_cast<A>(yr[k]);
+        orow[k] = static_cast<scalar_t>(keep == A(0) ? A(0) : sq_diff_grad(cr, X, Y));
+        return sq_diff(X, Y);
+      }));
+    }
+  });
+  double total = 0.0;
+  for (int64_t r = 0; r < p.rows; ++r) total += double(c[r]) * double(s[r]);
+  *ptr<A>(loss) = static_cast<A>(total);
+}
+
 // Every label indexes a channel: each must be in [0, C).
 void check_labels(const MaskProblem& p) {
   const int64_t* l = ptr<const int64_t>(p.labels);
@@ -454,6 +485,10 @@ struct DenseCpu {
   }
   static void row_sums_backward(const HeatmapProblem& p, const Tensor& grad, Tensor& out) {
     dispatch_floating(p.output.scalar_type(), p.op, [&](auto tag) { row_sums_backward_t<decltype(tag)>(p, grad, out); });
+  }
+  static void row_sums_with_grad(const HeatmapProblem& p, const Tensor& coef, Tensor& loss, Tensor& sums, Tensor& out) {
+    dispatch_floating(p.output.scalar_type(), p.op,
+                      [&](auto tag) { row_sums_with_grad_t<decltype(tag)>(p, coef, loss, sums, out); });
   }
 };
 

@@ -60,6 +60,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// sum_r c_r s_r over r in [0, n), one block: thread t takes r = t, t + kThreads, ... in double.
+template <class A>
+__global__ void __launch_bounds__(kThreads)
+    weighted_total_kernel(const A* __restrict__ c, const A* __restrict__ s, int64_t n, A* __restrict__ out) {
+  double v = 0.0;
+  for (int64_t r = threadIdx.x; r < n; r += kThreads) v += static_cast<double>(c[r]) * static_cast<double>(s[r]);
+  v = block_sum(v);
+  if (threadIdx.x == 0) *out = static_cast<A>(v);
+}
+
 // The Mask R-CNN mask loss: one block per RoI as row_sums (per_pixel: element-wise). A label
 // outside [0, C) never indexes: that RoI's values are NaN and its gradients 0.
 template <class scalar_t>
@@ -358,6 +368,17 @@ struct DenseCuda {
       row_sums_kernel<scalar_t><<<grid_for(p.rows, 1), kThreads, 0, stream>>>(
           ptr<const scalar_t>(p.output), ptr<const scalar_t>(p.target), p.rows, p.pixels, ptr<acc_t<scalar_t>>(sums));
       check_launch("lossext::joints_mse_sums kernel");
+    });
+  }
+  // No one-pass kernel on CUDA: row_sums, row_sums_backward with g = coef, then the loss from a
+  // single block (rows in a fixed thread order, block_sum: deterministic).
+  static void row_sums_with_grad(const HeatmapProblem& p, const Tensor& coef, Tensor& loss, Tensor& sums, Tensor& out) {
+    row_sums(p, sums);
+    row_sums_backward(p, coef, out);
+    on_device(p.output, p.op, [&](auto tag, cudaStream_t stream) {
+      using A = acc_t<decltype(tag)>;
+      weighted_total_kernel<A><<<1, kThreads, 0, stream>>>(ptr<const A>(coef), ptr<const A>(sums), p.rows, ptr<A>(loss));
+      check_launch("lossext::joints_mse_loss_with_grad total kernel");
     });
   }
   static void row_sums_backward(const HeatmapProblem& p, const Tensor& grad, Tensor& out) {

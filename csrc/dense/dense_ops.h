@@ -6,6 +6,9 @@
 //   row_sums(const HeatmapProblem&, Tensor& sums [R] acc dtype)     S_r = sum_p (x - y)^2
 //   row_sums_backward(const HeatmapProblem&, const Tensor& grad [R], Tensor& grad_output)
 //        2 g_r (x - y); a row whose g_r is 0 is written as zeros without reading x or y
+//   row_sums_with_grad(const HeatmapProblem&, const Tensor& coef [R], Tensor& loss [], Tensor& sums [R],
+//        Tensor& grad_output)   both of the above with g = coef, and loss = sum_r coef_r S_r (rows in
+//        order, in double)
 //   mask_bce(const MaskProblem&, Tensor& out)     per-pixel BCE [R, P] or per-RoI sums [R] of
 //        the labelled channel; a bad label raises (CPU) or gives NaN (CUDA), never an index
 //   mask_bce_backward(const MaskProblem&, const Tensor& grad, Tensor& grad_logits, Tensor& grad_targets)
@@ -147,15 +150,37 @@ struct JointsMseKernels {
   static Tensor backward(Tensor grad, Tensor output, Tensor target) {
     const char* op = "lossext::joints_mse_sums_backward";
     HeatmapProblem p = prepare_heatmaps(op, output, target);
-    const ScalarType at = acc_type_of(p.output.scalar_type());
-    LOSSEXT_CHECK(grad.scalar_type() == at, op, ": argument 'grad' must have dtype ", torch::headeronly::toString(at),
-                  " (the forward's), got ", torch::headeronly::toString(grad.scalar_type()));
-    LOSSEXT_CHECK(grad.device() == p.output.device(), op, ": argument 'grad' is on a different device than output");
-    LOSSEXT_CHECK(grad.dim() == 2 && grad.size(0) == p.B && grad.size(1) == p.K, op,
-                  ": argument 'grad' must have shape [", p.B, ", ", p.K, "], got ", shape_str(grad));
+    check_row_values(op, "grad", grad, p);
     Tensor g = lossext::empty(sizes_of(p.output), p.output.scalar_type(), std::nullopt, p.output.device());
     Device::row_sums_backward(p, torch::stable::contiguous(grad), g);
     return g;
+  }
+
+  // The one-pass loss (issue #15): loss = sum_r coef_r S_r (0-dim, S's dtype), S, and the loss's
+  // gradient with respect to output, 2 coef_r (x - y) (a row whose coef is 0: zeros), from one
+  // read of output and target; coef [B, K] holds dLoss/dS (joints_mse_loss's 0.5 w^2 / P, over
+  // B K for 'mean').
+  static std::tuple<Tensor, Tensor, Tensor> forward_with_grad(Tensor output, Tensor target, Tensor coef) {
+    const char* op = "lossext::joints_mse_loss_with_grad";
+    HeatmapProblem p = prepare_heatmaps(op, output, target);
+    check_row_values(op, "coef", coef, p);
+    const ScalarType at = acc_type_of(p.output.scalar_type());
+    Tensor loss = lossext::empty(std::vector<int64_t>{}, at, std::nullopt, p.output.device());
+    Tensor sums = lossext::empty(std::vector<int64_t>{p.B, p.K}, at, std::nullopt, p.output.device());
+    Tensor g = lossext::empty(sizes_of(p.output), p.output.scalar_type(), std::nullopt, p.output.device());
+    Device::row_sums_with_grad(p, torch::stable::contiguous(coef), loss, sums, g);
+    return {loss, sums, g};
+  }
+
+ private:
+  // A [B, K] tensor of per-row values (the backward's grad, the one-pass op's coef) in S's dtype.
+  static void check_row_values(const char* op, const char* name, const Tensor& v, const HeatmapProblem& p) {
+    const ScalarType at = acc_type_of(p.output.scalar_type());
+    LOSSEXT_CHECK(v.scalar_type() == at, op, ": argument '", name, "' must have dtype ", torch::headeronly::toString(at),
+                  " (the forward's), got ", torch::headeronly::toString(v.scalar_type()));
+    LOSSEXT_CHECK(v.device() == p.output.device(), op, ": argument '", name, "' is on a different device than output");
+    LOSSEXT_CHECK(v.dim() == 2 && v.size(0) == p.B && v.size(1) == p.K, op,
+                  ": argument '", name, "' must have shape [", p.B, ", ", p.K, "], got ", shape_str(v));
   }
 };
 
@@ -288,6 +313,7 @@ template <class Device, class Lib>
 void register_dense_kernels(Lib& m) {
   m.impl("joints_mse_sums", TORCH_BOX(&JointsMseKernels<Device>::forward));
   m.impl("joints_mse_sums_backward", TORCH_BOX(&JointsMseKernels<Device>::backward));
+  m.impl("joints_mse_loss_with_grad", TORCH_BOX(&JointsMseKernels<Device>::forward_with_grad));
   m.impl("mask_bce", TORCH_BOX(&MaskBceKernels<Device>::forward));
   m.impl("mask_bce_backward", TORCH_BOX(&MaskBceKernels<Device>::backward));
   m.impl("dice_sums", TORCH_BOX(&DiceKernels<Device>::forward));

@@ -2,6 +2,8 @@
 // joints_mse_sums: output and target heatmaps [B, K, ...] of one shape and dtype -> S [B, K],
 // S_bk = sum over the heatmap's pixels of (output - target)^2, in the accumulation dtype
 // (float32 for float16, bfloat16 and float32; float64 for float64).
+// joints_mse_loss_with_grad: coef [B, K] (S's dtype) -> (sum_bk coef_bk S_bk (0-dim, S's
+//   dtype), S, 2 coef_bk (output - target)): joints_mse_loss's one-pass forward (issue #15).
 // joints_mse_sums_backward: dL/dS [B, K] (S's dtype) -> dL/doutput (output's dtype and shape,
 // contiguous); dL/dtarget is its negative.
 // mask_bce: the Mask R-CNN mask loss's binary cross-entropy of each RoI's labelled channel:
@@ -24,6 +26,7 @@
 STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
   m.def("joints_mse_sums(Tensor output, Tensor target) -> Tensor");
   m.def("joints_mse_sums_backward(Tensor grad, Tensor output, Tensor target) -> Tensor");
+  m.def("joints_mse_loss_with_grad(Tensor output, Tensor target, Tensor coef) -> (Tensor, Tensor, Tensor)");
   m.def("mask_bce(Tensor mask_logits, Tensor labels, Tensor mask_targets, bool per_pixel) -> Tensor");
   m.def("mask_bce_backward(Tensor grad, Tensor mask_logits, Tensor labels, Tensor mask_targets, bool per_pixel) "
         "-> (Tensor, Tensor)");

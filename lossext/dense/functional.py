@@ -103,11 +103,20 @@ def joints_mse_loss(output: Tensor, target: Tensor, target_weight: Optional[Tens
     if ohkm_topk is not None:
         if ohkm_topk < 1:
             raise ValueError(fn + ": ohkm_topk must be None or >= 1, got " + str(ohkm_topk))
-    sums = _sums(output, target)  # [B, K]: sum_p (x - y)^2
-    w = _joint_weight(fn, target_weight, output, sums)
     pixels = 1
     for d in output.shape[2:]:
         pixels *= d
+    if ops.joints_one_pass(output, red, ohkm_topk is not None, pixels):
+        # issue #15: dLoss/dS is known before the maps are read, so one pass gives the loss and
+        # its gradient (the backward returns that buffer for grad_output = 1)
+        w = _joint_weight(fn, target_weight, output, output)
+        c = 0.5 / pixels / (output.shape[0] * output.shape[1] if red == 1 else 1)
+        coef = torch.full(output.shape[:2], c, dtype=output.dtype, device=output.device) if w is None else w * w * c
+        if torch.jit.is_scripting():
+            return torch.ops.lossext.joints_mse_loss_with_grad(output, target, coef)[0]
+        return call_op("joints_mse_loss_with_grad", output, target, coef)[0]
+    sums = _sums(output, target)  # [B, K]: sum_p (x - y)^2
+    w = _joint_weight(fn, target_weight, output, sums)
     if pixels > 0:
         per = sums * (0.5 / pixels)
         if w is not None:

@@ -110,7 +110,8 @@ def _raw_calls(sample):
     s = torch.ops.lossext.joints_mse_sums(x, t)
     g = torch.randn(s.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(s.device, s.dtype)
     g[..., ::3] = 0  # rows a backward writes as zeros without reading
-    return [("joints_mse_sums", (x, t)), ("joints_mse_sums_backward", (g, x, t))]
+    return [("joints_mse_sums", (x, t)), ("joints_mse_sums_backward", (g, x, t)),
+            ("joints_mse_loss_with_grad", (x, t, g))]  # coef with zero rows
 
 
 def _module(sample):
@@ -148,6 +149,8 @@ def _raw_errors(device):
         ("joints_mse_sums_backward", (g[:1], x, t), r"'grad' must have shape \[2, 3\]"),
         ("joints_mse_sums_backward", (g.double(), x, t), "'grad' must have dtype Float"),
         ("joints_mse_sums_backward", (g, x, t[:1]), "'target' has shape"),
+        ("joints_mse_loss_with_grad", (x, t, g[:1]), r"'coef' must have shape \[2, 3\]"),
+        ("joints_mse_loss_with_grad", (x, t, g.double()), "'coef' must have dtype Float"),
     ]
 
 
@@ -452,7 +455,7 @@ OP_ROWS = [
     OpInfo(
         name="joints_mse_loss",
         op=LF.joints_mse_loss, ref=R.joints_mse_loss_hrnet, module=LN.JointsMSELoss,
-        raw_ops=["joints_mse_sums", "joints_mse_sums_backward"],
+        raw_ops=["joints_mse_sums", "joints_mse_sums_backward", "joints_mse_loss_with_grad"],
         hyper=dict(use_target_weight=True, ohkm_topk=8),
         sample_inputs=_samples, edge_inputs=_edges, error_inputs=_errors, bench_input=_bench,
         raw_calls=_raw_calls, module_call=_module, jit_source=_jit, raw_error_inputs=_raw_errors, tol=_TOL,

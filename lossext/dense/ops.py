@@ -4,6 +4,10 @@ Ops:
   joints_mse_sums(output, target) -> S [B, K], S_bk = sum over heatmap (b, k)'s pixels of
       (output - target)^2, float32 for float16 / bfloat16 / float32 heatmaps, float64 for float64
   joints_mse_sums_backward(grad [B, K], output, target) -> grad_output (dL/dtarget is its negative)
+  joints_mse_loss_with_grad(output, target, coef [B, K]) -> (sum coef S (0-dim), S, 2 coef (x - y)):
+      the one-pass forward of a reduced loss without OHKM (issue #15; coef = dLoss/dS is known
+      before the heatmaps are read); its backward is scale_saved (the buffer itself for
+      grad_output = 1), coef's gradient grad_output S; S and the gradient are not differentiable
 
   mask_bce(mask_logits [R, C, ...], labels [R] int64, mask_targets [R, ...], per_pixel) ->
       per_pixel: the BCE-with-logits of each RoI's labelled channel per pixel [R, ...] (logits'
@@ -34,7 +38,7 @@ import torch
 
 from .._core import amp
 from .._core import library  # noqa: F401  (loads the kernels)
-from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd, scale_saved
 from .._core.fake import check_same_device
 
 
@@ -52,6 +56,47 @@ def _(output, target):
 def _(grad, output, target):
     check_same_device("joints_mse_sums_backward", "output", output, ("target", target), ("grad", grad))
     return output.new_empty(output.shape)
+
+
+@torch.library.register_fake("lossext::joints_mse_loss_with_grad")
+def _(output, target, coef):
+    check_same_device("joints_mse_loss_with_grad", "output", output, ("target", target), ("coef", coef))
+    acc = _acc(output.dtype)
+    return output.new_empty((), dtype=acc), output.new_empty(output.shape[:2], dtype=acc), output.new_empty(output.shape)
+
+
+def _one_pass_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs[0], inputs[1], inputs[2], output[1], output[2])
+    ctx.save_for_forward(inputs[0], inputs[1], inputs[2])
+
+
+def _one_pass_backward(ctx, g_loss, _g_sums, _g_grad):
+    output, target, coef, sums, grad = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if g_loss is None:
+        return None, None, None
+    gx = None
+    if need[0] or need[1]:
+        if torch.is_grad_enabled():  # create_graph: the backward op, whose double backward raises
+            gx = call_op("joints_mse_sums_backward", (g_loss * coef).contiguous(), output, target)
+        else:
+            gx = scale_saved(g_loss, grad)
+    return (gx if need[0] else None), (-gx if need[1] else None), (g_loss * sums if need[2] else None)
+
+
+def _one_pass_jvp(ctx, t_output, t_target, t_coef):
+    output, target, coef = ctx.saved_tensors
+    t = None
+    if t_output is not None or t_target is not None:
+        d = call_op("joints_mse_sums_backward", coef.contiguous(), output, target)  # 2 coef (x - y)
+        dt = t_output if t_target is None else (t_target.neg() if t_output is None else t_output - t_target)
+        t = (d * dt).sum(dtype=coef.dtype)
+    if t_coef is not None:
+        tc = (call_op("joints_mse_sums", output, target) * t_coef).sum()
+        t = tc if t is None else t + tc
+    return (t if t is not None else coef.new_zeros(())), None, None
 
 
 def _setup(ctx, inputs, output):
@@ -207,4 +252,18 @@ refuse_double_backward("mask_rcnn_loss", ["mask_bce_backward"])
 register_autograd("joints_mse_sums", setup_context=_setup, backward=_backward, jvp=_jvp,
                   what="lossext.joints_mse_loss")
 amp.register("joints_mse_sums", "fp32")
+register_autograd("joints_mse_loss_with_grad", setup_context=_one_pass_setup, backward=_one_pass_backward,
+                  jvp=_one_pass_jvp, what="lossext.joints_mse_loss")
+amp.register("joints_mse_loss_with_grad", "fp32")
 refuse_double_backward("joints_mse_loss", ["joints_mse_sums_backward"])
+
+
+def joints_one_pass(output: torch.Tensor, red: int, ohkm: bool, pixels: int) -> bool:
+    """Where joints_mse_loss takes joints_mse_loss_with_grad (scriptable): a reduced loss without
+    OHKM (whose selection needs the sums first) on float32/float64 heatmaps that require grad,
+    with grad mode on, non-empty rows and heatmaps ('mean' of none is NaN by the composite's
+    rule); half precision's buffer would round before grad_output scales it, as the
+    element-wise rule (lossext/_core/pointwise.py)."""
+    return (red != 0 and not ohkm and pixels > 0 and output.shape[0] * output.shape[1] > 0
+            and (output.dtype == torch.float32 or output.dtype == torch.float64)
+            and output.requires_grad and torch.is_grad_enabled())
