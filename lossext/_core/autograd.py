@@ -68,6 +68,10 @@ def register(op_name, *, setup_context, backward, jvp=None, what=None):
     (tensors saved for it with ctx.save_for_forward are in ctx.saved_tensors); None: forward
     mode raises NotImplementedError naming `what` (the user-facing name; default the op's).
     """
+    if op_name in FUNCTIONS:
+        # torch 2.10-2.11 refuse a second Python kernel for one (op, key); later versions
+        # replace the first silently. Both are a bug here, so fail the same way on every version.
+        raise RuntimeError(f"lossext: autograd of {op_name} registered twice")
     op = getattr(torch.ops.lossext, op_name).default
     label = what or f"lossext.{op_name}"
 
@@ -114,4 +118,5 @@ def refuse_double_backward(loss_name, backward_ops):
         pass
 
     for op_name in backward_ops:
-        register(op_name, setup_context=setup, backward=backward, jvp=jvp)
+        if op_name not in FUNCTIONS:  # a backward op shared by two losses (a one-pass op's) is refused once
+            register(op_name, setup_context=setup, backward=backward, jvp=jvp)

@@ -134,22 +134,28 @@ def box_iou_loss(boxes1: Tensor, boxes2: Tensor, mode: str = "giou", eps: float 
         dt = torch.promote_types(boxes1.dtype, boxes2.dtype)
         boxes1, boxes2 = boxes1.to(dt), boxes2.to(dt)
     if boxes1.shape != boxes2.shape:
-        if not _broadcastable(boxes1.shape, boxes2.shape):
+        shape = _broadcast_shape(boxes1.shape, boxes2.shape)
+        if len(shape) == 0:
             raise ValueError(fn + ": boxes1 of shape " + str(list(boxes1.shape)) + " and boxes2 of shape "
                              + str(list(boxes2.shape)) + " do not broadcast")
-        shape = torch.broadcast_shapes(boxes1.shape, boxes2.shape)
         boxes1, boxes2 = boxes1.expand(shape), boxes2.expand(shape)
     if torch.jit.is_scripting():
         return torch.ops.lossext.box_iou_loss(boxes1, boxes2, m, eps, red)
     return call_op("box_iou_loss", boxes1, boxes2, m, eps, red)
 
 
-def _broadcastable(a: List[int], b: List[int]) -> bool:
-    n = min(len(a), len(b))
-    for i in range(1, n + 1):
-        if a[-i] != b[-i] and a[-i] != 1 and b[-i] != 1:
-            return False
-    return True
+def _broadcast_shape(a: List[int], b: List[int]) -> List[int]:
+    """The broadcast of two box shapes (both end in 4), [] when they do not broadcast. Written
+    out because TorchScript has no torch.broadcast_shapes before torch 2.12."""
+    n = max(len(a), len(b))
+    out: List[int] = []
+    for i in range(n, 0, -1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and x != 1 and y != 1:
+            return []
+        out.append(y if x == 1 else x)
+    return out
 
 
 def _class_vector(fn: str, name: str, v: Optional[Tensor], logits: Tensor) -> Optional[Tensor]:
