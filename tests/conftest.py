@@ -101,3 +101,15 @@ def pytest_terminal_summary(terminalreporter):
     if path:
         with open(path, "w") as f:
             json.dump(fuzz.COUNTER.as_dict(), f, indent=1)
+
+
+def pytest_runtest_logreport(report):
+    """With LOSSEXT_FAILURE_LOG=path, each failing test's id and traceback are appended there as it
+    fails (under pytest-xdist too: the controller gets every worker's reports), so that a run
+    stopped at a time limit (benchmarks/gpu_check.sh) still says what failed."""
+    import os
+
+    path = os.environ.get("LOSSEXT_FAILURE_LOG")
+    if path and report.failed:
+        with open(path, "a") as f:
+            f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n\n")

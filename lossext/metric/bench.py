@@ -20,6 +20,8 @@ composite lossext.reference.triplet_margin_loss_composite (cdist, masks, masked 
 - triplet_margin_loss batch_hard with a cross-batch reference M=65,536 and N=512 (target: O(N + M)
   extra memory where the composite needs N x M).
 """
+import importlib.util
+
 import torch
 
 from ..testing.benchmark import bench_row
@@ -49,6 +51,9 @@ def _pml_triplet(mining):
 
 def _pair_rows(device, dtype, config, quick, log):
     es = 4
+    have_pml = importlib.util.find_spec("pytorch_metric_learning") is not None
+    if not have_pml:
+        log("  triplet_margin_loss: pytorch-metric-learning is not installed; its (eager) column is not run")
     gen = torch.Generator().manual_seed(1)
     rows = []
     one = B.TimingConfig(warmup=0, min_reps=1, min_time_s=0.0, max_reps=2 if not quick else 1, rounds=1)
@@ -68,9 +73,11 @@ def _pair_rows(device, dtype, config, quick, log):
         providers = ("lossext", "torch") if mining == "batch_all" else B.PROVIDERS
         if quick and mining != "batch_hard":
             providers = ("lossext",)
+        if not have_pml:  # the peer is the eager column (the GPU machine has none installed)
+            providers = tuple(p for p in providers if p != "torch")
         rows.append(bench_row("triplet_margin_loss", case, (x, y), kw, (0,), "full", 3 * N * D * es + refs * D * es,
                               N * D * es, device, dtype, cfg, providers=providers, log=log,
-                              fns={"torch": _pml_triplet(mining)}))
+                              fns={"torch": _pml_triplet(mining)} if have_pml else {}))
     return rows
 
 
