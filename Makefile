@@ -2,6 +2,7 @@
 #   make demo   - set up, build, run the main job (python -m lossext demo: training on digits)
 #   make test   - set up, build, Python tests + C++ consumer tests (ctest)
 #   make wheel / make wheel-test / make bench / make plots / make gpu-check / make sync / make clean
+#   make compat-test TORCH_COMPAT=2.11.0 - the CPU tests of this build under another torch
 #   make sanitize - the CPU kernels under ASan + UBSan (build/sanitize/): the whole test suite and
 #                   the long fuzzing profile; fails on any report (tools/sanitize.sh)
 #   make fuzz     - the property-based fuzzer alone, long profile (normal build)
@@ -31,7 +32,7 @@ WHEEL_BUILD_BASE := build/wheel
 endif
 SETUP_FILTER := { grep -v -E 'Deprecat|^\s*!!|^\s*\*+$$|setup.py install|pypa|^$$|No CUDA runtime is found' || true; }
 
-.PHONY: all setup build sync demo test pytest cpp-test wheel wheel-test bench plots gpu-check compute-sanitizer sanitize fuzz docs clean
+.PHONY: all setup build sync demo test pytest compat-test cpp-test wheel wheel-test bench plots gpu-check compute-sanitizer sanitize fuzz docs clean
 all: build
 
 $(VENV)/.stamp: requirements-dev.txt
@@ -67,6 +68,17 @@ demo: build
 
 pytest: build
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The package as built here under another torch (default the GPU machine's 2.11.0; the
+# stable ABI promises torch >= 2.10): that torch and the test tools in .venv-compat-<version>,
+# then the CPU tests through PYTHONPATH (COMPAT_ARGS: pytest arguments). Not in CI (a second
+# torch download); run it before a GPU session: it found two torch 2.11 breaks on 2026-12-04.
+TORCH_COMPAT ?= 2.11.0
+COMPAT_ARGS ?= -k "not cuda" tests
+compat-test: build
+	test -x .venv-compat-$(TORCH_COMPAT)/bin/python || $(PYTHON) -m venv .venv-compat-$(TORCH_COMPAT)
+	.venv-compat-$(TORCH_COMPAT)/bin/python -m pip install -q torch==$(TORCH_COMPAT) numpy pytest hypothesis expecttest
+	PYTHONPATH=$(CURDIR) .venv-compat-$(TORCH_COMPAT)/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_ARGS)
 
 cpp-test: build
 	PYTHON=$(abspath $(PY)) bash examples/cpp/run_cpp_tests.sh

@@ -30,7 +30,7 @@
 # the CUDA tests (-k cuda, 12 workers wanted) need more than 170 s (8 workers reached 80 %);
 # memcheck needs more than 70 s for the sanitizer workload (it reached 16 of 21 ops), initcheck 28 s,
 # racecheck more than 40 s; the generic --quick benchmarks 22 s; the families' suites about 300 s
-# (margin 84, age 31, detection 103, dense 40). A 15-minute lease therefore takes two calls, the
+# together (the longest about 100 s). A 15-minute lease therefore takes two calls, the
 # second at once while the machine is warm:
 #     GPU_CHECK_PHASES=tests,sanitize GPU_CHECK_BUDGET_S=450 bash benchmarks/gpu_check.sh
 #     GPU_CHECK_PHASES=bench GPU_CHECK_BUDGET_S=400 bash benchmarks/gpu_check.sh
@@ -115,7 +115,7 @@ if phase sanitize; then
   fi
   if [ -n "$CS" ]; then
     echo "compute-sanitizer: $CS ($("$CS" --version 2>&1 | tail -1))"
-    for spec in "memcheck 70 " "initcheck 40 " "racecheck 40 --small"; do
+    for spec in "memcheck 80 " "initcheck 30 " "racecheck 40 --small"; do
       set -- $spec
       tool=$1; share=$2; extra=${3:-}
       limit=$(( SANITIZE_S * share / 150 ))
