@@ -14,6 +14,8 @@ Autograd key), so that every training mode sees one formula:
 
 `refuse_double_backward` makes each backward op's own derivative raise.
 """
+import inspect
+
 import torch
 from torch.autograd import forward_ad
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -22,6 +24,7 @@ _LIB = torch.library.Library("lossext", "FRAGMENT")  # noqa: TOR901  (registrati
 
 
 FUNCTIONS = {}  # op name -> its autograd.Function
+_VARARGS = inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
 
 
 def _transforms_or_dual_active():
@@ -78,6 +81,10 @@ def register(op_name, *, setup_context, backward, jvp=None, what=None):
     def forward(*args):
         # Runs with grad mode off (Function.apply), so the op below takes the plain path.
         return op(*args)
+
+    # Function.apply binds the arguments to forward's signature on every call (setup_context
+    # style); given here, inspect.signature returns it instead of rebuilding it each time.
+    forward.__signature__ = _VARARGS
 
     def no_jvp(ctx, *tangents):
         raise NotImplementedError(
