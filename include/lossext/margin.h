@@ -344,7 +344,7 @@ inline torch::Tensor sphereface_loss(const torch::Tensor& cos_logits, const torc
 
 /// margin_cross_entropy(normalize(embeddings) @ normalize(weight).T, target, options) without
 /// ever storing the [N, C] logits: the op walks the classes in chunks of chunk_size (0: about
-/// 16 MiB of logits) with an online softmax, keeps only each row's log-sum-exp and recomputes the
+/// 16 MiB of logits on the CPU, 256 MiB on CUDA) with an online softmax, keeps only each row's log-sum-exp and recomputes the
 /// chunks in the backward. Deterministic (no atomics).
 /// embeddings: [N, D]; weight: [C, D] class centres, same dtype and device; target: [N] labels.
 /// normalize=false is a plain linear layer, logits scale * (x @ W.T + bias): then only the

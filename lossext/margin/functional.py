@@ -252,7 +252,7 @@ def fused_linear_margin_cross_entropy(embeddings: Tensor, weight: Tensor, target
     r"""``margin_cross_entropy(normalize(embeddings) @ normalize(weight).T, target, ...)`` without
     ever storing the [N, C] logits.
 
-    The op walks the classes in chunks of ``chunk_size`` (default: about 16 MiB of logits)
+    The op walks the classes in chunks of ``chunk_size`` (default: about 16 MiB of logits on the CPU, 256 MiB on CUDA)
     with an online softmax (running max and sum per row), saves only the per-row log-sum-exp,
     and recomputes each chunk in the backward to form dX and dW. Extra memory:
     O(N * chunk + N * D + C). dW rows are owned by one chunk each; dX accumulates over chunks
