@@ -1051,3 +1051,54 @@ def test_joints_one_pass_retain_graph_and_create_graph():
     g, = torch.autograd.grad(LF.joints_mse_loss(x, t), x, create_graph=True)
     with pytest.raises(NotImplementedError, match="double backward"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ohkm_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, reduction, weighted):
+    """OHKM in eager training takes one autograd node (lossext/dense/ops.py _OhkmWithGrad); its
+    loss and its gradients (output and target) are bitwise the composite's, for grad_output 1
+    (the saved buffer) and 0.3 (the composite's dLoss/dS chain); ties pick the lower joint as
+    the sort does; a NaN map that is not selected stays out of the loss and gets zeros."""
+    import lossext.dense.ops as DO
+    g = torch.Generator().manual_seed(11)
+    x0 = torch.rand(4, 7, 5, 6, generator=g, dtype=torch.float64).to(dtype)
+    t0 = torch.rand(4, 7, 5, 6, generator=g, dtype=torch.float64).to(dtype)
+    t0[0, 3] = x0[0, 3]  # an exact zero-error joint
+    x0[2, 1] = x0[2, 4]  # equal errors: a tie
+    t0[2, 1] = t0[2, 4]
+    w0 = (torch.rand(4, 7, 1, generator=g, dtype=torch.float64) + 0.5).to(dtype) if weighted else None
+
+    def run(go):
+        x, t = x0.clone().requires_grad_(), t0.clone().requires_grad_()
+        loss = LF.joints_mse_loss(x, t, w0, ohkm_topk=3, reduction=reduction)
+        name = type(loss.grad_fn).__name__
+        return (name, loss.detach()) + torch.autograd.grad(loss, [x, t], torch.tensor(go, dtype=dtype))
+
+    for go in (1.0, 0.3):
+        one = run(go)
+        monkeypatch.setattr(DO, "ohkm_one_pass", lambda *a: False)
+        two = run(go)
+        monkeypatch.undo()
+        assert one[0] == "_OhkmWithGradBackward" and two[0] != one[0]
+        for a, b in zip(one[1:], two[1:]):
+            assert torch.equal(a, b)
+        assert torch.equal(one[3], -one[2])
+    # a NaN map is selected (the sort puts NaN first) and makes the loss NaN, as the composite's
+    x0[1, 5, 0, 0] = float("nan")
+    assert run(1.0)[1].isnan()
+    # retain_graph: the same buffer twice; create_graph: the double backward raises
+    x = x0.clone().requires_grad_()
+    loss = LF.joints_mse_loss(x, t0, w0, ohkm_topk=3, reduction=reduction)
+    a, = torch.autograd.grad(loss, x, retain_graph=True)
+    b, = torch.autograd.grad(loss, x)
+    assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+    gg, = torch.autograd.grad(LF.joints_mse_loss(x, t0, w0, ohkm_topk=3, reduction=reduction), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        gg.sum().backward()
+    # where the one-node path is not taken: 'none', half maps, no grad, a target_weight that requires grad
+    xg = x0.clone().requires_grad_()
+    assert DO.ohkm_one_pass(xg, None, 1, 30, 3) and not DO.ohkm_one_pass(xg, None, 0, 30, 3)
+    assert not DO.ohkm_one_pass(xg.half(), None, 1, 30, 3) and not DO.ohkm_one_pass(x0, None, 1, 30, 3)
+    assert not DO.ohkm_one_pass(xg, torch.ones(4, 7, requires_grad=True), 1, 30, 3)

@@ -115,6 +115,11 @@ def joints_mse_loss(output: Tensor, target: Tensor, target_weight: Optional[Tens
         if torch.jit.is_scripting():
             return torch.ops.lossext.joints_mse_loss_with_grad(output, target, coef)[0]
         return call_op("joints_mse_loss_with_grad", output, target, coef)[0]
+    if not torch.jit.is_scripting():
+        if ohkm_topk is not None and ops.ohkm_one_pass(output, target_weight, red, pixels, min(ohkm_topk, output.shape[1])):
+            # eager training with OHKM: one autograd node (the same loss; issue #15)
+            w = _joint_weight(fn, target_weight, output, output)
+            return ops.ohkm_with_grad(output, target, w, pixels, min(ohkm_topk, output.shape[1]), red)
     sums = _sums(output, target)  # [B, K]: sum_p (x - y)^2
     w = _joint_weight(fn, target_weight, output, sums)
     if pixels > 0:
