@@ -1059,8 +1059,8 @@ def test_joints_one_pass_retain_graph_and_create_graph():
 def test_ohkm_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, reduction, weighted):
     """OHKM in eager training takes one autograd node (lossext/dense/ops.py _OhkmWithGrad); its
     loss and its gradients (output and target) are bitwise the composite's, for grad_output 1
-    (the saved buffer) and 0.3 (the composite's dLoss/dS chain); ties pick the lower joint as
-    the sort does; a NaN map that is not selected stays out of the loss and gets zeros."""
+    and 0.3 (the composite's dLoss/dS chain, rebuilt in the backward); ties pick the lower joint
+    as the sort does; a NaN map is selected first and makes the loss NaN, as the composite's."""
     import lossext.dense.ops as DO
     g = torch.Generator().manual_seed(11)
     x0 = torch.rand(4, 7, 5, 6, generator=g, dtype=torch.float64).to(dtype)
@@ -1088,7 +1088,7 @@ def test_ohkm_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, reducti
     # a NaN map is selected (the sort puts NaN first) and makes the loss NaN, as the composite's
     x0[1, 5, 0, 0] = float("nan")
     assert run(1.0)[1].isnan()
-    # retain_graph: the same buffer twice; create_graph: the double backward raises
+    # retain_graph: the same gradient twice; create_graph: the double backward raises
     x = x0.clone().requires_grad_()
     loss = LF.joints_mse_loss(x, t0, w0, ohkm_topk=3, reduction=reduction)
     a, = torch.autograd.grad(loss, x, retain_graph=True)

@@ -38,7 +38,7 @@ import torch
 
 from .._core import amp
 from .._core import library  # noqa: F401  (loads the kernels)
-from .._core.autograd import call as call_op, is_unit, refuse_double_backward, register as register_autograd, scale_saved
+from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd, scale_saved
 from .._core.fake import check_same_device
 
 
@@ -283,15 +283,16 @@ def _ohkm_sums_grad(g, idx, K: int, k: int, c: float, ww, red: int):
 
 
 class _OhkmWithGrad(torch.autograd.Function):
-    """joints_mse_loss with OHKM in plain eager training (issue #15): the forward takes the sums,
-    selects each sample's k hardest joints exactly as the composite does (a stable descending
-    sort; the same ops, so the same loss bits), and writes the gradient for grad_output = 1
-    with joints_mse_sums_backward (the selected joints' maps read, zeros elsewhere); the
-    backward returns that buffer for grad_output = 1, and otherwise runs the backward op on the
-    composite's dLoss/dS for that grad_output (_ohkm_sums_grad: bitwise the composite's
-    gradient either way). One autograd node in place of the sums' and the selection's seven,
-    whose overhead was half the call's time; the kernels read the same bytes. create_graph
-    takes the backward op through call_op, whose double backward raises."""
+    """joints_mse_loss with OHKM in plain eager training (issue #15): one autograd node in place
+    of the sums' Function and the selection's six nodes, whose overhead was a large part of the
+    call. The forward takes the sums and selects each sample's k hardest joints exactly as the
+    composite does (a stable descending sort; the same ops, so the same loss bits) and saves the
+    selection; the backward rebuilds dLoss/dS by the composite's own chain of backward ops for
+    the grad_output it gets (_ohkm_sums_grad) and runs joints_mse_sums_backward on it (the
+    selected joints' maps read, zeros written elsewhere): bitwise the composite's gradient, with
+    the same bytes moved, for every grad_output. The gradient is not formed in the forward: the
+    selection leaves nothing to save a pass on, and a weighted loss (grad_output != 1) would pay
+    for it twice. create_graph goes through call_op, whose double backward raises."""
 
     @staticmethod
     def forward(ctx, output, target, w, pixels: int, k: int, red: int):
@@ -304,25 +305,18 @@ class _OhkmWithGrad(torch.autograd.Function):
         top, idx = torch.sort(per, dim=1, descending=True, stable=True)
         loss = top.narrow(1, 0, k).sum(1) / k
         loss = loss.mean() if red == 1 else loss.sum()
-        idx = idx.narrow(1, 0, k)
-        one = torch.ones((), dtype=per.dtype, device=per.device)
-        grad = torch.ops.lossext.joints_mse_sums_backward(
-            _ohkm_sums_grad(one, idx, per.shape[1], k, c, ww, red).contiguous(), output, target)
-        ctx.save_for_backward(output, target, idx, grad, ww)
+        ctx.save_for_backward(output, target, idx.narrow(1, 0, k), ww)
         ctx.chain = (per.shape[1], k, c, red)
         return loss.to(output.dtype)
 
     @staticmethod
     def backward(ctx, g_loss):
-        output, target, idx, grad, ww = ctx.saved_tensors
+        output, target, idx, ww = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if torch.is_grad_enabled() or not is_unit(g_loss):
-            d = _ohkm_sums_grad(g_loss, idx, *ctx.chain[:3], ww, ctx.chain[3])
-            gx = call_op("joints_mse_sums_backward", d.contiguous(), output, target)
-        else:
-            gx = grad
+        K, k, c, red = ctx.chain
+        d = _ohkm_sums_grad(g_loss, idx, K, k, c, ww, red)
+        gx = call_op("joints_mse_sums_backward", d.contiguous(), output, target)
         return (gx if need[0] else None), (-gx if need[1] else None), None, None, None, None
-
 
 def ohkm_with_grad(output, target, w, pixels: int, k: int, red: int):
     return _OhkmWithGrad.apply(output, target, w, pixels, k, red)
@@ -334,9 +328,17 @@ def ohkm_one_pass(output, target_weight, red: int, pixels: int, k: int) -> bool:
     dispatch mode: the registered ops' path serves those), a reduced loss, float32/float64
     heatmaps that require grad, non-empty rows and maps, k >= 1, and a target_weight that does
     not require grad (its gradient comes from the composite's graph)."""
+    return (joints_one_pass(output, red, False, pixels) and k >= 1
+            and (target_weight is None or not target_weight.requires_grad) and eager_training(output))
+
+
+def eager_training(*tensors) -> bool:
+    """Plain eager autograd with a float32/float64 first tensor and some tensor requiring grad:
+    not while torch.compile or export traces, nor under torch.func transforms, forward-mode AD,
+    a dispatch mode or a torch-function mode (the registered ops' path serves those)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
     from .._core.autograd import _transforms_or_dual_active
-    return (joints_one_pass(output, red, False, pixels) and k >= 1
-            and (target_weight is None or not target_weight.requires_grad)
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            and tensors[0].dtype in (torch.float32, torch.float64)
             and not torch.compiler.is_compiling() and not _transforms_or_dual_active()
             and _get_current_dispatch_mode() is None and not torch._C._is_torch_function_mode_enabled())
