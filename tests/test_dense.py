@@ -1057,7 +1057,7 @@ def test_joints_one_pass_retain_graph_and_create_graph():
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_ohkm_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, reduction, weighted):
-    """OHKM in eager training takes one autograd node (lossext/dense/ops.py _OhkmWithGrad); its
+    """OHKM in eager training takes one autograd node (lossext/dense/ops.py _OhkmNode); its
     loss and its gradients (output and target) are bitwise the composite's, for grad_output 1
     and 0.3 (the composite's dLoss/dS chain, rebuilt in the backward); ties pick the lower joint
     as the sort does; a NaN map is selected first and makes the loss NaN, as the composite's."""
@@ -1078,10 +1078,10 @@ def test_ohkm_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, reducti
 
     for go in (1.0, 0.3):
         one = run(go)
-        monkeypatch.setattr(DO, "ohkm_one_pass", lambda *a: False)
+        monkeypatch.setattr(DO, "ohkm_one_node", lambda *a: False)
         two = run(go)
         monkeypatch.undo()
-        assert one[0] == "_OhkmWithGradBackward" and two[0] != one[0]
+        assert one[0] == "_OhkmNodeBackward" and two[0] != one[0]
         for a, b in zip(one[1:], two[1:]):
             assert torch.equal(a, b)
         assert torch.equal(one[3], -one[2])
@@ -1099,6 +1099,6 @@ def test_ohkm_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, reducti
         gg.sum().backward()
     # where the one-node path is not taken: 'none', half maps, no grad, a target_weight that requires grad
     xg = x0.clone().requires_grad_()
-    assert DO.ohkm_one_pass(xg, None, 1, 30, 3) and not DO.ohkm_one_pass(xg, None, 0, 30, 3)
-    assert not DO.ohkm_one_pass(xg.half(), None, 1, 30, 3) and not DO.ohkm_one_pass(x0, None, 1, 30, 3)
-    assert not DO.ohkm_one_pass(xg, torch.ones(4, 7, requires_grad=True), 1, 30, 3)
+    assert DO.ohkm_one_node(xg, None, 1, 30, 3) and not DO.ohkm_one_node(xg, None, 0, 30, 3)
+    assert not DO.ohkm_one_node(xg.half(), None, 1, 30, 3) and not DO.ohkm_one_node(x0, None, 1, 30, 3)
+    assert not DO.ohkm_one_node(xg, torch.ones(4, 7, requires_grad=True), 1, 30, 3)

@@ -31,14 +31,20 @@ def _transforms_or_dual_active():
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
+def plain_eager():
+    """Plain eager autograd: not while torch.compile traces, nor under a torch.func transform or
+    forward-mode AD, nor under a dispatch mode (make_fx / AOT tracing, fake tensors)."""
+    return (not torch.compiler.is_compiling() and not _transforms_or_dual_active()
+            and _get_current_dispatch_mode() is None)
+
+
 def is_unit(grad):
     """grad_output is exactly 1 (loss.backward() of this loss alone, or of a plain sum of losses):
     read on the CPU only (no device sync) and in plain eager autograd only (not while
     torch.compile traces, nor under a torch.func transform or forward-mode AD, where the value is
     not concrete, nor under a dispatch mode: make_fx / AOT tracing, fake tensors)."""
     return (type(grad) is torch.Tensor and grad.dim() == 0 and grad.device.type == "cpu"
-            and not torch.compiler.is_compiling() and not _transforms_or_dual_active()
-            and _get_current_dispatch_mode() is None and grad.item() == 1.0)
+            and plain_eager() and grad.item() == 1.0)
 
 
 def scale_saved(grad, saved):

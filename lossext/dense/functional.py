@@ -116,10 +116,11 @@ def joints_mse_loss(output: Tensor, target: Tensor, target_weight: Optional[Tens
             return torch.ops.lossext.joints_mse_loss_with_grad(output, target, coef)[0]
         return call_op("joints_mse_loss_with_grad", output, target, coef)[0]
     if not torch.jit.is_scripting():
-        if ohkm_topk is not None and ops.ohkm_one_pass(output, target_weight, red, pixels, min(ohkm_topk, output.shape[1])):
-            # eager training with OHKM: one autograd node (the same loss; issue #15)
-            w = _joint_weight(fn, target_weight, output, output)
-            return ops.ohkm_with_grad(output, target, w, pixels, min(ohkm_topk, output.shape[1]), red)
+        if ohkm_topk is not None:
+            k = min(ohkm_topk, output.shape[1])
+            if ops.ohkm_one_node(output, target_weight, red, pixels, k):
+                # eager training with OHKM: one autograd node (the same loss and gradient; issue #15)
+                return ops.ohkm_loss(output, target, _joint_weight(fn, target_weight, output, output), pixels, k, red)
     sums = _sums(output, target)  # [B, K]: sum_p (x - y)^2
     w = _joint_weight(fn, target_weight, output, sums)
     if pixels > 0:

@@ -38,7 +38,8 @@ import torch
 
 from .._core import amp
 from .._core import library  # noqa: F401  (loads the kernels)
-from .._core.autograd import call as call_op, refuse_double_backward, register as register_autograd, scale_saved
+from .._core.autograd import (call as call_op, plain_eager, refuse_double_backward, register as register_autograd,
+                              scale_saved)
 from .._core.fake import check_same_device
 
 
@@ -282,7 +283,7 @@ def _ohkm_sums_grad(g, idx, K: int, k: int, c: float, ww, red: int):
     return d * c
 
 
-class _OhkmWithGrad(torch.autograd.Function):
+class _OhkmNode(torch.autograd.Function):
     """joints_mse_loss with OHKM in plain eager training (issue #15): one autograd node in place
     of the sums' Function and the selection's six nodes, whose overhead was a large part of the
     call. The forward takes the sums and selects each sample's k hardest joints exactly as the
@@ -318,27 +319,17 @@ class _OhkmWithGrad(torch.autograd.Function):
         gx = call_op("joints_mse_sums_backward", d.contiguous(), output, target)
         return (gx if need[0] else None), (-gx if need[1] else None), None, None, None, None
 
-def ohkm_with_grad(output, target, w, pixels: int, k: int, red: int):
-    return _OhkmWithGrad.apply(output, target, w, pixels, k, red)
+
+def ohkm_loss(output, target, w, pixels: int, k: int, red: int):
+    return _OhkmNode.apply(output, target, w, pixels, k, red)
 
 
-def ohkm_one_pass(output, target_weight, red: int, pixels: int, k: int) -> bool:
-    """Where joints_mse_loss with OHKM takes _OhkmWithGrad: plain eager training only (not while
-    torch.compile or export traces, nor under torch.func transforms, forward-mode AD or a
-    dispatch mode: the registered ops' path serves those), a reduced loss, float32/float64
-    heatmaps that require grad, non-empty rows and maps, k >= 1, and a target_weight that does
-    not require grad (its gradient comes from the composite's graph)."""
+def ohkm_one_node(output, target_weight, red: int, pixels: int, k: int) -> bool:
+    """Where joints_mse_loss with OHKM takes _OhkmNode: plain eager training only (not while
+    torch.compile or export traces, nor under torch.func transforms, forward-mode AD, a dispatch
+    mode or a torch-function mode: the registered ops' path serves those), a reduced loss,
+    float32/float64 heatmaps that require grad, non-empty rows and maps, k >= 1, and a
+    target_weight that does not require grad (its gradient comes from the composite's graph)."""
     return (joints_one_pass(output, red, False, pixels) and k >= 1
-            and (target_weight is None or not target_weight.requires_grad) and eager_training(output))
-
-
-def eager_training(*tensors) -> bool:
-    """Plain eager autograd with a float32/float64 first tensor and some tensor requiring grad:
-    not while torch.compile or export traces, nor under torch.func transforms, forward-mode AD,
-    a dispatch mode or a torch-function mode (the registered ops' path serves those)."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-    from .._core.autograd import _transforms_or_dual_active
-    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            and tensors[0].dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling() and not _transforms_or_dual_active()
-            and _get_current_dispatch_mode() is None and not torch._C._is_torch_function_mode_enabled())
+            and (target_weight is None or not target_weight.requires_grad)
+            and plain_eager() and not torch._C._is_torch_function_mode_enabled())
