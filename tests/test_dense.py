@@ -1102,3 +1102,48 @@ def test_ohkm_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, reducti
     assert DO.ohkm_one_node(xg, None, 1, 30, 3) and not DO.ohkm_one_node(xg, None, 0, 30, 3)
     assert not DO.ohkm_one_node(xg.half(), None, 1, 30, 3) and not DO.ohkm_one_node(x0, None, 1, 30, 3)
     assert not DO.ohkm_one_node(xg, torch.ones(4, 7, requires_grad=True), 1, 30, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["broadcast", "full", "empty_fg"])
+def test_masked_l1_one_node_path_is_bitwise_the_composite(monkeypatch, dtype, layout):
+    """masked_l1_loss in eager training takes one autograd node (lossext/dense/ops.py
+    _MaskedL1Node); its two losses and its gradients (input and target) are bitwise the
+    composite's for several pairs of grad_outputs (one of them None: an unused side), with an
+    empty foreground too; where it is not taken (no grad, torch.func)."""
+    import lossext.dense.ops as DO
+    g = torch.Generator().manual_seed(21)
+    x0 = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64).to(dtype)
+    y0 = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64).to(dtype)
+    y0[0, 1] = x0[0, 1]  # exact zeros of x - y: the sign's 0
+    shape = (3, 1, 5, 6) if layout == "broadcast" else (3, 4, 5, 6)
+    m0 = (torch.rand(shape, generator=g) > 0.4).to(dtype)
+    if layout == "empty_fg":
+        m0.zero_()
+
+    def run(gf, gb):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        fg, bg = LF.masked_l1_loss(x, y, m0)
+        name = type(fg.grad_fn).__name__
+        outs = [o for o, go in ((fg, gf), (bg, gb)) if go is not None]
+        gos = [torch.tensor(go, dtype=dtype) for go in (gf, gb) if go is not None]
+        return (name, fg.detach(), bg.detach()) + torch.autograd.grad(outs, [x, y], gos)
+
+    for gf, gb in ((1.0, 1.0), (0.3, 1.7), (None, 2.0), (0.5, None)):
+        one = run(gf, gb)
+        monkeypatch.setattr(DO, "masked_l1_one_node", lambda *a: False)
+        two = run(gf, gb)
+        monkeypatch.undo()
+        assert one[0] == "_MaskedL1NodeBackward" and two[0] != one[0]
+        for a, b in zip(one[1:], two[1:]):
+            assert torch.equal(a, b), (gf, gb)
+        assert torch.equal(one[4], -one[3])
+    x = x0.clone().requires_grad_()
+    assert DO.masked_l1_one_node(x, y0) and not DO.masked_l1_one_node(x0, y0)
+    with torch.no_grad():
+        assert not DO.masked_l1_one_node(x, y0)
+    fx = torch.func.grad(lambda a: sum(LF.masked_l1_loss(a, y0, m0)))(x0)  # the registered ops' path
+    assert torch.equal(fx, run(1.0, 1.0)[3])
+    gg, = torch.autograd.grad(sum(LF.masked_l1_loss(x, y0, m0)), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        gg.sum().backward()

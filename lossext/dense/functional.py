@@ -24,12 +24,12 @@ def _sums(output: Tensor, target: Tensor) -> Tensor:
     return call_op("joints_mse_sums", output, target)
 
 
-def _eager_call(fn: str, op: str, *args, label_arg: str = "target"):
-    """call_op, a kernel error re-raised as fn's naming the argument; an out-of-range value of
-    label_arg (the op's class-index argument) an IndexError, as indexing with it would. Eager
-    only: TorchScript has no try."""
+def _eager_call(fn: str, op, *args, label_arg: str = "target"):
+    """call_op (op: an op's name, or a callable: a one-node path), a kernel error re-raised as
+    fn's naming the argument; an out-of-range value of label_arg (the op's class-index
+    argument) an IndexError, as indexing with it would. Eager only: TorchScript has no try."""
     try:
-        return call_op(op, *args)
+        return op(*args) if callable(op) else call_op(op, *args)
     except RuntimeError as e:
         msg = str(e)
         at = msg.find("argument '" + label_arg + "' has value")
@@ -447,7 +447,11 @@ def masked_l1_loss(input: Tensor, target: Tensor, mask: Tensor) -> Tuple[Tensor,
     if not ok:
         raise ValueError(fn + ": mask must have shape " + str(list(input.shape)) + ", [B, 1, ...] or [B, ...] "
                          + "(input is " + str(list(input.shape)) + "), got " + str(list(mask.shape)))
-    S = _l1_sums(fn, input, target, m.to(input.dtype)).sum([0, 1])  # [4]
+    m = m.to(input.dtype)
+    if not torch.jit.is_scripting():
+        if ops.masked_l1_one_node(input, target):  # eager training: one autograd node (issue #13)
+            return _eager_call(fn, ops.masked_l1_loss, input, target, m)
+    S = _l1_sums(fn, input, target, m).sum([0, 1])  # [4]
     fg = _ratio(S[0], S[2])
     bg = _ratio(S[1], S[3])
     return fg.to(input.dtype), bg.to(input.dtype)

@@ -297,7 +297,7 @@ class _OhkmNode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, output, target, w, pixels: int, k: int, red: int):
-        sums = torch.ops.lossext.joints_mse_sums(output, target)
+        sums = call_op("joints_mse_sums", output, target)
         c = 0.5 / pixels
         per = sums * c
         ww = None if w is None else w * w
@@ -333,3 +333,48 @@ def ohkm_one_node(output, target_weight, red: int, pixels: int, k: int) -> bool:
     return (joints_one_pass(output, red, False, pixels) and k >= 1
             and (target_weight is None or not target_weight.requires_grad)
             and plain_eager() and not torch._C._is_torch_function_mode_enabled())
+
+
+class _MaskedL1Node(torch.autograd.Function):
+    """masked_l1_loss in plain eager training (issue #13: its host side had become most of a
+    small call, and on CUDA each of the composite's dozen scalar ops is a launch): one autograd
+    node in place of the sums' Function and the ratios' nodes. The forward takes the sums and
+    forms the two ratios with the composite's ops (functional._ratio on a [2] vector: the same
+    divisions, so the same loss bits); the backward rebuilds dLoss/dsums by the composite's
+    chain (the ratios' where, then the division by the safe denominator, the select and the sum
+    broadcast over [B, C]) and runs masked_l1_sums_backward on it: bitwise the composite's
+    gradients, the same bytes moved, for every pair of grad_outputs. create_graph goes through
+    call_op, whose double backward raises."""
+
+    @staticmethod
+    def forward(ctx, input, target, mask):
+        S = call_op("masked_l1_sums", input, target, mask).sum([0, 1])  # [4]
+        num, den = S.narrow(0, 0, 2), S.narrow(0, 2, 2)
+        nz = den != 0
+        safe = torch.where(nz, den, 1.0)
+        v = torch.where(nz, num / safe, 0.0).to(input.dtype)
+        ctx.save_for_backward(input, target, mask, nz, safe)
+        return v[0].clone(), v[1].clone()  # two outputs, neither a view of the other
+
+    @staticmethod
+    def backward(ctx, g_fg, g_bg):
+        input, target, mask, nz, safe = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g = torch.stack((g_fg, g_bg)).to(safe.dtype)
+        g = torch.where(nz, g, 0.0) / safe
+        d = torch.cat((g, torch.zeros_like(g))).expand(input.shape[0], input.shape[1], 4).contiguous()
+        gx = call_op("masked_l1_sums_backward", d, input, target, mask)
+        return (gx if need[0] else None), (-gx if need[1] else None), None
+
+
+def masked_l1_loss(input, target, mask):
+    return _MaskedL1Node.apply(input, target, mask)
+
+
+def masked_l1_one_node(input, target) -> bool:
+    """Where masked_l1_loss takes _MaskedL1Node: grad mode on, input or target requiring grad,
+    plain eager autograd (not while torch.compile or export traces, nor under torch.func
+    transforms, forward-mode AD, a dispatch mode or a torch-function mode: the registered ops'
+    path serves those)."""
+    return (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad) and plain_eager()
+            and not torch._C._is_torch_function_mode_enabled())
