@@ -672,13 +672,14 @@ def test_bad_input_names_the_argument(call, exc, match):
 
 # ---- CUDA ---------------------------------------------------------------------------------------------
 
-def _cpu_cuda(fn, *tensors):
-    """fn's value and gradients on the CPU and on CUDA (float64)."""
+def _cpu_cuda(fn, *tensors, **tol):
+    """fn's value and gradients on the CPU and on CUDA (float64: TIGHT; float32 takes a
+    tolerance, since the CPU's exp / log are math.h's Cephes-style ones and CUDA's its libm)."""
     a = _grads(fn, *tensors)
     b = _grads(fn, *[t.cuda() for t in tensors])
-    _close(b[0].cpu(), a[0])
+    _close(b[0].cpu(), a[0], **tol)
     for x, y in zip(b[1], a[1]):
-        _close(x.cpu(), y)
+        _close(x.cpu(), y, **tol)
 
 
 @needs_cuda
@@ -686,6 +687,11 @@ def test_cuda_matches_cpu():
     """Each op on CUDA equals the CPU in float64 (values, gradients, the region loss's stats)."""
     for seed in (1, 2, 3):
         out, tg, C = _case(700 + seed)
+        # the planted anchors 0 and 4 tie at IoU 1 (to the last bit or two): with bias_match=False
+        # the pick would then follow a 1-ulp difference of the devices' exp; anchor 4 made worse
+        H, W = out.shape[2:]
+        i, j = min(int(float(tg[0, 0, 1]) * W), W - 1), min(int(float(tg[0, 0, 2]) * H), H - 1)
+        out[0, 4 * (5 + C) + 2, j, i] += 0.05
         for kw in (dict(seen=0), dict(seen=20000, rescore=False, bias_match=False, scale_coord_by_size=False)):
             for red in ("none", "sum", "mean"):
                 a = _run(LF.yolov2_region_loss, out, tg, C, red, **kw)
@@ -951,4 +957,5 @@ def test_multibox_cuda_matches_cpu():
     pri = MB.ssd300_priors()
     tg = MB.random_targets(4, 10, 21, gen)
     loc, conf = MB._heads(4, pri.shape[0], 21, "cpu", torch.float32, gen)
-    _cpu_cuda(lambda x, y: torch.stack(LF.ssd_multibox_loss(x, y, pri.to(x.device), tg.to(x.device))), loc, conf)
+    _cpu_cuda(lambda x, y: torch.stack(LF.ssd_multibox_loss(x, y, pri.to(x.device), tg.to(x.device))), loc, conf,
+              rtol=1e-5, atol=1e-6)

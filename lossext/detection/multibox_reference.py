@@ -136,7 +136,7 @@ def _image_loss(loc, conf, anchors, truths, thresh, ratio, neg_overlap, v, match
     lloc = loc[:0].sum()  # 0, in the graph (an empty selection's gradient is zero)
     pos = [p for p in range(P) if mt[p] >= 0]
     for p in pos:
-        tgt = torch.tensor(_encode(truths[mt[p]][1], anchors[p], *v), dtype=loc.dtype)
+        tgt = torch.tensor(_encode(truths[mt[p]][1], anchors[p], *v), dtype=loc.dtype, device=loc.device)
         lloc = lloc + _smooth_l1(loc[p] - tgt).sum()
     cls = [0 if mt[p] < 0 else (1 if binary else truths[mt[p]][2] + 1) for p in range(P)]
     ce = torch.logsumexp(conf, -1) - conf[torch.arange(P), torch.tensor(cls, dtype=torch.int64)]
@@ -153,9 +153,9 @@ def _image_loss(loc, conf, anchors, truths, thresh, ratio, neg_overlap, v, match
     return lloc, lconf, len(pos)
 
 
-def _reduce(ll, lc, npos, reduction):
-    ll, lc = torch.stack(ll) if ll else torch.zeros(0, dtype=torch.float64), \
-        torch.stack(lc) if lc else torch.zeros(0, dtype=torch.float64)
+def _reduce(ll, lc, npos, reduction, device):
+    ll, lc = torch.stack(ll) if ll else torch.zeros(0, dtype=torch.float64, device=device), \
+        torch.stack(lc) if lc else torch.zeros(0, dtype=torch.float64, device=device)
     if reduction == "none":
         return ll, lc
     if reduction == "sum":
@@ -184,7 +184,7 @@ def _multibox(loc, conf, priors, targets, thresh, ratio, neg_overlap, v, matchin
     if not ll:
         z = loc.sum((1, 2))  # [0], in the graph
         return (z, z) if reduction == "none" else (z.sum(), z.sum())
-    return _reduce(ll, lc, npos, reduction)
+    return _reduce(ll, lc, npos, reduction, loc.device)
 
 
 def ssd_multibox_loss(loc, conf, priors, targets, overlap_thresh=0.5, neg_pos_ratio=3, neg_overlap=0.5,

@@ -67,7 +67,7 @@ def margin_cross_entropy(cos_logits, target, scale=64.0, m1=1.0, m2=0.0, m3=0.0,
     valid = target != ignore_index
     t = torch.where(valid, target, torch.zeros_like(target))[:, None]
     f = target_margin(cos_logits.gather(1, t), m1, m2, m3, lambda_, easy_margin)
-    logits = cos_logits.scatter(1, t, f)
+    logits = cos_logits.scatter(1, t, f.to(cos_logits.dtype))  # (CUDA autocast runs acos in float32)
     s = feature_norm[:, None] if feature_norm is not None else scale
     return cross_entropy(s * logits, target, weight, ignore_index, reduction, label_smoothing)
 
@@ -102,7 +102,7 @@ def margin_cross_entropy_composite(cos_logits, target, scale=64.0, m1=1.0, m2=0.
     valid = target != ignore_index
     t = torch.where(valid, target, torch.zeros_like(target))[:, None]
     f = target_margin(cos_logits.gather(1, t), m1, m2, m3, lambda_, easy_margin)
-    logits = cos_logits.scatter(1, t, f)
+    logits = cos_logits.scatter(1, t, f.to(cos_logits.dtype))  # (CUDA autocast runs acos in float32)
     s = feature_norm[:, None] if feature_norm is not None else scale
     return torch.nn.functional.cross_entropy(s * logits, target, weight=weight, ignore_index=ignore_index,
                                              reduction=reduction, label_smoothing=label_smoothing)

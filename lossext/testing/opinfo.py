@@ -106,8 +106,10 @@ class OpInfo:
     # autocast, repr); the floating args are leaves a training step updates.
     module_samples: Callable[..., List[Tuple[Callable, Tuple, Dict]]] = None
     # (draw, device) -> lossext.testing.fuzz.FuzzCase: one drawn call and what it must do (match
-    # the reference or raise naming the argument); draw is hypothesis's data.draw. Every row has
-    # one (tests/test_fuzz.py); element-wise rows: lossext/testing/pointwise.py's fuzz.
+    # the reference or raise naming the argument), or None for a draw with nothing to check on
+    # that device (a bad target the CUDA kernels do not read back); draw is hypothesis's
+    # data.draw. Every row has one (tests/test_fuzz.py); element-wise rows:
+    # lossext/testing/pointwise.py's fuzz.
     fuzz: Callable = None
     # 'mean' of an empty input: NaN (torch's losses) unless the peer defines another value
     # (torchvision's box losses: 0)
