@@ -1067,3 +1067,84 @@ def test_one_pass_is_taken_only_where_it_applies():
     assert not MO.use_one_pass(c.half(), 1)
     with torch.no_grad():
         assert not MO.use_one_pass(c, 1)
+
+
+# ---- the row-block fused op (issue #15: three matrix products, the gradients in the forward) ----
+
+@pytest.mark.parametrize("case", ["arcface", "smooth_ignore_sum", "bias_plain", "one_block"])
+def test_fused_row_blocks_match_the_class_chunked_op(monkeypatch, case):
+    """fused_linear_margin_cross_entropy_with_grad (the rows in blocks whose logits for every
+    class are kept, the gradients formed in the forward) against the class-chunked forward and
+    backward, in float64: loss and the input, weight and bias gradients to 1e-12, for several
+    row blocks (7 rows per block, 3 class chunks) and grad_output 1 and 0.3; bitwise equal for 1
+    and 2 threads; retain_graph gives the same gradient twice; create_graph raises."""
+    import lossext.margin.ops as MO
+    g = torch.Generator().manual_seed(5)
+    N, D, C = 30, 6, 700
+    x0 = torch.randn(N, D, generator=g, dtype=torch.float64)
+    w0 = torch.randn(C, D, generator=g, dtype=torch.float64)
+    b0 = torch.randn(C, generator=g, dtype=torch.float64)
+    t = torch.randint(0, C, (N,), generator=g)
+    kw = dict(m2=0.5)
+    if case == "smooth_ignore_sum":
+        t[[2, 17]] = -100
+        kw = dict(m3=0.35, label_smoothing=0.1, reduction="sum")
+    if case == "bias_plain":
+        kw = dict(scale=1.0, m3=0.2, normalize=False)
+    rows = N if case == "one_block" else 7
+    monkeypatch.setattr(MO, "FUSED_ROW_BUDGET", rows * C)
+    monkeypatch.setattr(MO, "FUSED_MIN_ROWS", 1)
+
+    def run(go, row_blocks, threads=2):
+        torch.set_num_threads(threads)
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        b = b0.clone().requires_grad_() if case == "bias_plain" else None
+        with monkeypatch.context() as mp:
+            if not row_blocks:
+                mp.setattr(MO, "FUSED_ROW_BUDGET", 0)
+            import lossext.margin.functional as MF
+            assert (MF.fused_rows(x, w, 1, 0) > 0) == row_blocks
+            loss = LF.fused_linear_margin_cross_entropy(x, w, t, bias=b, **kw)
+        name = type(loss.grad_fn).__name__
+        leaves = [x, w] + ([b] if b is not None else [])
+        return (name, loss.detach()) + torch.autograd.grad(loss, leaves, torch.tensor(go, dtype=torch.float64))
+
+    try:
+        for go in (1.0, 0.3):
+            one, two = run(go, True), run(go, False)
+            assert "with_grad" in one[0] and "with_grad" not in two[0]
+            for a, b in zip(one[1:], two[1:]):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        single = run(1.0, True, threads=1)
+        for a, b in zip(run(1.0, True)[1:], single[1:]):
+            assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(2)
+    x = x0.clone().requires_grad_()
+    loss = LF.fused_linear_margin_cross_entropy(x, w0, t, **kw) if case != "bias_plain" else None
+    if loss is not None and "with_grad" in type(loss.grad_fn).__name__:
+        a, = torch.autograd.grad(loss, x, retain_graph=True)
+        b, = torch.autograd.grad(loss, x)
+        assert torch.equal(a, b)
+        gg, = torch.autograd.grad(LF.fused_linear_margin_cross_entropy(x, w0, t, **kw), x, create_graph=True)
+        with pytest.raises(NotImplementedError, match="double backward"):
+            gg.sum().backward()
+
+
+def test_fused_row_blocks_where_taken():
+    """The row-block op is taken for a reduced float32/float64 loss on the CPU that needs a
+    gradient, with the automatic chunk size, where a block of >= 128 rows (or the batch) fits
+    the 16M-logit budget; not for 'none', half types, no grad, a chunk_size given, or C so
+    large that fewer than 128 rows fit."""
+    import lossext.margin.ops as MO
+    x = torch.randn(1024, 8, requires_grad=True)
+    w = torch.randn(100_000, 8)
+    assert MO.fused_rows(x, w, 1, 0) == 167
+    assert MO.fused_rows(x, w, 0, 0) == 0 and MO.fused_rows(x, w, 1, 512) == 0
+    assert MO.fused_rows(x.detach(), w, 1, 0) == 0 and MO.fused_rows(x.detach(), w.requires_grad_(), 2, 0) == 167
+    assert MO.fused_rows(x.half(), w, 1, 0) == 0
+    assert MO.fused_rows(x, torch.randn(1_000_000, 8), 1, 0) == 0
+    assert MO.fused_rows(x[:40], torch.randn(1_000_000, 8), 1, 0) == 0  # 16 rows fit, fewer than the 40
+    assert MO.fused_rows(x[:10], torch.randn(1_000_000, 8), 1, 0) == 10  # the whole batch fits
+    with torch.no_grad():
+        assert MO.fused_rows(x, w, 1, 0) == 0

@@ -656,6 +656,7 @@ template <>
 struct ChunkMatmuls<MarginCpu> {
   static constexpr int64_t kCols = 512;
   static constexpr int64_t kRows = 256;
+  static constexpr int64_t kDCols = 128;
 
   template <class F>
   static void tasks(int64_t n, const F& f) {
@@ -707,15 +708,23 @@ struct ChunkMatmuls<MarginCpu> {
     });
     // dX: row blocks; within one, the classes in blocks of kCols added in order (inner
     // dimension of each call at most kCols): one addmm each (float32, float64), or a product
-    // into tmp and an add (half types)
-    tasks((N + kRows - 1) / kRows, [&](int64_t t) {
-      const int64_t i0 = t * kRows, len = std::min(kRows, N - i0);
-      Tensor a = window(acc_x, i0, len, 0, D);
+    // into tmp and an add (half types). Fewer than 2 kRows rows (a row block of the row-block
+    // op) in float32/float64: the D columns are cut into kDCols blocks too, so that the product
+    // still runs on every thread; the cut follows the shapes and dtype only, never the thread
+    // count. (The half types' add_into takes whole rows.)
+    const int64_t row_tasks = (N + kRows - 1) / kRows;
+    const int64_t dcols = N < 2 * kRows && tmp == nullptr ? kDCols : std::max<int64_t>(D, 1);
+    const int64_t col_tasks = std::max<int64_t>(1, (D + dcols - 1) / dcols);
+    tasks(row_tasks * col_tasks, [&](int64_t t) {
+      const int64_t i0 = (t / col_tasks) * kRows, len = std::min(kRows, N - i0);
+      const int64_t d0 = (t % col_tasks) * dcols, dl = std::min(dcols, D - d0);
+      Tensor a = window(acc_x, i0, len, d0, dl);
       std::optional<Tensor> tt;
-      if (tmp) tt = window(*tmp, i0, len, 0, D);
+      if (tmp) tt = window(*tmp, i0, len, d0, dl);
       for (int64_t j0 = 0; j0 < k; j0 += kCols) {
         const int64_t cols = std::min(kCols, k - j0);
-        accumulate_product<MarginCpu>(a, window(P, i0, len, j0, cols), window(wc, j0, cols, 0, D), tt ? &*tt : nullptr);
+        accumulate_product<MarginCpu>(a, window(P, i0, len, j0, cols), window(wc, j0, cols, d0, dl),
+                                      tt ? &*tt : nullptr);
       }
     });
   }

@@ -619,6 +619,117 @@ struct FusedKernels {
   }
 };
 
+// ---- fused_linear_margin_cross_entropy_with_grad (row blocks; issue #15) -------------------
+// A reduced loss whose gradients are formed in the forward, so the backward is a multiply (none
+// for grad_output = 1): the rows are taken in blocks of `rows` whose logits for every class are
+// kept (rows x C elements, chunk by chunk), so each logit is computed once, not recomputed in a
+// backward: three matrix products per element (logits, dX, dW) against the class-chunked op's
+// four. Per row block: each chunk's logits and the rows' online softmax (as forward_chunks),
+// the rows' log-sum-exp, then each chunk's dLoss/dlogits in place, dX += B wc and
+// dW_c += B^T xn (into a chunk scratch, added in row-block order: deterministic). The memory is
+// rows x C logits, which grows with C: lossext.margin.functional takes this op only where a
+// block of at least 128 rows fits its budget, else the class-chunked op. float16/bfloat16 run the
+// class-chunked forward and backward (a dW accumulator in their dtype would round every block).
+inline FusedProblem fused_rows_of(const FusedProblem& p, int64_t r0, int64_t r) {
+  FusedProblem q = p;
+  q.spec.N = r;
+  q.x = window(p.x, r0, r, 0, p.D);
+  q.xn = window(p.xn, r0, r, 0, p.D);
+  q.target = segment(p.target, r0, r);
+  if (p.inv_norm_x) q.inv_norm_x = segment(*p.inv_norm_x, r0, r);
+  return q;
+}
+
+inline RowStats row_stats_of(const RowStats& st, int64_t r0, int64_t r) {
+  RowStats q{segment(st.lse, r0, r), segment(st.zy, r0, r), segment(st.wz, r0, r), std::nullopt};
+  if (st.max) q.max = segment(*st.max, r0, r);
+  return q;
+}
+
+template <class Device>
+struct FusedRowKernels {
+  using Out = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+  static Out forward_with_grad(Tensor x, Tensor w, Tensor target, std::optional<Tensor> bias, double scale, double m1,
+                               double m2, double m3, std::optional<Tensor> lambda, bool easy_margin, bool normalize,
+                               double smoothing, int64_t ignore_index, int64_t reduction, int64_t chunk,
+                               int64_t rows) {
+    const char* op = "lossext::fused_linear_margin_cross_entropy_with_grad";
+    FusedProblem p = prepare_fused(op, x, w, target, bias, scale, m1, m2, m3, lambda, easy_margin, normalize,
+                                   smoothing, ignore_index, reduction, chunk);
+    LOSSEXT_CHECK(p.spec.reduction != Reduction::None, op,
+                  ": argument 'reduction' must be 1 (mean) or 2 (sum): a per-row loss scales its gradient row by row");
+    LOSSEXT_CHECK(rows >= 1, op, ": argument 'rows' must be >= 1, got ", rows);
+    const int64_t N = p.spec.N, C = p.spec.C, K = p.chunk, D = p.D;
+    const ScalarType st = p.x.scalar_type(), acc = acc_scalar_type(st), lt = fused_loss_type(st);
+    Tensor ones = new_loss(p.spec, lt, p.x);
+    torch::stable::fill_(ones, 1.0);
+    if (st != acc || N == 0) {  // half types (see above), and no rows: the two passes
+      auto fw = FusedKernels<Device>::forward(x, w, target, bias, scale, m1, m2, m3, lambda, easy_margin, normalize,
+                                              smoothing, ignore_index, reduction, chunk);
+      auto bw = FusedKernels<Device>::backward(ones, x, w, target, bias, std::get<1>(fw), scale, m1, m2, m3, lambda,
+                                               easy_margin, normalize, smoothing, ignore_index, reduction, chunk);
+      return {std::get<0>(fw), std::get<1>(fw), std::get<0>(bw), std::get<1>(bw), std::get<2>(bw)};
+    }
+    const int64_t R = std::min(rows, N);
+    RowStats stats = new_row_stats(p.spec, p.x, true);
+    Tensor loss = new_loss(p.spec, lt, p.x);
+    Tensor lse = new_tensor({N}, ScalarType::Double, p.x);  // the rows' lse, finalized per block
+    Tensor grad_x = new_tensor({N, D}, st, p.x);
+    Tensor grad_w = zeros({C, D}, st, p.x);  // dW_c accumulates over the row blocks
+    Tensor grad_b = zeros({p.bias ? C : 0}, st, p.x);
+    prepare_norms<Device>(p);
+    Tensor G = new_tensor({N}, acc, p.x);
+    Device::row_grad_scale(p.spec, ones, p.target, nullptr, G);  // dLoss/dloss_i for grad_output = 1
+    const int64_t nch = (C + K - 1) / K;
+    Tensor flat = new_tensor({R * C}, st, p.x);  // chunk c of a block at flat[c0 * r]: [r, k], contiguous
+    Tensor gw = new_tensor({K, D}, st, p.x);       // one chunk's dW from one row block
+    std::optional<Tensor> gb;
+    if (p.bias) gb = new_tensor({C}, st, p.x);
+    Tensor acc_x = zeros({N, D}, acc, p.x);
+    Tensor row_loss = new_tensor({R}, lt, p.x);
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t r = std::min(R, N - r0);
+      FusedProblem q = fused_rows_of(p, r0, r);
+      RowStats sq = row_stats_of(stats, r0, r);
+      auto chunk_at = [&](int64_t c0, int64_t k) {
+        return torch::stable::view(torch::stable::narrow(flat, 0, c0 * r, r * k), {r, k});
+      };
+      for (int64_t ci = 0; ci < nch; ++ci) {
+        const int64_t c0 = ci * K, k = std::min(K, C - c0);
+        Tensor P = chunk_at(c0, k);
+        chunk_logits<Device>(q, P, chunk_weights<Device>(q, c0, k));
+        Device::fused_forward_chunk(q, P, c0, sq);
+      }
+      // the block's lse (the loss itself is reduced over every row at the end)
+      LossSpec s_none = q.spec;
+      s_none.reduction = Reduction::None;
+      Tensor lq = segment(lse, r0, r);
+      Tensor loss_q = segment(row_loss, 0, r);
+      Device::finalize(s_none, sq, q.target, nullptr, loss_q, lq);
+      q.lse = lq;
+      const Tensor Gq = segment(G, r0, r);
+      Tensor ax = window(acc_x, r0, r, 0, D);
+      for (int64_t ci = 0; ci < nch; ++ci) {
+        const int64_t c0 = ci * K, k = std::min(K, C - c0);
+        Tensor P = chunk_at(c0, k);
+        Device::fused_backward_chunk(q, P, c0, Gq, gb ? &*gb : nullptr);
+        if (D == 0) continue;
+        const Tensor wc = chunk_weights<Device>(q, c0, k);
+        Tensor gwc = window(gw, 0, k, 0, D);
+        ChunkMatmuls<Device>::grads(q, P, c0, wc, gwc, ax, nullptr);
+        Tensor dst = torch::stable::narrow(grad_w, 0, c0, k);
+        Device::add_into(dst, gwc);
+      }
+      if (gb) Device::add_into(grad_b, *gb);
+    }
+    Device::project_rows(acc_x, p.x, p.normalize ? &*p.inv_norm_x : nullptr, grad_x);
+    // the loss from every row's running (max, sum), as forward's finalize
+    Device::finalize(p.spec, stats, p.target, nullptr, loss, lse);
+    return {loss, lse, grad_x, grad_w, grad_b};
+  }
+};
+
 // ---- fused_linear_margin_shard_forward / _backward -----------------------------------------
 // One shard of the classes of a normalized fused margin CE (lossext.distributed): the forward
 // returns each row's max, sum of exp(z - max) over this shard's logits and the target logit
@@ -676,6 +787,7 @@ void register_margin_kernels(Lib& m) {
   m.impl("margin_cross_entropy_with_grad", TORCH_BOX(&MarginCeKernels<Device>::forward_with_grad));
   m.impl("fused_linear_margin_cross_entropy", TORCH_BOX(&FusedKernels<Device>::forward));
   m.impl("fused_linear_margin_cross_entropy_backward", TORCH_BOX(&FusedKernels<Device>::backward));
+  m.impl("fused_linear_margin_cross_entropy_with_grad", TORCH_BOX(&FusedRowKernels<Device>::forward_with_grad));
   m.impl("fused_linear_margin_shard_forward", TORCH_BOX(&ShardKernels<Device>::forward));
   m.impl("fused_linear_margin_shard_backward", TORCH_BOX(&ShardKernels<Device>::backward));
 }

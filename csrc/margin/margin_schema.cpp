@@ -9,6 +9,9 @@
 // margin_cross_entropy_with_grad returns (loss, lse, grad_cos_logits, grad_row_scale): the
 // forward's two, then the backward's two for grad_output = 1 (grad_row_scale is empty without
 // row_scale), computed in the same pass over the logits; they are not differentiable.
+// fused_linear_margin_cross_entropy_with_grad (a reduced loss: mean or sum) returns (loss, lse,
+// grad_input, grad_weight, grad_bias) for grad_output = 1, its logits taken in blocks of `rows`
+// rows (margin_ops.h FusedRowKernels); the last three are not differentiable.
 // The shard ops (lossext.distributed: one rank's shard of the classes of a normalized fused op):
 // target -1 means "on another shard"; the forward returns (row_max, row_sumexp, target_logit),
 // float64 [N] each, not reduced; the backward takes the global lse [N] float64 and
@@ -34,6 +37,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(lossext, m) {
         "Tensor target, Tensor? bias, Tensor lse, float scale, float m1, float m2, float m3, "
         "Tensor? lambda_, bool easy_margin, bool normalize, float label_smoothing, int ignore_index, int reduction, "
         "int chunk_size) -> (Tensor, Tensor, Tensor)");
+  m.def("fused_linear_margin_cross_entropy_with_grad(Tensor input, Tensor weight, Tensor target, Tensor? bias, "
+        "float scale, float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, bool normalize, "
+        "float label_smoothing, int ignore_index, int reduction, int chunk_size, int rows) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("fused_linear_margin_shard_forward(Tensor input, Tensor weight, Tensor target, float scale, "
         "float m1, float m2, float m3, Tensor? lambda_, bool easy_margin, int chunk_size) "
         "-> (Tensor, Tensor, Tensor)");

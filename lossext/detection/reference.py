@@ -106,7 +106,8 @@ def box_iou_loss(boxes1, boxes2, mode="giou", eps=1e-7, reduction="none"):
     w2, h2 = _side(X2 - X1), _side(Y2 - Y1)
     iw = torch.minimum(x2, X2) - torch.maximum(x1, X1)
     ih = torch.minimum(y2, Y2) - torch.maximum(y1, Y1)
-    inter = torch.where((iw > 0) & (ih > 0), iw * ih, iw * 0)
+    # no overlap: 0 (torchvision's mask), also where a side is infinite (iw * 0 would be NaN)
+    inter = torch.where((iw > 0) & (ih > 0), iw * ih, torch.zeros_like(iw))
     union = w1 * h1 + w2 * h2 - inter
     iou = inter / (union + eps)
     loss = 1 - iou

@@ -15,7 +15,9 @@ interleaved with lossext.testing.benchmark.time_calls, plus the copy floor and p
   times only autograd's return of that buffer, and the forward row (no_grad) the plain forward,
   so full mode is the row to compare; issue #15's target is full mode within 1.5x its floor.
 - fused_linear_margin_cross_entropy from embeddings [N, D] and class weights [C, D], modes
-  forward and full (gradients to both). Composite: normalize, matmul, margin, cross_entropy
+  forward and full (gradients to both). Full mode on the CPU takes the row-block op where 128
+  rows fit 16M logits (C = 10k, 100k: three GEMMs, the gradients in the forward; the forward
+  row, no_grad, the class-chunked forward), else the class-chunked op (C = 1M). Composite: normalize, matmul, margin, cross_entropy
   (lossext.reference.fused_linear_margin_cross_entropy_composite). "peak above grads" is the
   peak extra memory minus the gradients the call returns ((N + C) D elements): the issue's
   "memory above inputs, parameters and gradients". Copy floor: reading x and W (forward),
@@ -205,7 +207,10 @@ def render(rows, device, cmd):
                                  f"{B._x(r.get('lossext_over_gemm_floor'))} — "
                                  f"{mark(B._ratio(r['lossext_ms'], r.get('gemm_floor_ms')) <= TARGETS['fused_over_gemm'])}"
                                  for r in sorted(fu, key=lambda r: r["C"]) if r.get("gemm_floor_ms") not in (None, ""))
-                     + "; the class-chunked op runs four GEMMs (the backward recomputes each chunk's logits)")
+                     + "; where a block of at least 128 rows keeps its logits for every class within 16M "
+                       "elements (C = 10k and 100k here) the op takes row blocks and three GEMMs "
+                       "(fused_linear_margin_cross_entropy_with_grad), else the class-chunked op's four (its "
+                       "backward recomputes each chunk's logits)")
         lines.append("- Scaling (full mode, peak above grads, MiB): " + "; ".join(
             f"C={r['C']}: lossext {_f(r['lossext_peak_above_grads_mib'])}, eager "
             + (_f(r['torch_peak_above_grads_mib']) if not math.isnan(r['torch_peak_above_grads_mib'])

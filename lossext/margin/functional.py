@@ -17,7 +17,7 @@ from .._core import amp
 from .._core import validation as V
 from .._core.autograd import call as call_op
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
-from .ops import use_one_pass
+from .ops import fused_rows, use_one_pass
 
 __all__ = ["margin_cross_entropy", "cosface_loss", "arcface_loss", "sphereface_loss",
            "fused_linear_margin_cross_entropy", "fused_linear_cross_entropy"]
@@ -229,15 +229,26 @@ def fused_margin(fn: str, names: List[str], embeddings: Tensor, weight: Tensor, 
     # Under autocast it stays float32 (as F.cross_entropy's); otherwise it is returned in the
     # embeddings' dtype, as every loss returns its input's. TorchScript always converts back
     # (autocast state is not queried there: torch.is_autocast_cpu_enabled crashes in a script).
+    rows = fused_rows(embeddings, weight, red, chunk)  # issue #15: row blocks, the gradients in the forward
     if torch.jit.is_scripting():
-        loss = torch.ops.lossext.fused_linear_margin_cross_entropy(
-            embeddings, weight, target, b, scale, m1, m2, m3, lam, easy_margin, normalize,
-            label_smoothing, ignore_index, red, chunk)[0]
+        if rows > 0:
+            loss = torch.ops.lossext.fused_linear_margin_cross_entropy_with_grad(
+                embeddings, weight, target, b, scale, m1, m2, m3, lam, easy_margin, normalize,
+                label_smoothing, ignore_index, red, chunk, rows)[0]
+        else:
+            loss = torch.ops.lossext.fused_linear_margin_cross_entropy(
+                embeddings, weight, target, b, scale, m1, m2, m3, lam, easy_margin, normalize,
+                label_smoothing, ignore_index, red, chunk)[0]
         return loss.to(embeddings.dtype)
     else:
-        loss = _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy", embeddings, weight, target, b,
-                           scale, m1, m2, m3, lam, easy_margin, normalize, label_smoothing, ignore_index,
-                           red, chunk)
+        if rows > 0:
+            loss = _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy_with_grad", embeddings, weight,
+                               target, b, scale, m1, m2, m3, lam, easy_margin, normalize, label_smoothing,
+                               ignore_index, red, chunk, rows)
+        else:
+            loss = _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy", embeddings, weight, target,
+                               b, scale, m1, m2, m3, lam, easy_margin, normalize, label_smoothing, ignore_index,
+                               red, chunk)
         if loss.dtype != embeddings.dtype and not amp.enabled(embeddings.device.type):
             loss = loss.to(embeddings.dtype)
         return loss
@@ -257,6 +268,14 @@ def fused_linear_margin_cross_entropy(embeddings: Tensor, weight: Tensor, target
     and recomputes each chunk in the backward to form dX and dW. Extra memory:
     O(N * chunk + N * D + C). dW rows are owned by one chunk each; dX accumulates over chunks
     in a fixed order: no atomics, deterministic.
+
+    Training on the CPU (float32/float64, reduction 'mean' or 'sum', ``chunk_size=None``): where
+    a block of at least 128 rows (or the whole batch) keeps its logits for every class within
+    16M elements (64 MiB of float32), the op takes the rows in such blocks and forms the
+    gradients in the forward (``fused_linear_margin_cross_entropy_with_grad``): three matrix
+    products instead of four, since no logit is recomputed; the backward is then a multiply (none
+    for grad_output = 1). Extra memory: those 16M logits, O(N * D + C) and the weight's
+    gradient from the forward on. A ``chunk_size`` given keeps the class-chunked op and its bound.
 
     ``normalize=False`` is a plain linear layer (logits ``scale * (x @ W.T + bias)``); then only
     the additive margin m3 applies.

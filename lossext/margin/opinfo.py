@@ -305,8 +305,10 @@ def _fused_params(kw, device="cpu"):
 
 
 def _fused_raw_calls(sample):
-    calls = _raw_calls("fused_linear_margin_cross_entropy", (*sample.args, sample.kwargs.get("bias")),
-                       _fused_params(sample.kwargs, sample.args[0].device))
+    inputs, params = (*sample.args, sample.kwargs.get("bias")), _fused_params(sample.kwargs, sample.args[0].device)
+    calls = _raw_calls("fused_linear_margin_cross_entropy", inputs, params)
+    if params[-2] != 0:  # the row-block op (a reduced loss): blocks of 3 rows
+        calls.append(("fused_linear_margin_cross_entropy_with_grad", (*inputs, *params, 3)))
     if sample.kwargs.get("normalize", True) and sample.kwargs.get("label_smoothing", 0.0) == 0.0:
         calls += _shard_raw_calls(sample)
     return calls
@@ -367,6 +369,8 @@ def _fused_raw_errors(device):
         (name, (x, w, t.int(), None, *p), "'target' must be int64"),
         (name, (x, w, t, torch.ones(5, device=device), *p), "'bias' needs normalize=False"),
         (name, (x, w, t, None, *p[:-1], -1), "'chunk_size' must be >= 0"),
+        (f"{name}_with_grad", (x, w, t, None, *p, 0), "'rows' must be >= 1"),
+        (f"{name}_with_grad", (x, w, t, None, *p[:-2], 0, 0, 2), "'reduction' must be 1 \\(mean\\) or 2"),
         (name, (x, w, t, None, *plain[:2], 0.5, *plain[3:]), "normalize=False takes only"),
         (f"{name}_backward", (torch.ones(4, device=device), x, w, t, None, torch.zeros(4, device=device, dtype=torch.float64), *p),
          "'grad_output' must be 0-dim"),
@@ -749,15 +753,17 @@ OP_ROWS = [
         op=LF.fused_linear_margin_cross_entropy, ref=R.fused_linear_margin_cross_entropy,
         module=functools.partial(LN.CombinedMarginLoss, 8, 11),
         raw_ops=["fused_linear_margin_cross_entropy", "fused_linear_margin_cross_entropy_backward",
+                 "fused_linear_margin_cross_entropy_with_grad",
                  "fused_linear_margin_shard_forward", "fused_linear_margin_shard_backward"],
         hyper=_MARGIN_HYPER,
         sample_inputs=_fused_samples, edge_inputs=_fused_edges, error_inputs=_fused_errors,
         bench_input=_fused_bench, raw_calls=_fused_raw_calls, module_call=_fused_module,
         jit_source=_fused_jit, raw_error_inputs=_fused_raw_errors, tol=_MARGIN_TOL,
         module_samples=_fused_modules, fuzz=_fused_fuzz,
-        bench_notes={m: "it recomputes each chunk's N x C logits in the backward instead of storing them (4 "
-                        "matmuls against the composite's 3, README, Benchmarks), so that memory does not grow "
-                        "with N x C" for m in ("backward", "full")},
+        bench_notes={m: "it never stores the N x C logits: where a block of >= 128 rows fits 16M logits it takes "
+                        "row blocks (3 matmuls, the gradients in the forward), else it recomputes each class "
+                        "chunk's logits in the backward (4 matmuls against the composite's 3; docs/margin.md)"
+                     for m in ("backward", "full")},
         bench_ref=R.fused_linear_margin_cross_entropy_composite, bench_generic=False,
     ),
 ]

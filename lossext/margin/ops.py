@@ -102,6 +102,14 @@ def _(x, w, target, bias, *params):
     return _loss_like(x, n, params[-2], _fused_loss_dtype(x)), x.new_empty((n,), dtype=torch.float64)
 
 
+@torch.library.register_fake("lossext::fused_linear_margin_cross_entropy_with_grad")
+def _(x, w, target, bias, *params):
+    _fused_devices("fused_linear_margin_cross_entropy_with_grad", x, w, target, bias, params[4])
+    n = x.shape[0]
+    return (_loss_like(x, n, params[-3], _fused_loss_dtype(x)), x.new_empty((n,), dtype=torch.float64),
+            x.new_empty(x.shape), w.new_empty(w.shape), x.new_empty((w.shape[0] if bias is not None else 0,)))
+
+
 @torch.library.register_fake("lossext::fused_linear_margin_cross_entropy_backward")
 def _(grad, x, w, target, bias, lse, *params):
     _fused_devices("fused_linear_margin_cross_entropy_backward", x, w, target, bias, params[4],
@@ -286,6 +294,69 @@ amp.register("fused_linear_margin_cross_entropy", "matmul", float_outputs=1)
 
 for _name in ("margin_cross_entropy", "fused_linear_margin_cross_entropy"):
     refuse_double_backward(_name, [f"{_name}_backward"])
+
+
+# ---- fused_linear_margin_cross_entropy_with_grad (row blocks, issue #15) ------------------
+
+def _setup_fused_with_grad(ctx, inputs, output):
+    """output = (loss, lse, dloss/dinput, dloss/dweight, dloss/dbias) for grad_output = 1; the
+    last four are not differentiable. The params drop `rows` for the backward op and the jvp."""
+    ctx.params = inputs[4:-1]
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs[:4], output[1], *output[2:])
+    ctx.save_for_forward(*inputs[:4], output[1])
+
+
+def _fused_backward_with_grad(ctx, grad, *_aux):
+    """grad_output times the forward's gradients (scale_saved: for grad_output = 1 the buffers
+    themselves). create_graph=True takes the class-chunked backward op, whose double backward
+    raises."""
+    x, w, target, bias, lse, gx, gw, gb = ctx.saved_tensors
+    n_params = len(ctx.params)
+    if grad is None:
+        return (None,) * (5 + n_params)
+    need = ctx.needs_input_grad
+    if torch.is_grad_enabled():
+        gx, gw, gb = call_op("fused_linear_margin_cross_entropy_backward", grad, x, w, target, bias, lse, *ctx.params)
+    else:
+        gx = scale_saved(grad, gx) if need[0] else None
+        gw = scale_saved(grad, gw) if need[1] else None
+        gb = scale_saved(grad, gb) if need[3] else None
+    return (gx if need[0] else None, gw if need[1] else None, None,
+            gb if need[3] else None) + (None,) * (n_params + 1)
+
+
+def _fused_jvp_with_grad(ctx, *tangents):
+    return (_fused_jvp(ctx, *tangents[:-1])[0], None, None, None, None)
+
+
+register_autograd("fused_linear_margin_cross_entropy_with_grad", setup_context=_setup_fused_with_grad,
+                  backward=_fused_backward_with_grad, jvp=_fused_jvp_with_grad)
+amp.register("fused_linear_margin_cross_entropy_with_grad", "matmul", float_outputs=1)
+
+FUSED_ROW_BUDGET = 16 << 20  # logits (elements) a row block keeps: 64 MiB of float32
+FUSED_MIN_ROWS = 128
+
+
+def fused_rows(x: torch.Tensor, w: torch.Tensor, reduction: int, chunk: int) -> int:
+    """The row-block size where lossext.margin.functional takes
+    fused_linear_margin_cross_entropy_with_grad, else 0 (scriptable): a reduced float32/float64
+    loss on the CPU whose input or weight requires grad, with grad mode on and the automatic
+    chunk size (chunk_size=None: a chunk_size given bounds the memory, and the class-chunked op
+    keeps to it), where a block of at least FUSED_MIN_ROWS rows (or the whole batch) keeps its
+    logits within FUSED_ROW_BUDGET.
+    Measured in benchmarks/RESULTS.md (margin section; the three bare GEMMs' floor). CUDA keeps
+    the class-chunked op until a GPU run measures this one there."""
+    n, c = x.shape[0], w.shape[0]
+    if (reduction == 0 or chunk != 0 or x.is_cuda or not (x.dtype == torch.float32 or x.dtype == torch.float64)
+            or not (x.requires_grad or w.requires_grad) or not torch.is_grad_enabled() or n == 0 or c == 0):
+        return 0
+    budget, min_rows = 16 << 20, 128  # TorchScript reads no module globals: the values below
+    if not torch.jit.is_scripting():
+        budget, min_rows = FUSED_ROW_BUDGET, FUSED_MIN_ROWS
+    rows = min(n, budget // c)
+    return rows if rows >= min(n, min_rows) else 0
 
 
 # ---- the shard ops (lossext.distributed differentiates through them itself) ---------------
