@@ -866,7 +866,8 @@ def test_cuda_split_rows_margin_ce(dtype, C):
 @pytest.mark.parametrize("dtype", _ALL_DTYPES)
 def test_cuda_split_rows_fused(dtype, normalize):
     """The fused op with N = 3 rows and C = 300001 classes (two chunks, 262144 + 37857 columns,
-    both split across blocks): bitwise repeatable; against the float64 reference (float32,
+    given as chunk_size since CUDA's automatic chunk now takes all of C here; both split across
+    blocks): bitwise repeatable; against the float64 reference (float32,
     float64; and the same rows among enough others for one block per row) or within 2x the
     error of PyTorch's composite in the same dtype (float16, bfloat16: the chunk products are
     rounded to that dtype)."""
@@ -879,7 +880,7 @@ def test_cuda_split_rows_fused(dtype, normalize):
     t[1] = -1
     go = torch.randn(n, generator=g, dtype=torch.float64)
     kw = dict(scale=30.0, m2=0.5) if normalize else dict(scale=1.0, m3=0.1)
-    kw.update(label_smoothing=0.1, ignore_index=-1, reduction="none", normalize=normalize)
+    kw.update(label_smoothing=0.1, ignore_index=-1, reduction="none", normalize=normalize, chunk_size=262144)
     leaves = [x, w] if normalize else [x, w, b]
 
     def run(f, y, *ls):
