@@ -1149,3 +1149,33 @@ def test_fused_row_blocks_where_taken():
     assert MO.fused_rows(x[:10], torch.randn(1_000_000, 8), 1, 0) == 10  # the whole batch fits
     with torch.no_grad():
         assert MO.fused_rows(x, w, 1, 0) == 0
+
+
+def test_fused_row_blocks_memory_is_the_budget(monkeypatch):
+    """The row-block op's extra memory is its budget of logits (rows x C), not N x C: at N = 256,
+    C = 40000 with a budget of 2^20 logits (26 rows a block), the peak above the gradients stays
+    under the budget's bytes plus O(chunk D + N D + C) (the chunk's dW and normalized weight
+    scratch), well below one [N, C] float32 matrix."""
+    import lossext.margin.ops as MO
+    from lossext.testing.benchmark import peak_memory
+
+    budget = 1 << 20
+    monkeypatch.setattr(MO, "FUSED_ROW_BUDGET", budget)
+    monkeypatch.setattr(MO, "FUSED_MIN_ROWS", 1)
+    g = torch.Generator().manual_seed(0)
+    N, D, C = 256, 32, 40_000
+    x = torch.randn(N, D, generator=g).requires_grad_(True)
+    w = torch.randn(C, D, generator=g).requires_grad_(True)
+    t = torch.randint(0, C, (N,), generator=g)
+    assert MO.fused_rows(x, w, 1, 0) == budget // C
+
+    def call(_):
+        loss = LF.fused_linear_margin_cross_entropy(x, w, t, m2=0.5)
+        assert "with_grad" in type(loss.grad_fn).__name__
+        return torch.autograd.grad(loss, (x, w))
+
+    grads = (N + C) * D * 4
+    extra = peak_memory(call, "cpu") - grads
+    assert extra < N * C * 4 / 3, extra
+    chunk = min(C, max(256, ((4 << 20) // max(N, D)) // 256 * 256))  # default_chunk on the CPU
+    assert extra <= 4 * (budget + 2 * chunk * D + 3 * N * D + 2 * C + 8 * N) + (1 << 20), extra
