@@ -24,7 +24,8 @@
 // Bad targets are not validated (that would need a host sync; the CPU raises) and never index
 // out of bounds: a class that is not an integer in [0, C) (or NaN) is never used as an index; its
 // avg_cat contribution is NaN and, where it wins its anchor, that anchor's class gradient
-// entries, class loss and class cost are NaN (so the image's loss is NaN). A NaN centre is given
+// entries, class loss and class cost are NaN; region_final_kernel makes the image's loss NaN in
+// any case (also where a later truth on the same cell and anchor took the anchor). A NaN centre is given
 // cell 0 (make_truth's cast of NaN would be undefined; any other centre is clamped to the grid)
 // and stays NaN in the truth, so its terms are NaN. w, h <= 0 just give NaN / inf through log.
 // H W = 0: no anchors; a kept truth is counted with NaN IoU, obj and cat (the CPU would read the
@@ -282,7 +283,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class scalar_t, class stat_t>
 __global__ void __launch_bounds__(kThreads)
-    region_final_kernel(const double* __restrict__ part, int64_t S, int64_t B, double anchors_total,
+    region_final_kernel(const double* __restrict__ part, int64_t S, int64_t B, int64_t T, double anchors_total,
+                        const TruthInfo* __restrict__ info, const int64_t* __restrict__ ntruth,
                         double* __restrict__ img, scalar_t* __restrict__ loss, stat_t* __restrict__ stats) {
   __shared__ double tot[kNumStats];
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
@@ -293,7 +295,11 @@ __global__ void __launch_bounds__(kThreads)
       c += q[kPartCost];
       a += q[kPartAnyObj];
     }
-    loss[b] = to_s<scalar_t>(l);
+    // a bad class anywhere in the image makes its loss NaN, also where a later truth on the same
+    // cell and anchor took that anchor (its NaN class terms then never reach l)
+    bool bad = false;
+    for (int64_t t = 0; t < ntruth[b]; ++t) bad = bad || info[b * T + t].cls < 0;
+    loss[b] = to_s<scalar_t>(bad ? nan_v<double>() : l);
     img[b * kNumStats + kCost] = c;
     img[b * kNumStats + kAvgAnyObj] = a;
   }
@@ -359,7 +365,7 @@ void run_t(const RegionProblem& r, Tensor& loss_t, Tensor& grad_t, Tensor& stats
     check_launch("lossext::yolov2_region_loss anchor kernel");
   }
   region_final_kernel<scalar_t, stat_t><<<1, kThreads, 0, stream>>>(
-      part, S, B, double(B * N), img, ptr<scalar_t>(loss_t), ptr<stat_t>(stats_t));
+      part, S, B, T, double(B * N), info, ntruth, img, ptr<scalar_t>(loss_t), ptr<stat_t>(stats_t));
   check_launch("lossext::yolov2_region_loss final kernel");
 }
 
