@@ -725,6 +725,14 @@ def test_cuda_bad_class_gives_nan_not_a_crash():
     total = LF.yolov2_region_loss(out.cuda(), tg.cuda(), VOC.cuda(), C)
     torch.cuda.synchronize()
     assert torch.isnan(total)
+    # the bad truth followed by a good one with the same box (the same cell and anchor): the later
+    # truth takes the anchor, the image's loss is NaN all the same
+    tg2 = tg.clone()
+    tg2[1, 1] = tg2[1, 0]
+    tg2[1, 1, 0] = 0.0
+    loss = LF.yolov2_region_loss(out.cuda(), tg2.cuda(), VOC.cuda(), C, reduction="none")
+    torch.cuda.synchronize()
+    assert torch.isnan(loss[1]) and torch.isfinite(loss[0])
     z = _logits(4, 3).cuda()
     f = LF.softmax_focal_loss(z, torch.tensor([0, 5, 1, 2], device="cuda"))
     torch.cuda.synchronize()
