@@ -61,10 +61,13 @@ def scale_saved(grad, saved):
     return grad * saved
 
 
-def _below_autograd_ok():
-    """Grad mode off in plain eager autograd: an op's Autograd kernel would only redispatch to
-    the device kernel, so the call may skip it (below)."""
-    return not torch.is_grad_enabled() and plain_eager()
+def _dispatch(op, args):
+    """op(*args); with grad mode off in plain eager autograd entered below the Autograd key, since
+    the op's Autograd kernel would only redispatch there (see call)."""
+    if not torch.is_grad_enabled() and plain_eager():
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return op(*args)
 
 
 def call(op_name, *args):
@@ -76,11 +79,7 @@ def call(op_name, *args):
     apply."""
     if _transforms_or_dual_active():
         return FUNCTIONS[op_name].apply(*args)
-    op = getattr(torch.ops.lossext, op_name)
-    if _below_autograd_ok():
-        with torch._C._AutoDispatchBelowAutograd():
-            return op(*args)
-    return op(*args)
+    return _dispatch(getattr(torch.ops.lossext, op_name), args)
 
 
 def register(op_name, *, setup_context, backward, jvp=None, what=None):
@@ -101,10 +100,7 @@ def register(op_name, *, setup_context, backward, jvp=None, what=None):
     def forward(*args):
         # Runs with grad mode off (Function.apply), so the op below takes the plain path: in
         # plain eager autograd straight to the device kernel (see call).
-        if plain_eager():
-            with torch._C._AutoDispatchBelowAutograd():
-                return op(*args)
-        return op(*args)
+        return _dispatch(op, args)
 
     # Function.apply binds the arguments to forward's signature on every call (setup_context
     # style); given here, inspect.signature returns it instead of rebuilding it each time.

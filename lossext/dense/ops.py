@@ -324,6 +324,12 @@ def ohkm_loss(output, target, w, pixels: int, k: int, red: int):
     return _OhkmNode.apply(output, target, w, pixels, k, red)
 
 
+def _one_node_eager() -> bool:
+    """Where a one-node path may stand in for the registered ops' graph: plain eager autograd and
+    no torch-function mode (those see the ops themselves)."""
+    return plain_eager() and not torch._C._is_torch_function_mode_enabled()
+
+
 def ohkm_one_node(output, target_weight, red: int, pixels: int, k: int) -> bool:
     """Where joints_mse_loss with OHKM takes _OhkmNode: plain eager training only (not while
     torch.compile or export traces, nor under torch.func transforms, forward-mode AD, a dispatch
@@ -332,19 +338,19 @@ def ohkm_one_node(output, target_weight, red: int, pixels: int, k: int) -> bool:
     target_weight that does not require grad (its gradient comes from the composite's graph)."""
     return (joints_one_pass(output, red, False, pixels) and k >= 1
             and (target_weight is None or not target_weight.requires_grad)
-            and plain_eager() and not torch._C._is_torch_function_mode_enabled())
+            and _one_node_eager())
 
 
 class _MaskedL1Node(torch.autograd.Function):
     """masked_l1_loss in plain eager training (issue #13: its host side had become most of a
     small call, and on CUDA each of the composite's dozen scalar ops is a launch): one autograd
     node in place of the sums' Function and the ratios' nodes. The forward takes the sums and
-    forms the two ratios with the composite's ops (functional._ratio on a [2] vector: the same
-    divisions, so the same loss bits); the backward rebuilds dLoss/dsums by the composite's
-    chain (the ratios' where, then the division by the safe denominator, the select and the sum
-    broadcast over [B, C]) and runs masked_l1_sums_backward on it: bitwise the composite's
-    gradients, the same bytes moved, for every pair of grad_outputs. create_graph goes through
-    call_op, whose double backward raises."""
+    forms the two ratios with the ops of functional._ratio, on a [2] vector (the same divisions,
+    so the same loss bits; nz and the safe denominator are kept for the backward); the backward
+    rebuilds dLoss/dsums by the composite's chain (the ratios' where, then the division by the
+    safe denominator, the select and the sum broadcast over [B, C]) and runs
+    masked_l1_sums_backward on it: bitwise the composite's gradients, the same bytes moved, for
+    every pair of grad_outputs. create_graph goes through call_op, whose double backward raises."""
 
     @staticmethod
     def forward(ctx, input, target, mask):
@@ -376,5 +382,4 @@ def masked_l1_one_node(input, target) -> bool:
     plain eager autograd (not while torch.compile or export traces, nor under torch.func
     transforms, forward-mode AD, a dispatch mode or a torch-function mode: the registered ops'
     path serves those)."""
-    return (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad) and plain_eager()
-            and not torch._C._is_torch_function_mode_enabled())
+    return torch.is_grad_enabled() and (input.requires_grad or target.requires_grad) and _one_node_eager()

@@ -241,14 +241,9 @@ def fused_margin(fn: str, names: List[str], embeddings: Tensor, weight: Tensor, 
                 label_smoothing, ignore_index, red, chunk)[0]
         return loss.to(embeddings.dtype)
     else:
-        if rows > 0:
-            loss = _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy_with_grad", embeddings, weight,
-                               target, b, scale, m1, m2, m3, lam, easy_margin, normalize, label_smoothing,
-                               ignore_index, red, chunk, rows)
-        else:
-            loss = _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy", embeddings, weight, target,
-                               b, scale, m1, m2, m3, lam, easy_margin, normalize, label_smoothing, ignore_index,
-                               red, chunk)
+        loss = _eager_call(fn, _FUSED_NAMES, "fused_linear_margin_cross_entropy" + ("_with_grad" if rows > 0 else ""),
+                           embeddings, weight, target, b, scale, m1, m2, m3, lam, easy_margin, normalize,
+                           label_smoothing, ignore_index, red, chunk, *((rows,) if rows > 0 else ()))
         if loss.dtype != embeddings.dtype and not amp.enabled(embeddings.device.type):
             loss = loss.to(embeddings.dtype)
         return loss
